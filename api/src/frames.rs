@@ -1,0 +1,241 @@
+//! Pusher protocol v7 frames: parsing what clients send and building what the server sends.
+//!
+//! Server frames carry `data` as a JSON *string*, like Pusher and Reverb do; pusher-js parses it.
+//! Event frames of logged channels also carry Reprise's `id` at the top level (the replay
+//! extension; see `docs/replay.md`).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::EventId;
+use crate::codes::ErrorCode;
+
+/// A frame a client sent, understood.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    Subscribe(SubscribeRequest),
+    Unsubscribe { channel: String },
+    Ping,
+    Pong,
+    /// A `client-*` event to relay to the channel's other members.
+    ClientEvent { event: String, channel: String, data: Value },
+}
+
+/// The data of `pusher:subscribe`, plus Reprise's `since`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct SubscribeRequest {
+    pub channel: String,
+    #[serde(default)]
+    pub auth: Option<String>,
+    #[serde(default)]
+    pub channel_data: Option<String>,
+    /// The last event id the client saw on this channel: replay what came after it.
+    #[serde(default)]
+    pub since: Option<String>,
+}
+
+/// Why a client frame could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("Invalid message format: not a JSON object with a string \"event\"")]
+    Malformed,
+    #[error("Unknown Pusher event: {0}")]
+    UnknownPusherEvent(String),
+    #[error("Invalid data for {0}")]
+    InvalidData(&'static str),
+    #[error("Client events must be named client-* and name a channel")]
+    InvalidClientEvent,
+}
+
+#[derive(Deserialize)]
+struct RawClientFrame {
+    event: String,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    data: Value,
+}
+
+/// Parses one text frame from a client.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, FrameError> {
+    let raw: RawClientFrame = serde_json::from_str(text).map_err(|_| FrameError::Malformed)?;
+    // Some clients send `data` as a JSON string holding the object.
+    let data = match raw.data {
+        Value::String(s) if raw.event.starts_with("pusher:") => {
+            serde_json::from_str(&s).unwrap_or(Value::String(s))
+        }
+        other => other,
+    };
+    match raw.event.as_str() {
+        "pusher:subscribe" => serde_json::from_value(data)
+            .map(ClientMessage::Subscribe)
+            .map_err(|_| FrameError::InvalidData("pusher:subscribe")),
+        "pusher:unsubscribe" => {
+            #[derive(Deserialize)]
+            struct Unsubscribe {
+                channel: String,
+            }
+            serde_json::from_value::<Unsubscribe>(data)
+                .map(|u| ClientMessage::Unsubscribe { channel: u.channel })
+                .map_err(|_| FrameError::InvalidData("pusher:unsubscribe"))
+        }
+        "pusher:ping" => Ok(ClientMessage::Ping),
+        "pusher:pong" => Ok(ClientMessage::Pong),
+        other if other.starts_with("pusher:") || other.starts_with("pusher_internal:") => {
+            Err(FrameError::UnknownPusherEvent(other.to_owned()))
+        }
+        other if other.starts_with("client-") => match raw.channel {
+            Some(channel) => Ok(ClientMessage::ClientEvent { event: raw.event, channel, data }),
+            None => Err(FrameError::InvalidClientEvent),
+        },
+        _ => Err(FrameError::InvalidClientEvent),
+    }
+}
+
+/// The `data` of a relayed client event, as the string every server frame carries.
+pub fn client_event_data(data: &Value) -> String {
+    match data {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[derive(Serialize)]
+struct Frame<'a> {
+    event: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<EventId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+}
+
+fn frame(event: &str, channel: Option<&str>, data: Option<&str>) -> String {
+    let frame = Frame { event, channel, data, id: None, user_id: None };
+    serde_json::to_string(&frame).expect("a frame of strings always serialises")
+}
+
+/// An application event (published or client) as subscribers receive it.
+pub fn event_frame(event: &str, channel: &str, data: &str, id: Option<EventId>, user_id: Option<&str>) -> String {
+    let frame = Frame { event, channel: Some(channel), data: Some(data), id, user_id };
+    serde_json::to_string(&frame).expect("a frame of strings always serialises")
+}
+
+pub fn connection_established(socket_id: &str, activity_timeout_secs: u64) -> String {
+    let data = serde_json::json!({ "socket_id": socket_id, "activity_timeout": activity_timeout_secs });
+    frame("pusher:connection_established", None, Some(&data.to_string()))
+}
+
+/// A `pusher:error`. `code` is `None` for errors that have no Pusher code.
+pub fn error(code: Option<ErrorCode>, message: &str) -> String {
+    let data = serde_json::json!({ "code": code.map(ErrorCode::as_u16), "message": message });
+    frame("pusher:error", None, Some(&data.to_string()))
+}
+
+pub fn ping() -> String {
+    frame("pusher:ping", None, Some("{}"))
+}
+
+pub fn pong() -> String {
+    frame("pusher:pong", None, Some("{}"))
+}
+
+/// `subscription_succeeded`; `data` is the JSON object to send (empty, presence, replay).
+pub fn subscription_succeeded(channel: &str, data: &Value) -> String {
+    frame("pusher_internal:subscription_succeeded", Some(channel), Some(&data.to_string()))
+}
+
+/// `pusher:subscription_error` in the shape pusher-js gives its own auth failures.
+pub fn subscription_error(channel: &str, kind: &str, message: &str, status: u16) -> String {
+    let data = serde_json::json!({ "type": kind, "error": message, "status": status });
+    frame("pusher:subscription_error", Some(channel), Some(&data.to_string()))
+}
+
+pub fn cache_miss(channel: &str) -> String {
+    frame("pusher:cache_miss", Some(channel), None)
+}
+
+pub fn member_added(channel: &str, user_id: &str, user_info: &Value) -> String {
+    let data = serde_json::json!({ "user_id": user_id, "user_info": user_info });
+    frame("pusher_internal:member_added", Some(channel), Some(&data.to_string()))
+}
+
+pub fn member_removed(channel: &str, user_id: &str) -> String {
+    let data = serde_json::json!({ "user_id": user_id });
+    frame("pusher_internal:member_removed", Some(channel), Some(&data.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_subscribe_with_auth_and_since() {
+        let text = r#"{"event":"pusher:subscribe","data":{"channel":"private-a","auth":"k:s","since":"01"}}"#;
+        let ClientMessage::Subscribe(req) = parse_client_message(text).unwrap() else { panic!() };
+        assert_eq!(req.channel, "private-a");
+        assert_eq!(req.auth.as_deref(), Some("k:s"));
+        assert_eq!(req.since.as_deref(), Some("01"));
+        assert_eq!(req.channel_data, None);
+    }
+
+    #[test]
+    fn parses_data_sent_as_a_string() {
+        let text = r#"{"event":"pusher:subscribe","data":"{\"channel\":\"a\"}"}"#;
+        assert!(matches!(parse_client_message(text).unwrap(), ClientMessage::Subscribe(r) if r.channel == "a"));
+    }
+
+    #[test]
+    fn refuses_bad_frames_with_a_reason() {
+        assert_eq!(parse_client_message("{nope"), Err(FrameError::Malformed));
+        assert_eq!(parse_client_message(r#"{"data":1}"#), Err(FrameError::Malformed));
+        assert_eq!(
+            parse_client_message(r#"{"event":"pusher:bogus"}"#),
+            Err(FrameError::UnknownPusherEvent("pusher:bogus".into()))
+        );
+        assert_eq!(
+            parse_client_message(r#"{"event":"pusher:subscribe","data":{}}"#),
+            Err(FrameError::InvalidData("pusher:subscribe"))
+        );
+        assert_eq!(parse_client_message(r#"{"event":"client-x","data":{}}"#), Err(FrameError::InvalidClientEvent));
+        assert_eq!(parse_client_message(r#"{"event":"hello","channel":"a"}"#), Err(FrameError::InvalidClientEvent));
+    }
+
+    #[test]
+    fn client_event_data_becomes_a_string() {
+        assert_eq!(client_event_data(&json!({"a":1})), r#"{"a":1}"#);
+        assert_eq!(client_event_data(&json!("text")), "text");
+    }
+
+    /// Golden frames: clients parse these exact shapes.
+    #[test]
+    fn server_frames_have_pushers_shape() {
+        assert_eq!(
+            connection_established("1.2", 30),
+            r#"{"event":"pusher:connection_established","data":"{\"activity_timeout\":30,\"socket_id\":\"1.2\"}"}"#
+        );
+        assert_eq!(
+            error(Some(ErrorCode::ApplicationDoesNotExist), "Application does not exist"),
+            r#"{"event":"pusher:error","data":"{\"code\":4001,\"message\":\"Application does not exist\"}"}"#
+        );
+        assert_eq!(pong(), r#"{"event":"pusher:pong","data":"{}"}"#);
+        let id = EventId::new(1, 1);
+        assert_eq!(
+            event_frame("e", "c", "{\"x\":1}", Some(id), None),
+            format!(r#"{{"event":"e","channel":"c","data":"{{\"x\":1}}","id":"{id}"}}"#)
+        );
+        assert_eq!(
+            event_frame("client-e", "presence-c", "d", None, Some("7")),
+            r#"{"event":"client-e","channel":"presence-c","data":"d","user_id":"7"}"#
+        );
+        assert_eq!(cache_miss("cache-a"), r#"{"event":"pusher:cache_miss","channel":"cache-a"}"#);
+        assert_eq!(
+            member_removed("presence-a", "7"),
+            r#"{"event":"pusher_internal:member_removed","channel":"presence-a","data":"{\"user_id\":\"7\"}"}"#
+        );
+    }
+}

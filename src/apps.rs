@@ -1,0 +1,43 @@
+//! The configured apps, found by key (WebSocket path) or id (HTTP API path).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::AppConfig;
+use crate::hub::AppHub;
+
+/// One app: its configuration and its live channels.
+pub struct App {
+    pub config: AppConfig,
+    pub hub: Arc<AppHub>,
+}
+
+pub struct Apps {
+    by_key: HashMap<String, Arc<App>>,
+    by_id: HashMap<String, Arc<App>>,
+}
+
+impl Apps {
+    pub fn new(configs: &[AppConfig]) -> Self {
+        let mut by_key = HashMap::new();
+        let mut by_id = HashMap::new();
+        for config in configs {
+            let app = Arc::new(App { config: config.clone(), hub: Arc::new(AppHub::default()) });
+            by_key.insert(config.key.clone(), Arc::clone(&app));
+            by_id.insert(config.id.clone(), app);
+        }
+        Apps { by_key, by_id }
+    }
+
+    pub fn by_key(&self, key: &str) -> Option<&Arc<App>> {
+        self.by_key.get(key)
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<&Arc<App>> {
+        self.by_id.get(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<App>> {
+        self.by_id.values()
+    }
+}

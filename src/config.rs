@@ -1,0 +1,430 @@
+//! Configuration: one struct, read from a TOML file and/or Reverb's environment variables, validated
+//! once at start-up (every problem reported together), then shared as `Arc<Config>`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Reverb's default port.
+pub const DEFAULT_PORT: u16 = 8080;
+pub const DEFAULT_HOST: &str = "0.0.0.0";
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Pusher's and Reverb's default: the client pings after this much silence.
+pub const DEFAULT_ACTIVITY_TIMEOUT_SECS: u64 = 30;
+/// Reverb's default: the server pings a connection that has been idle this long.
+pub const DEFAULT_PING_INTERVAL_SECS: u64 = 60;
+/// Pusher's limit on one message (a client frame, or an event's data), in bytes.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 10_000;
+/// Reverb's limit on a REST request body, in bytes.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 10_000;
+/// Pusher's limit: client events per second per socket.
+pub const DEFAULT_CLIENT_EVENTS_PER_SEC: u32 = 10;
+/// Most events a resume replays on subscribe; past it the client is told `recovered:false`.
+/// Higher lets clients stay away longer; lower bounds the burst a reconnect storm costs.
+pub const DEFAULT_REPLAY_CAP_EVENTS: usize = 1000;
+/// Frames a connection may have queued before it counts as a slow consumer and is closed with
+/// 4100. Large enough for a replay burst plus live traffic; small enough that a stalled socket
+/// costs little memory.
+pub const DEFAULT_OUTBOX_FRAMES: usize = 2048;
+/// How long shutdown waits for sockets to close and publishes to finish before returning.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 5000;
+/// How often sled writes buffered data to disk when `durability = "buffered"`.
+pub const DEFAULT_FLUSH_EVERY_MS: u64 = 500;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub apps: Vec<AppConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { server: ServerConfig::default(), apps: Vec::new() }
+    }
+}
+
+/// When a publish is answered.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Answer 200 only after the event is fsynced (concurrent publishes share one flush).
+    #[default]
+    Sync,
+    /// Answer once the event is in the log's memory; sled writes it out every `flush_every_ms`.
+    /// A crash of the machine or process can lose the last `flush_every_ms` of acknowledged events.
+    Buffered,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    pub flush_every_ms: u64,
+    pub replay_cap_events: usize,
+    pub outbox_frames: usize,
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: DEFAULT_HOST.to_owned(),
+            port: DEFAULT_PORT,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            durability: Durability::Sync,
+            flush_every_ms: DEFAULT_FLUSH_EVERY_MS,
+            replay_cap_events: DEFAULT_REPLAY_CAP_EVENTS,
+            outbox_frames: DEFAULT_OUTBOX_FRAMES,
+            shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+        }
+    }
+}
+
+/// Who may send client events (Reverb's `accept_client_events_from`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientEventsFrom {
+    /// Sockets subscribed to the (private or presence) channel.
+    #[default]
+    Members,
+    /// Any socket of the app, subscribed or not.
+    All,
+    /// Client events are disabled.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppConfig {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+    /// Host patterns (`*` wildcards) allowed in the `Origin` header; `["*"]` allows all.
+    pub allowed_origins: Vec<String>,
+    pub ping_interval_secs: u64,
+    pub activity_timeout_secs: u64,
+    pub max_message_size_bytes: usize,
+    pub max_request_size_bytes: usize,
+    /// Most simultaneous connections; none means unlimited.
+    pub max_connections: Option<usize>,
+    pub accept_client_events_from: ClientEventsFrom,
+    pub client_events_per_sec: u32,
+    /// Also log client events (off by default: they are ephemeral, like typing indicators).
+    pub log_client_events: bool,
+    /// Retention: keep at most this many events per channel (background compaction).
+    pub retention_max_events: Option<u64>,
+    /// Retention: drop events older than this (background compaction).
+    pub retention_max_age_secs: Option<u64>,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            id: String::new(),
+            key: String::new(),
+            secret: String::new(),
+            allowed_origins: vec!["*".to_owned()],
+            ping_interval_secs: DEFAULT_PING_INTERVAL_SECS,
+            activity_timeout_secs: DEFAULT_ACTIVITY_TIMEOUT_SECS,
+            max_message_size_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_request_size_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_connections: None,
+            accept_client_events_from: ClientEventsFrom::Members,
+            client_events_per_sec: DEFAULT_CLIENT_EVENTS_PER_SEC,
+            log_client_events: false,
+            retention_max_events: None,
+            retention_max_age_secs: None,
+        }
+    }
+}
+
+/// The demo app a loopback server starts with when nothing is configured.
+pub fn demo_app() -> AppConfig {
+    AppConfig {
+        id: "reprise-demo".to_owned(),
+        key: "reprise-demo-key".to_owned(),
+        secret: "reprise-demo-secret".to_owned(),
+        ..AppConfig::default()
+    }
+}
+
+/// What a failed configuration says: every problem, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(problem: String) -> Self {
+        ConfigError { problems: vec![problem] }
+    }
+}
+
+/// Environment variables, passed in so tests need not touch the process environment.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+/// Command-line overrides; they win over the file and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Parses a TOML document (unknown keys are errors).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::one(e.to_string()))
+    }
+
+    /// Builds the configuration the way `reprise start` does: file (if any), then Reverb's
+    /// variables, then flags; then validates. Does not add the demo app (see [`Config::finish`]).
+    pub fn load(file_text: Option<&str>, env: &dyn Env, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut config = match file_text {
+            Some(text) => Config::from_toml(text)?,
+            None => Config::default(),
+        };
+        let mut problems = Vec::new();
+        config.apply_env(env, &mut problems);
+        if let Some(host) = &overrides.host {
+            config.server.host = host.clone();
+        }
+        if let Some(port) = overrides.port {
+            config.server.port = port;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            config.server.data_dir = dir.clone();
+        }
+        problems.extend(config.problems());
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
+    }
+
+    fn apply_env(&mut self, env: &dyn Env, problems: &mut Vec<String>) {
+        if let Some(host) = env.var("REVERB_SERVER_HOST") {
+            self.server.host = host;
+        }
+        if let Some(port) = env.var("REVERB_SERVER_PORT") {
+            match port.parse() {
+                Ok(port) => self.server.port = port,
+                Err(_) => problems.push(format!("REVERB_SERVER_PORT: {port:?} is not a port number")),
+            }
+        }
+        let Some(key) = env.var("REVERB_APP_KEY") else { return };
+        if self.apps.iter().any(|app| app.key == key) {
+            return; // The file already describes this app in full.
+        }
+        let mut app = AppConfig { key, ..AppConfig::default() };
+        app.id = env.var("REVERB_APP_ID").unwrap_or_default();
+        app.secret = env.var("REVERB_APP_SECRET").unwrap_or_default();
+        let mut number = |name: &str, target: &mut u64| {
+            if let Some(value) = env.var(name) {
+                match value.parse() {
+                    Ok(n) => *target = n,
+                    Err(_) => problems.push(format!("{name}: {value:?} is not a whole number")),
+                }
+            }
+        };
+        number("REVERB_APP_PING_INTERVAL", &mut app.ping_interval_secs);
+        number("REVERB_APP_ACTIVITY_TIMEOUT", &mut app.activity_timeout_secs);
+        let mut max_message = u64::try_from(app.max_message_size_bytes).unwrap_or(u64::MAX);
+        number("REVERB_APP_MAX_MESSAGE_SIZE", &mut max_message);
+        app.max_message_size_bytes = usize::try_from(max_message).unwrap_or(usize::MAX);
+        if let Some(value) = env.var("REVERB_APP_MAX_CONNECTIONS") {
+            match value.parse() {
+                Ok(n) => app.max_connections = Some(n),
+                Err(_) => problems.push(format!("REVERB_APP_MAX_CONNECTIONS: {value:?} is not a whole number")),
+            }
+        }
+        if let Some(value) = env.var("REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM") {
+            match value.as_str() {
+                "members" => app.accept_client_events_from = ClientEventsFrom::Members,
+                "all" => app.accept_client_events_from = ClientEventsFrom::All,
+                "none" => app.accept_client_events_from = ClientEventsFrom::None,
+                _ => problems.push(format!(
+                    "REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM: {value:?} must be members, all or none"
+                )),
+            }
+        }
+        self.apps.push(app);
+    }
+
+    /// Every problem with this configuration (empty when valid).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.server.host.parse::<IpAddr>().is_err() && self.server.host != "localhost" {
+            problems.push(format!("server.host: {:?} is not an IP address", self.server.host));
+        }
+        if self.server.replay_cap_events == 0 {
+            problems.push("server.replay_cap_events must be at least 1".to_owned());
+        }
+        if self.server.outbox_frames < 16 {
+            problems.push("server.outbox_frames must be at least 16".to_owned());
+        }
+        if self.server.durability == Durability::Buffered && self.server.flush_every_ms == 0 {
+            problems.push("server.flush_every_ms must be at least 1 with durability = \"buffered\"".to_owned());
+        }
+        for (index, app) in self.apps.iter().enumerate() {
+            let at = format!("apps[{index}]");
+            for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
+                if value.is_empty() {
+                    problems.push(format!("{at}.{field} is missing"));
+                }
+            }
+            if !app.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                problems.push(format!("{at}.id may only contain letters, digits, - _ ."));
+            }
+            if app.key.contains(['/', ':', '?', '#']) {
+                problems.push(format!("{at}.key may not contain / : ? #"));
+            }
+            if app.ping_interval_secs == 0 {
+                problems.push(format!("{at}.ping_interval_secs must be at least 1"));
+            }
+            if app.activity_timeout_secs == 0 {
+                problems.push(format!("{at}.activity_timeout_secs must be at least 1"));
+            }
+            if app.max_message_size_bytes < 100 {
+                problems.push(format!("{at}.max_message_size_bytes must be at least 100"));
+            }
+            if app.max_request_size_bytes < 100 {
+                problems.push(format!("{at}.max_request_size_bytes must be at least 100"));
+            }
+            if app.max_connections == Some(0) {
+                problems.push(format!("{at}.max_connections must be at least 1 (omit it for no limit)"));
+            }
+            if app.client_events_per_sec == 0 && app.accept_client_events_from != ClientEventsFrom::None {
+                problems.push(format!("{at}.client_events_per_sec must be at least 1 (or set accept_client_events_from = \"none\")"));
+            }
+            for (other_index, other) in self.apps.iter().enumerate().take(index) {
+                if !app.id.is_empty() && other.id == app.id {
+                    problems.push(format!("{at}.id {:?} is already used by apps[{other_index}]", app.id));
+                }
+                if !app.key.is_empty() && other.key == app.key {
+                    problems.push(format!("{at}.key is already used by apps[{other_index}]"));
+                }
+            }
+        }
+        problems
+    }
+
+    /// Whether the server listens on loopback only (where a demo app is harmless).
+    pub fn is_loopback(&self) -> bool {
+        self.server.host == "localhost"
+            || self.server.host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+    }
+
+    /// Applies the no-app rule: on loopback, add the demo app (returned so the caller can print
+    /// it); elsewhere refuse to start and say how to configure an app.
+    pub fn finish(mut self) -> Result<(Self, Option<AppConfig>), ConfigError> {
+        if !self.apps.is_empty() {
+            return Ok((self, None));
+        }
+        if !self.is_loopback() {
+            return Err(ConfigError::one(format!(
+                "no app is configured and {} is not a loopback address: set REVERB_APP_ID, REVERB_APP_KEY and \
+                 REVERB_APP_SECRET, or list apps in a config file (--config), or start on 127.0.0.1 for a demo app",
+                self.server.host
+            )));
+        }
+        let demo = demo_app();
+        self.apps.push(demo.clone());
+        Ok((self, Some(demo)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    struct FakeEnv(HashMap<&'static str, &'static str>);
+
+    impl Env for FakeEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|v| (*v).to_owned())
+        }
+    }
+
+    fn env(pairs: &[(&'static str, &'static str)]) -> FakeEnv {
+        FakeEnv(pairs.iter().copied().collect())
+    }
+
+    #[test]
+    fn reverb_variables_configure_one_app_and_flags_win() {
+        let env = env(&[
+            ("REVERB_APP_ID", "1"),
+            ("REVERB_APP_KEY", "k"),
+            ("REVERB_APP_SECRET", "s"),
+            ("REVERB_SERVER_HOST", "127.0.0.1"),
+            ("REVERB_SERVER_PORT", "9000"),
+            ("REVERB_APP_MAX_CONNECTIONS", "5"),
+        ]);
+        let config = Config::load(None, &env, &Overrides { port: Some(7000), ..Default::default() }).unwrap();
+        assert_eq!(config.server.host, "127.0.0.1");
+        assert_eq!(config.server.port, 7000);
+        assert_eq!(config.apps.len(), 1);
+        assert_eq!((config.apps[0].id.as_str(), config.apps[0].key.as_str(), config.apps[0].secret.as_str()), ("1", "k", "s"));
+        assert_eq!(config.apps[0].max_connections, Some(5));
+        assert_eq!(config.apps[0].max_message_size_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+            [server]
+            port = 8080
+            [[apps]]
+            id = "a"
+            key = "k"
+            secret = ""
+            ping_interval_secs = 0
+            [[apps]]
+            id = "a"
+            key = "k"
+            secret = "s"
+        "#;
+        let err = Config::load(Some(text), &env(&[("REVERB_SERVER_PORT", "nope")]), &Overrides::default()).unwrap_err();
+        let all = err.to_string();
+        assert!(all.contains("REVERB_SERVER_PORT"), "{all}");
+        assert!(all.contains("apps[0].secret is missing"), "{all}");
+        assert!(all.contains("apps[0].ping_interval_secs"), "{all}");
+        assert!(all.contains("apps[1].id \"a\" is already used"), "{all}");
+        assert!(all.contains("apps[1].key is already used"), "{all}");
+        assert_eq!(err.problems.len(), 5, "{all}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::from_toml("[server]\nprot = 1\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `prot`"), "{err}");
+        let err = Config::from_toml("[[apps]]\nid=\"a\"\nkey=\"k\"\nsecret=\"s\"\nmax_mesage_size_bytes=1\n").unwrap_err();
+        assert!(err.to_string().contains("max_mesage_size_bytes"), "{err}");
+    }
+
+    #[test]
+    fn no_app_means_demo_on_loopback_and_refusal_elsewhere() {
+        let loopback = Config::load(None, &env(&[]), &Overrides { host: Some("127.0.0.1".into()), ..Default::default() }).unwrap();
+        let (config, demo) = loopback.finish().unwrap();
+        assert_eq!(demo.unwrap().key, config.apps[0].key);
+        let public = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        let err = public.finish().unwrap_err();
+        assert!(err.to_string().contains("REVERB_APP_KEY"), "{err}");
+    }
+}

@@ -1,0 +1,475 @@
+//! One WebSocket connection speaking Pusher protocol v7: handshake, subscriptions (with replay),
+//! client events, pings, and the writer that drains the socket's outbox.
+//!
+//! One task per connection. It reads client frames, writes queued frames in batches (one flush
+//! per batch), pings an idle client, and closes when asked to (slow consumer, terminate,
+//! shutdown). Everything it does to other sockets goes through the hub without waiting.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use reprise_api::frames::{self, ClientMessage, FrameError, SubscribeRequest};
+use reprise_api::presence::PresenceMember;
+use reprise_api::{ChannelName, ErrorCode, EventId, signature};
+use reprise_storage::{Cursor, EventLog, LogKey};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::ServerState;
+use crate::apps::App;
+use crate::config::ClientEventsFrom;
+use crate::hub::{Frame, Socket};
+use crate::publisher::PublishItem;
+
+/// Most queued frames written before one flush: bounds the time between flushes under load.
+const WRITE_BATCH_FRAMES: usize = 64;
+
+/// Why a connection was refused before the handshake.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    UnknownApp,
+    OriginNotAllowed,
+    OverQuota,
+}
+
+impl Refusal {
+    fn code_and_message(self) -> (ErrorCode, &'static str) {
+        match self {
+            Refusal::UnknownApp => (ErrorCode::ApplicationDoesNotExist, "Application does not exist"),
+            Refusal::OriginNotAllowed => (ErrorCode::Unauthorized, "Origin not allowed"),
+            Refusal::OverQuota => (ErrorCode::OverConnectionQuota, "Application is over connection quota"),
+        }
+    }
+}
+
+/// Tells a refused client why (a `pusher:error` with the code) and closes with that code.
+pub async fn refuse(mut ws: WebSocket, refusal: Refusal) {
+    let (code, message) = refusal.code_and_message();
+    tracing::info!(code = code.as_u16(), message, "connection refused");
+    let _ = ws.send(Message::Text(frames::error(Some(code), message).into())).await;
+    let _ = ws.send(close_message(code.as_u16(), message)).await;
+}
+
+fn close_message(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))
+}
+
+/// One of an app's `max_connections`; gives it back however the connection ends.
+pub struct ConnectionSlot(Arc<App>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.hub.connections.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Takes a connection slot for `app`, unless it is over `max_connections`.
+pub fn reserve_slot(app: &Arc<App>) -> Option<ConnectionSlot> {
+    let counter = &app.hub.connections;
+    let previous = counter.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let slot = ConnectionSlot(Arc::clone(app));
+    match app.config.max_connections {
+        Some(max) if previous >= max => None, // dropping `slot` gives the count back
+        _ => Some(slot),
+    }
+}
+
+/// A random Pusher socket id: two decimal numbers joined by a dot.
+fn new_socket_id() -> String {
+    format!("{}.{}", rand::random_range(1..1_000_000_000u32), rand::random_range(1..1_000_000_000u32))
+}
+
+/// Serves an accepted connection until it closes.
+pub async fn run(ws: WebSocket, app: Arc<App>, state: Arc<ServerState>, slot: ConnectionSlot) {
+    let socket_id = new_socket_id();
+    let span = tracing::info_span!("connection", socket_id = %socket_id, app = %app.config.id);
+    async move {
+        let _slot = slot;
+        let (outbox_tx, outbox_rx) = mpsc::channel(state.config.server.outbox_frames);
+        let socket = Socket::new(socket_id, outbox_tx);
+        let (sink, stream) = ws.split();
+        let mut connection = Connection {
+            sink,
+            app,
+            state,
+            socket,
+            subscriptions: HashSet::new(),
+            replay_watermarks: HashMap::new(),
+            client_event_budget: ClientEventBudget::default(),
+        };
+        let reason = connection.serve(stream, outbox_rx).await;
+        tracing::debug!(?reason, "connection closed");
+        connection.leave_all_channels();
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum Ended {
+    ClientClosed,
+    Transport,
+    ClosedByServer,
+}
+
+struct Connection {
+    sink: SplitSink<WebSocket, Message>,
+    app: Arc<App>,
+    state: Arc<ServerState>,
+    socket: Arc<Socket>,
+    subscriptions: HashSet<String>,
+    /// Per channel, the last sequence already sent by a replay: live copies at or below it are
+    /// dropped. An entry goes away at the first live event above it, so this is usually empty.
+    replay_watermarks: HashMap<String, u64>,
+    client_event_budget: ClientEventBudget,
+}
+
+impl Connection {
+    async fn serve(&mut self, mut stream: SplitStream<WebSocket>, mut outbox_rx: mpsc::Receiver<Arc<Frame>>) -> Ended {
+        let config = &self.app.config;
+        let activity_timeout = config.activity_timeout_secs;
+        let ping_interval = Duration::from_secs(config.ping_interval_secs);
+        let pong_timeout = Duration::from_secs(config.activity_timeout_secs);
+        let max_message_bytes = config.max_message_size_bytes;
+        let hello = frames::connection_established(&self.socket.id, activity_timeout);
+        if self.sink.send(Message::Text(hello.into())).await.is_err() {
+            return Ended::Transport;
+        }
+        let socket = Arc::clone(&self.socket);
+        let shutdown = self.state.shutdown.clone();
+        let mut deadline = Instant::now() + ping_interval;
+        let mut ping_outstanding = false;
+        loop {
+            tokio::select! {
+                incoming = stream.next() => {
+                    deadline = Instant::now() + ping_interval;
+                    ping_outstanding = false;
+                    match incoming {
+                        Some(Ok(Message::Text(text))) => {
+                            if text.len() > max_message_bytes {
+                                tracing::info!(bytes = text.len(), "message over max_message_size refused");
+                                let message = format!("Message too large: the limit is {max_message_bytes} bytes");
+                                if !self.write(frames::error(None, &message)).await { return Ended::Transport; }
+                                continue;
+                            }
+                            if !self.handle_text(&text).await { return Ended::Transport; }
+                        }
+                        Some(Ok(Message::Close(_))) | None => return Ended::ClientClosed,
+                        Some(Ok(_)) => {} // pings are answered by the WebSocket layer; binary is ignored
+                        Some(Err(_)) => return Ended::Transport,
+                    }
+                }
+                Some(frame) = outbox_rx.recv() => {
+                    if !self.write_batch(frame, &mut outbox_rx).await { return Ended::Transport; }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    if ping_outstanding {
+                        tracing::info!("no pong in time");
+                        return self.close(ErrorCode::PongNotReceived.as_u16(), "Pong reply not received").await;
+                    }
+                    ping_outstanding = true;
+                    deadline = Instant::now() + pong_timeout;
+                    if !self.write(frames::ping()).await { return Ended::Transport; }
+                }
+                code = socket.close_requested() => {
+                    if code == ErrorCode::OverCapacity.as_u16() {
+                        self.app.hub.slow_consumers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!("slow consumer: outbox full, closing with 4100");
+                        return self.close(code, "Over capacity: reconnect and resume").await;
+                    }
+                    return self.close(code, "Connection terminated by the server").await;
+                }
+                () = shutdown.cancelled() => {
+                    return self.close(ErrorCode::Reconnect.as_u16(), "Server shutting down").await;
+                }
+            }
+        }
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) -> Ended {
+        tracing::debug!(code, reason, "closing");
+        let _ = self.sink.send(close_message(code, reason)).await;
+        Ended::ClosedByServer
+    }
+
+    /// Writes one frame now. Returns false if the socket is gone.
+    async fn write(&mut self, text: String) -> bool {
+        self.sink.send(Message::Text(text.into())).await.is_ok()
+    }
+
+    /// Writes `first` and whatever else is queued (up to a batch), then flushes once.
+    async fn write_batch(&mut self, first: Arc<Frame>, outbox_rx: &mut mpsc::Receiver<Arc<Frame>>) -> bool {
+        let mut frame = first;
+        for _ in 0..WRITE_BATCH_FRAMES {
+            if !self.is_replayed_already(&frame) && self.sink.feed(Message::Text(frame.text.clone())).await.is_err() {
+                return false;
+            }
+            match outbox_rx.try_recv() {
+                Ok(next) => frame = next,
+                Err(_) => break,
+            }
+        }
+        self.sink.flush().await.is_ok()
+    }
+
+    fn is_replayed_already(&mut self, frame: &Frame) -> bool {
+        if self.replay_watermarks.is_empty() {
+            return false;
+        }
+        let Some((channel, seq)) = &frame.logged else { return false };
+        match self.replay_watermarks.get(channel.as_str()) {
+            Some(watermark) if seq <= watermark => true,
+            Some(_) => {
+                // Live events arrive in sequence order: none after this one can be a duplicate.
+                self.replay_watermarks.remove(channel.as_str());
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Handles one client frame. Returns false if the socket is gone.
+    async fn handle_text(&mut self, text: &str) -> bool {
+        match frames::parse_client_message(text) {
+            Ok(ClientMessage::Ping) => self.write(frames::pong()).await,
+            Ok(ClientMessage::Pong) => true,
+            Ok(ClientMessage::Subscribe(request)) => self.subscribe(request).await,
+            Ok(ClientMessage::Unsubscribe { channel }) => {
+                if self.subscriptions.remove(&channel) {
+                    self.app.hub.unsubscribe(&channel, &self.socket.id);
+                    self.replay_watermarks.remove(&channel);
+                }
+                true
+            }
+            Ok(ClientMessage::ClientEvent { event, channel, data }) => self.client_event(event, channel, data).await,
+            Err(error) => {
+                tracing::info!(%error, "bad client frame");
+                let code = match error {
+                    FrameError::InvalidClientEvent => Some(ErrorCode::Unauthorized),
+                    _ => None,
+                };
+                self.write(frames::error(code, &error.to_string())).await
+            }
+        }
+    }
+
+    async fn subscription_error(&mut self, channel: &str, kind: &str, message: &str, status: u16) -> bool {
+        tracing::info!(channel, kind, message, "subscription refused");
+        self.write(frames::subscription_error(channel, kind, message, status)).await
+    }
+
+    async fn subscribe(&mut self, request: SubscribeRequest) -> bool {
+        let channel = match ChannelName::parse(&request.channel) {
+            Ok(channel) => channel,
+            Err(error) => return self.subscription_error(&request.channel, "InvalidChannel", &error.to_string(), 400).await,
+        };
+        let config = &self.app.config;
+        if channel.requires_auth() {
+            let authorised = request.auth.as_deref().is_some_and(|auth| {
+                let data = if channel.is_presence() { request.channel_data.as_deref() } else { None };
+                signature::verify_socket_auth(&config.key, &config.secret, &self.socket.id, channel.as_str(), data, auth)
+            });
+            if !authorised {
+                let message = "Invalid or missing auth signature for this socket and channel";
+                return self.subscription_error(channel.as_str(), "AuthError", message, 401).await;
+            }
+        }
+        let member = if channel.is_presence() {
+            match request.channel_data.as_deref().map(PresenceMember::parse) {
+                Some(Ok(member)) => Some(member),
+                _ => {
+                    let message = "Presence channels need channel_data with a user_id";
+                    return self.subscription_error(channel.as_str(), "AuthError", message, 400).await;
+                }
+            }
+        } else {
+            None
+        };
+        let since = match request.since.as_deref().map(str::parse::<EventId>) {
+            None => None,
+            Some(Ok(id)) => Some(id),
+            Some(Err(_)) => {
+                let message = "since is not a valid event id (expected a 26-character ULID)";
+                return self.subscription_error(channel.as_str(), "InvalidCursor", message, 400).await;
+            }
+        };
+        if self.subscriptions.contains(channel.as_str()) {
+            // Already subscribed (a client re-sending subscribe): confirm without a second join.
+            let head = self.read_replay(&channel, None).await.map(|r| r.head);
+            return match head {
+                Ok(head) => {
+                    let data = json!({ "replay": { "head": head } });
+                    self.write(frames::subscription_succeeded(channel.as_str(), &data)).await
+                }
+                Err(()) => self.subscription_error(channel.as_str(), "ServerError", "The event log is unavailable", 503).await,
+            };
+        }
+
+        // Subscribe, then read: live events from here on queue in the outbox while the log is
+        // read, and the watermark drops the ones the replay already contains. No gap, no duplicate.
+        let subscribed = self.app.hub.subscribe(&channel, &self.socket, member);
+        self.subscriptions.insert(channel.as_str().to_owned());
+        let replay = match self.read_replay(&channel, since).await {
+            Ok(replay) => replay,
+            Err(()) => {
+                self.subscriptions.remove(channel.as_str());
+                self.app.hub.unsubscribe(channel.as_str(), &self.socket.id);
+                return self.subscription_error(channel.as_str(), "ServerError", "The event log is unavailable", 503).await;
+            }
+        };
+        let mut data = subscribed.roster.unwrap_or_else(|| json!({}));
+        data["replay"] = replay.block(since.is_some());
+        if !self.write(frames::subscription_succeeded(channel.as_str(), &data)).await {
+            return false;
+        }
+        for event in &replay.events {
+            let frame = frames::event_frame(&event.event, channel.as_str(), &event.data, Some(event.id), None);
+            if self.sink.feed(Message::Text(frame.into())).await.is_err() {
+                return false;
+            }
+        }
+        if let Some(watermark) = replay.watermark {
+            self.replay_watermarks.insert(channel.as_str().to_owned(), watermark);
+        }
+        // A client that resumed has everything; one that starts fresh or could not be
+        // recovered gets the cache channel's last event, as Pusher sends it.
+        if channel.is_cache() && !replay.recovered {
+            let frame = match subscribed.cached {
+                Some(cached) => cached.text.to_string(),
+                None => frames::cache_miss(channel.as_str()),
+            };
+            if self.sink.feed(Message::Text(frame.into())).await.is_err() {
+                return false;
+            }
+        }
+        self.sink.flush().await.is_ok()
+    }
+
+    /// Reads what a subscribe needs from the log: the head, and the events after `since`.
+    async fn read_replay(&self, channel: &ChannelName, since: Option<EventId>) -> Result<Replay, ()> {
+        let log: Arc<dyn EventLog> = Arc::clone(&self.state.log);
+        let key = LogKey { app: self.app.config.id.clone(), channel: channel.as_str().to_owned() };
+        let cap = self.state.config.server.replay_cap_events;
+        let read = tokio::task::spawn_blocking(move || Replay::read(log.as_ref(), &key, since, cap)).await;
+        match read {
+            Ok(Ok(replay)) => Ok(replay),
+            Ok(Err(error)) => {
+                tracing::error!(%error, channel = channel.as_str(), "reading the event log failed");
+                Err(())
+            }
+            Err(_) => Err(()),
+        }
+    }
+
+    async fn client_event(&mut self, event: String, channel: String, data: Value) -> bool {
+        let config = &self.app.config;
+        let refusal = match config.accept_client_events_from {
+            ClientEventsFrom::None => Some("Client events are disabled for this app"),
+            _ if !ChannelName::parse(&channel).is_ok_and(|c| c.allows_client_events()) => {
+                Some("Client events are only allowed on private and presence channels")
+            }
+            _ => None,
+        };
+        if let Some(message) = refusal {
+            return self.write(frames::error(Some(ErrorCode::Unauthorized), message)).await;
+        }
+        let subscription = self.app.hub.subscription(&channel, &self.socket.id);
+        if subscription.is_none() && config.accept_client_events_from == ClientEventsFrom::Members {
+            let message = "Client events can only be sent to a channel the socket is subscribed to";
+            return self.write(frames::error(Some(ErrorCode::Unauthorized), message)).await;
+        }
+        if !self.client_event_budget.take(config.client_events_per_sec) {
+            tracing::info!("client event rate limit exceeded");
+            let message = "Client event rejected due to rate limit";
+            return self.write(frames::error(Some(ErrorCode::ClientEventRateLimit), message)).await;
+        }
+        let channel = ChannelName::parse(&channel).expect("validated above");
+        let user_id = subscription.flatten();
+        let data = frames::client_event_data(&data);
+        if config.log_client_events {
+            let item = PublishItem { channel, event, data, except_socket: Some(self.socket.id.clone()), user_id };
+            let app_id = self.app.config.id.clone();
+            if let Err(error) = self.state.publisher.publish(&app_id, &self.app.hub, vec![item]).await {
+                tracing::error!(%error, "logging a client event failed");
+                return self.write(frames::error(None, "The event could not be logged")).await;
+            }
+            return true;
+        }
+        let frame = Frame::plain(frames::event_frame(&event, channel.as_str(), &data, None, user_id.as_deref()));
+        self.app.hub.publish(&channel, &frame, Some(&self.socket.id));
+        true
+    }
+
+    fn leave_all_channels(&mut self) {
+        for channel in self.subscriptions.drain() {
+            self.app.hub.unsubscribe(&channel, &self.socket.id);
+        }
+    }
+}
+
+/// What a subscribe replays and reports.
+struct Replay {
+    head: Option<EventId>,
+    recovered: bool,
+    events: Vec<reprise_storage::StoredEvent>,
+    /// Live events at or below this sequence were already sent (or predate the subscription).
+    watermark: Option<u64>,
+}
+
+impl Replay {
+    fn read(log: &dyn EventLog, key: &LogKey, since: Option<EventId>, cap: usize) -> Result<Replay, reprise_storage::StorageError> {
+        let Some(since) = since else {
+            let head = log.head(key)?.head;
+            return Ok(Replay { head, recovered: false, events: Vec::new(), watermark: head.map(EventId::seq) });
+        };
+        // One more than the cap tells "more than the cap" apart from "exactly the cap".
+        let outcome = log.read(key, Cursor::After(since), cap.saturating_add(1))?;
+        if !outcome.recovered || outcome.events.len() > cap {
+            let watermark = outcome.head.map(EventId::seq);
+            return Ok(Replay { head: outcome.head, recovered: false, events: Vec::new(), watermark });
+        }
+        let watermark = Some(outcome.events.last().map_or(since.seq(), |e| e.id.seq()));
+        Ok(Replay { head: outcome.head, recovered: true, events: outcome.events, watermark })
+    }
+
+    /// The `replay` block of `subscription_succeeded`.
+    fn block(&self, resumed: bool) -> Value {
+        if resumed {
+            json!({ "head": self.head, "recovered": self.recovered, "count": self.events.len() })
+        } else {
+            json!({ "head": self.head })
+        }
+    }
+}
+
+/// A token bucket: `per_sec` client events per second, bursts up to `per_sec`.
+#[derive(Default)]
+struct ClientEventBudget {
+    tokens: f64,
+    refilled_at: Option<Instant>,
+}
+
+impl ClientEventBudget {
+    fn take(&mut self, per_sec: u32) -> bool {
+        let now = Instant::now();
+        let capacity = f64::from(per_sec);
+        self.tokens = match self.refilled_at {
+            None => capacity,
+            Some(at) => (self.tokens + now.duration_since(at).as_secs_f64() * capacity).min(capacity),
+        };
+        self.refilled_at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! `ApiError`: every way an HTTP API call fails, with the status a client can act on and a JSON
+//! body `{"error": "..."}` that never leaks internals.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use reprise_api::http::ErrorBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("payload too large: the limit is {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The log failed; the detail is logged, not returned.
+    #[error("the event log is unavailable")]
+    Unavailable,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        tracing::info!(status = status.as_u16(), error = %self, "api request refused");
+        (status, Json(ErrorBody { error: self.to_string() })).into_response()
+    }
+}

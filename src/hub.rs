@@ -1,0 +1,344 @@
+//! The hub: which sockets are subscribed to which channels, presence rosters, the last event of
+//! cache channels, and fan-out.
+//!
+//! Fan-out never waits: each socket has a bounded outbox and a publish `try_send`s one shared,
+//! already-serialised frame (a refcount, not a copy) to every subscriber. A socket whose outbox
+//! is full is marked over capacity and woken; its connection closes it with 4100 and the client
+//! resumes from the log, so nothing is skipped silently.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+
+use axum::extract::ws::Utf8Bytes;
+use reprise_api::presence::PresenceMember;
+use reprise_api::{ChannelName, ErrorCode, frames};
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc};
+
+/// Channel maps are split in shards so publishes to different channels rarely share a lock.
+const SHARDS: usize = 16;
+
+/// A frame serialised once and shared by every socket it goes to.
+#[derive(Debug)]
+pub struct Frame {
+    pub text: Utf8Bytes,
+    /// For logged events: the channel and sequence, so a connection that just replayed up to
+    /// sequence N can drop a live copy of an event it already sent.
+    pub logged: Option<(ChannelName, u64)>,
+}
+
+impl Frame {
+    pub fn plain(text: String) -> Arc<Frame> {
+        Arc::new(Frame { text: text.into(), logged: None })
+    }
+}
+
+/// What the rest of the server knows of one connection.
+#[derive(Debug)]
+pub struct Socket {
+    pub id: String,
+    pub outbox: mpsc::Sender<Arc<Frame>>,
+    /// Set (once) to the close code the connection should close with: 4100 on overflow, or the
+    /// code of a `terminate_connections`. Read by the connection when `wake` fires.
+    close_code: AtomicU16,
+    wake: Notify,
+}
+
+impl Socket {
+    pub fn new(id: String, outbox: mpsc::Sender<Arc<Frame>>) -> Arc<Socket> {
+        Arc::new(Socket { id, outbox, close_code: AtomicU16::new(0), wake: Notify::new() })
+    }
+
+    /// Queues a frame without waiting; a full outbox marks the socket as a slow consumer.
+    /// Returns false if the frame was not queued.
+    pub fn send(&self, frame: &Arc<Frame>) -> bool {
+        match self.outbox.try_send(Arc::clone(frame)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(ErrorCode::OverCapacity.as_u16());
+                false
+            }
+            // The connection is gone; it removes its own subscriptions.
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Asks the connection to close with `code` (the first request wins).
+    pub fn close(&self, code: u16) {
+        if self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits until someone asks this socket to close; returns the code.
+    pub async fn close_requested(&self) -> u16 {
+        loop {
+            let code = self.close_code.load(Ordering::Acquire);
+            if code != 0 {
+                return code;
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+struct Subscriber {
+    socket: Arc<Socket>,
+    user_id: Option<String>,
+}
+
+struct Member {
+    info: Value,
+    /// How many of this user's sockets are subscribed (tabs): joined on the first, left on the last.
+    sockets: usize,
+}
+
+#[derive(Default)]
+struct Channel {
+    subscribers: HashMap<String, Subscriber>,
+    members: HashMap<String, Member>,
+    cached: Option<Arc<Frame>>,
+}
+
+impl Channel {
+    fn send_to_all(&self, frame: &Arc<Frame>, except: Option<&str>) -> usize {
+        let mut sent = 0;
+        for (socket_id, subscriber) in &self.subscribers {
+            if Some(socket_id.as_str()) != except && subscriber.socket.send(frame) {
+                sent += 1;
+            }
+        }
+        sent
+    }
+}
+
+/// What a subscribe found, for the `subscription_succeeded` the connection sends.
+pub struct Subscribed {
+    /// The presence roster (`{"presence":{...}}`) on presence channels.
+    pub roster: Option<Value>,
+    /// The remembered last event of a cache channel.
+    pub cached: Option<Arc<Frame>>,
+}
+
+/// Counts of one channel, for the HTTP API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelCounts {
+    pub subscriptions: usize,
+    pub users: usize,
+}
+
+/// The channels of one app.
+pub struct AppHub {
+    shards: Box<[Mutex<HashMap<String, Channel>>]>,
+    hasher: RandomState,
+    /// Open connections, for `max_connections`.
+    pub connections: AtomicUsize,
+    /// Sockets closed because their outbox overflowed.
+    pub slow_consumers: AtomicU64,
+}
+
+impl Default for AppHub {
+    fn default() -> Self {
+        AppHub {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            connections: AtomicUsize::new(0),
+            slow_consumers: AtomicU64::new(0),
+        }
+    }
+}
+
+impl AppHub {
+    // Every lock below is a std Mutex on purpose: sections are short, never await, and never
+    // take a second shard lock, so they cannot deadlock and need no async mutex.
+    fn shard(&self, channel: &str) -> std::sync::MutexGuard<'_, HashMap<String, Channel>> {
+        let index = usize::try_from(self.hasher.hash_one(channel) % SHARDS as u64).expect("shard index < SHARDS");
+        self.shards[index].lock().expect("hub lock poisoned: a panic while fanning out")
+    }
+
+    /// Registers `socket` on `channel`. On presence channels `member` joins the roster and, if
+    /// it is the user's first socket there, the others get `member_added`.
+    pub fn subscribe(&self, channel: &ChannelName, socket: &Arc<Socket>, member: Option<PresenceMember>) -> Subscribed {
+        let mut shard = self.shard(channel.as_str());
+        let state = shard.entry(channel.as_str().to_owned()).or_default();
+        let user_id = member.as_ref().map(|m| m.user_id.clone());
+        let previous = state
+            .subscribers
+            .insert(socket.id.clone(), Subscriber { socket: Arc::clone(socket), user_id: user_id.clone() });
+        if let (Some(member), None) = (member, previous) {
+            match state.members.entry(member.user_id.clone()) {
+                Entry::Occupied(mut joined) => joined.get_mut().sockets += 1,
+                Entry::Vacant(vacant) => {
+                    let frame = Frame::plain(frames::member_added(channel.as_str(), &member.user_id, &member.user_info));
+                    vacant.insert(Member { info: member.user_info, sockets: 1 });
+                    state.send_to_all(&frame, Some(&socket.id));
+                }
+            }
+        }
+        let roster = channel.is_presence().then(|| {
+            reprise_api::presence::roster(state.members.iter().map(|(id, member)| (id.as_str(), &member.info)))
+        });
+        Subscribed { roster, cached: state.cached.clone() }
+    }
+
+    /// Removes `socket` from `channel`; on presence channels the last socket of a user leaves
+    /// the roster and the others get `member_removed`. Returns whether it was subscribed.
+    pub fn unsubscribe(&self, channel: &str, socket_id: &str) -> bool {
+        let mut shard = self.shard(channel);
+        let Some(state) = shard.get_mut(channel) else { return false };
+        let Some(removed) = state.subscribers.remove(socket_id) else { return false };
+        if let Some(user_id) = removed.user_id {
+            if let Entry::Occupied(mut member) = state.members.entry(user_id.clone()) {
+                member.get_mut().sockets -= 1;
+                if member.get().sockets == 0 {
+                    member.remove();
+                    state.send_to_all(&Frame::plain(frames::member_removed(channel, &user_id)), None);
+                }
+            }
+        }
+        if state.subscribers.is_empty() && state.cached.is_none() {
+            shard.remove(channel);
+        }
+        true
+    }
+
+    /// Sends `frame` to every subscriber of `channel` but `except`; on cache channels also
+    /// remembers it for later subscribers. Returns how many sockets it was queued for.
+    pub fn publish(&self, channel: &ChannelName, frame: &Arc<Frame>, except: Option<&str>) -> usize {
+        let mut shard = self.shard(channel.as_str());
+        if channel.is_cache() {
+            let state = shard.entry(channel.as_str().to_owned()).or_default();
+            state.cached = Some(Arc::clone(frame));
+            return state.send_to_all(frame, except);
+        }
+        shard.get(channel.as_str()).map_or(0, |state| state.send_to_all(frame, except))
+    }
+
+    /// Whether `socket_id` is subscribed to `channel`, and with which presence user id.
+    pub fn subscription(&self, channel: &str, socket_id: &str) -> Option<Option<String>> {
+        let shard = self.shard(channel);
+        shard.get(channel)?.subscribers.get(socket_id).map(|s| s.user_id.clone())
+    }
+
+    pub fn counts(&self, channel: &str) -> ChannelCounts {
+        let shard = self.shard(channel);
+        shard.get(channel).map_or_else(ChannelCounts::default, |state| ChannelCounts {
+            subscriptions: state.subscribers.len(),
+            users: state.members.len(),
+        })
+    }
+
+    pub fn cached(&self, channel: &str) -> Option<Arc<Frame>> {
+        self.shard(channel).get(channel).and_then(|state| state.cached.clone())
+    }
+
+    /// Occupied channels (at least one subscriber) whose name starts with `prefix`.
+    pub fn occupied(&self, prefix: &str) -> Vec<(String, ChannelCounts)> {
+        let mut found = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().expect("hub lock poisoned: a panic while fanning out");
+            for (name, state) in shard.iter() {
+                if !state.subscribers.is_empty() && name.starts_with(prefix) {
+                    let counts = ChannelCounts { subscriptions: state.subscribers.len(), users: state.members.len() };
+                    found.push((name.clone(), counts));
+                }
+            }
+        }
+        found
+    }
+
+    /// The user ids present on a presence channel.
+    pub fn users(&self, channel: &str) -> Vec<String> {
+        let shard = self.shard(channel);
+        shard.get(channel).map(|state| state.members.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Asks every socket that joined a presence channel as `user_id` to close with `code`.
+    /// Returns how many sockets that was.
+    pub fn terminate_user(&self, user_id: &str, code: u16) -> usize {
+        let mut sockets: HashMap<String, Arc<Socket>> = HashMap::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().expect("hub lock poisoned: a panic while fanning out");
+            for state in shard.values() {
+                for subscriber in state.subscribers.values() {
+                    if subscriber.user_id.as_deref() == Some(user_id) {
+                        sockets.insert(subscriber.socket.id.clone(), Arc::clone(&subscriber.socket));
+                    }
+                }
+            }
+        }
+        for socket in sockets.values() {
+            socket.close(code);
+        }
+        sockets.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket(id: &str, capacity: usize) -> (Arc<Socket>, mpsc::Receiver<Arc<Frame>>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Socket::new(id.to_owned(), tx), rx)
+    }
+
+    fn name(n: &str) -> ChannelName {
+        ChannelName::parse(n).unwrap()
+    }
+
+    fn member(id: &str) -> Option<PresenceMember> {
+        Some(PresenceMember { user_id: id.to_owned(), user_info: Value::Null })
+    }
+
+    #[test]
+    fn a_user_with_two_sockets_joins_once_and_leaves_with_the_last() {
+        let hub = AppHub::default();
+        let channel = name("presence-room");
+        let (watcher, mut watcher_rx) = socket("0.1", 16);
+        hub.subscribe(&channel, &watcher, member("w"));
+        let (tab1, _rx1) = socket("1.1", 16);
+        let (tab2, _rx2) = socket("1.2", 16);
+        hub.subscribe(&channel, &tab1, member("u"));
+        hub.subscribe(&channel, &tab2, member("u"));
+        let joined: Vec<_> = std::iter::from_fn(|| watcher_rx.try_recv().ok()).collect();
+        assert_eq!(joined.len(), 1, "one member_added for two tabs");
+        assert!(joined[0].text.contains("member_added"));
+        assert_eq!(hub.counts("presence-room"), ChannelCounts { subscriptions: 3, users: 2 });
+        hub.unsubscribe("presence-room", "1.1");
+        assert!(watcher_rx.try_recv().is_err(), "still present through the second tab");
+        hub.unsubscribe("presence-room", "1.2");
+        assert!(watcher_rx.try_recv().unwrap().text.contains("member_removed"));
+        assert_eq!(hub.users("presence-room"), vec!["w".to_owned()]);
+    }
+
+    #[test]
+    fn a_full_outbox_marks_the_socket_over_capacity_without_blocking() {
+        let hub = AppHub::default();
+        let channel = name("news");
+        let (slow, _rx) = socket("1.1", 1);
+        hub.subscribe(&channel, &slow, None);
+        let frame = Frame::plain("x".into());
+        assert_eq!(hub.publish(&channel, &frame, None), 1);
+        assert_eq!(hub.publish(&channel, &frame, None), 0);
+        assert_eq!(slow.close_code.load(Ordering::Acquire), ErrorCode::OverCapacity.as_u16());
+    }
+
+    #[test]
+    fn publish_skips_the_excluded_socket_and_cache_channels_remember() {
+        let hub = AppHub::default();
+        let channel = name("cache-news");
+        let (a, mut a_rx) = socket("1.1", 4);
+        let (b, mut b_rx) = socket("1.2", 4);
+        hub.subscribe(&channel, &a, None);
+        hub.subscribe(&channel, &b, None);
+        hub.publish(&channel, &Frame::plain("e".into()), Some("1.1"));
+        assert!(a_rx.try_recv().is_err());
+        assert_eq!(b_rx.try_recv().unwrap().text.as_str(), "e");
+        assert_eq!(hub.cached("cache-news").unwrap().text.as_str(), "e");
+    }
+}

@@ -1,0 +1,116 @@
+//! Reprise: a Pusher-protocol (v7) WebSocket server, drop-in for Laravel Reverb, that appends
+//! every published event to a durable per-channel log and replays what a reconnecting client
+//! missed.
+//!
+//! [`run`] serves on an already-bound listener until the shutdown token fires, so tests bind
+//! `127.0.0.1:0` and the binary binds what the configuration says.
+
+pub mod apps;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod hub;
+pub mod publisher;
+pub mod retention;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use reprise_storage::{EventLog, SledLog, StorageError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::apps::Apps;
+use crate::config::Config;
+use crate::publisher::Publisher;
+
+/// What every handler and connection shares.
+pub struct ServerState {
+    pub config: Arc<Config>,
+    pub apps: Apps,
+    pub log: Arc<dyn EventLog>,
+    pub publisher: Publisher,
+    /// Fired once on shutdown: every connection closes with 4200 when it fires.
+    pub shutdown: CancellationToken,
+    /// Tracks upgraded sockets, which axum's graceful shutdown does not wait for.
+    pub tracker: TaskTracker,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot open the event log in {path}: {source}")]
+    OpenLog { path: String, source: StorageError },
+    #[error("serving failed: {0}")]
+    Serve(#[from] std::io::Error),
+    #[error("flushing the event log on shutdown failed: {0}")]
+    FinalFlush(StorageError),
+}
+
+/// Opens the log in `config.server.data_dir` and serves until `shutdown` fires; then stops
+/// accepting, closes every socket with 4200, waits up to the grace period, flushes the log and
+/// returns.
+pub async fn run(listener: TcpListener, config: Arc<Config>, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let data_dir = config.server.data_dir.clone();
+    let log = tokio::task::spawn_blocking(move || SledLog::open(&data_dir))
+        .await
+        .expect("opening the log does not panic")
+        .map_err(|source| ServerError::OpenLog { path: config.server.data_dir.display().to_string(), source })?;
+    serve(listener, config, Arc::new(log), shutdown).await
+}
+
+/// Like [`run`], with a log the caller opened (another backend, or a shared one).
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<Config>,
+    log: Arc<dyn EventLog>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    // Publisher and retention tasks outlive the sockets: they finish after the state is dropped.
+    let background = TaskTracker::new();
+    let publisher = Publisher::start(
+        Arc::clone(&log),
+        config.server.durability,
+        Duration::from_millis(config.server.flush_every_ms),
+        &background,
+        shutdown.clone(),
+    );
+    background.spawn(retention::run(
+        Arc::clone(&log),
+        config.apps.clone(),
+        retention::RETENTION_INTERVAL,
+        shutdown.clone(),
+    ));
+    let tracker = TaskTracker::new();
+    let state = Arc::new(ServerState {
+        config: Arc::clone(&config),
+        apps: Apps::new(&config.apps),
+        log: Arc::clone(&log),
+        publisher,
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+    });
+    let app = routes::router(Arc::clone(&state)).layer(DefaultBodyLimit::max(routes::signed::body_limit()));
+    tracing::info!(address = %listener.local_addr()?, "reprise listening");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
+
+    // Accepting has stopped; every socket saw the token and is closing with 4200.
+    tracker.close();
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(open = tracker.len(), "shutdown grace period over; sockets still open are dropped");
+    }
+    drop(state);
+    background.close();
+    if tokio::time::timeout(grace, background.wait()).await.is_err() {
+        tracing::warn!("publishes still committing at the end of the grace period");
+    }
+    tokio::task::spawn_blocking(move || log.flush())
+        .await
+        .expect("flush does not panic")
+        .map_err(ServerError::FinalFlush)?;
+    tracing::info!("reprise stopped");
+    Ok(())
+}

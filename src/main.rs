@@ -1,0 +1,100 @@
+//! The `reprise` binary: command line, logging and signals. Everything else is the library.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use reprise::config::{Config, Overrides, ProcessEnv};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Reprise: a Pusher-protocol WebSocket server (drop-in for Laravel Reverb) that keeps a durable
+/// log of every event and replays what a reconnecting client missed.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the server.
+    ///
+    /// Apps come from a config file (--config) and/or Reverb's variables: REVERB_APP_ID,
+    /// REVERB_APP_KEY, REVERB_APP_SECRET, REVERB_SERVER_HOST, REVERB_SERVER_PORT,
+    /// REVERB_APP_PING_INTERVAL, REVERB_APP_ACTIVITY_TIMEOUT, REVERB_APP_MAX_MESSAGE_SIZE,
+    /// REVERB_APP_MAX_CONNECTIONS, REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM. Flags win over both.
+    /// With no app on a loopback host, a demo app is created and printed.
+    Start {
+        /// Address to listen on [default: 0.0.0.0, or REVERB_SERVER_HOST].
+        #[arg(long)]
+        host: Option<String>,
+        /// Port to listen on [default: 8080, or REVERB_SERVER_PORT].
+        #[arg(long)]
+        port: Option<u16>,
+        /// TOML file with [server] options and [[apps]] (see docs/configuration.md).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Directory of the event log [default: ./data].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn".into()),
+        )
+        .init();
+    let Command::Start { host, port, config, data_dir } = Cli::parse().command;
+    let file_text = config
+        .as_ref()
+        .map(|path| std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display())))
+        .transpose()?;
+    let overrides = Overrides { host, port, data_dir };
+    let (config, demo) = Config::load(file_text.as_deref(), &ProcessEnv, &overrides)
+        .and_then(Config::finish)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(demo) = demo {
+        tracing::warn!(
+            app_id = %demo.id, key = %demo.key, secret = %demo.secret,
+            "no app configured: serving a demo app on loopback only; configure REVERB_APP_* for real use"
+        );
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let address = (config.server.host.as_str(), config.server.port);
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", config.server.host, config.server.port))?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        reprise::run(listener, Arc::new(config), shutdown).await?;
+        Ok(())
+    })
+}
+
+/// Fires `shutdown` on SIGINT or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+}

@@ -1,0 +1,129 @@
+//! `POST /apps/{id}/events` and `POST /apps/{id}/batch_events`: validate, then hand the events to
+//! the publisher, which logs them, fans them out and returns their ids.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use reprise_api::http::{
+    BatchItemResponse, BatchRequest, BatchResponse, ChannelInfo, InfoRequest, MAX_BATCH_EVENTS,
+    MAX_CHANNELS_PER_EVENT, TriggerRequest, TriggerResponse,
+};
+use reprise_api::{ChannelName, EventId};
+
+use crate::ServerState;
+use crate::apps::App;
+use crate::error::ApiError;
+use crate::publisher::PublishItem;
+use crate::routes::signed;
+
+/// Pusher's limit on an event name, in bytes.
+const MAX_EVENT_NAME_BYTES: usize = 200;
+
+pub async fn trigger(
+    State(state): State<Arc<ServerState>>,
+    Path(app_id): Path<String>,
+    request: Request,
+) -> Result<Json<TriggerResponse>, ApiError> {
+    let signed = signed::verify(&state, &app_id, request).await?;
+    let body: TriggerRequest = signed.json()?;
+    let names = body.channel_names();
+    if names.is_empty() {
+        return Err(ApiError::BadRequest("name a channel in \"channel\" or \"channels\"".into()));
+    }
+    if names.len() > MAX_CHANNELS_PER_EVENT {
+        return Err(ApiError::BadRequest(format!("at most {MAX_CHANNELS_PER_EVENT} channels per event")));
+    }
+    let mut items = Vec::with_capacity(names.len());
+    for name in names {
+        items.push(item(&signed.app, name, &body.name, &body.data, body.socket_id.as_deref())?);
+    }
+    let info = InfoRequest::parse(body.info.as_deref());
+    let ids = publish(&state, &signed.app, items.clone()).await?;
+    let mut response = TriggerResponse::default();
+    for (item, id) in items.iter().zip(ids) {
+        response.ids.insert(item.channel.to_string(), id);
+        if info != InfoRequest::default() {
+            response.channels.insert(item.channel.to_string(), channel_info(&signed.app, &item.channel, info));
+        }
+    }
+    Ok(Json(response))
+}
+
+pub async fn batch(
+    State(state): State<Arc<ServerState>>,
+    Path(app_id): Path<String>,
+    request: Request,
+) -> Result<Json<BatchResponse>, ApiError> {
+    let signed = signed::verify(&state, &app_id, request).await?;
+    let body: BatchRequest = signed.json()?;
+    if body.batch.len() > MAX_BATCH_EVENTS {
+        return Err(ApiError::BadRequest(format!("at most {MAX_BATCH_EVENTS} events per batch")));
+    }
+    let items = body
+        .batch
+        .iter()
+        .map(|event| item(&signed.app, &event.channel, &event.name, &event.data, event.socket_id.as_deref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ids = publish(&state, &signed.app, items.clone()).await?;
+    let batch = body
+        .batch
+        .iter()
+        .zip(items.iter().zip(ids))
+        .map(|(event, (item, id))| BatchItemResponse {
+            info: channel_info(&signed.app, &item.channel, InfoRequest::parse(event.info.as_deref())),
+            ids: BTreeMap::from([(item.channel.to_string(), id)]),
+        })
+        .collect();
+    Ok(Json(BatchResponse { batch }))
+}
+
+/// Validates one event for one channel.
+fn item(app: &App, channel: &str, name: &str, data: &str, socket_id: Option<&str>) -> Result<PublishItem, ApiError> {
+    let channel = ChannelName::parse(channel).map_err(|e| ApiError::BadRequest(format!("channel {channel:?}: {e}")))?;
+    if name.is_empty() || name.len() > MAX_EVENT_NAME_BYTES {
+        return Err(ApiError::BadRequest(format!("event name must be 1 to {MAX_EVENT_NAME_BYTES} bytes")));
+    }
+    if name.starts_with("pusher:") || name.starts_with("pusher_internal:") {
+        return Err(ApiError::BadRequest("event names starting with pusher: are reserved".into()));
+    }
+    if data.len() > app.config.max_message_size_bytes {
+        return Err(ApiError::PayloadTooLarge(app.config.max_message_size_bytes));
+    }
+    if let Some(socket_id) = socket_id {
+        if !is_socket_id(socket_id) {
+            return Err(ApiError::BadRequest(format!("socket_id {socket_id:?} is not a socket id")));
+        }
+    }
+    Ok(PublishItem {
+        channel,
+        event: name.to_owned(),
+        data: data.to_owned(),
+        except_socket: socket_id.map(str::to_owned),
+        user_id: None,
+    })
+}
+
+/// Pusher socket ids are `\d+\.\d+`.
+fn is_socket_id(text: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    text.split_once('.').is_some_and(|(a, b)| digits(a) && digits(b))
+}
+
+async fn publish(state: &ServerState, app: &App, items: Vec<PublishItem>) -> Result<Vec<EventId>, ApiError> {
+    state.publisher.publish(&app.config.id, &app.hub, items).await.map_err(|error| {
+        tracing::error!(%error, "publish failed");
+        ApiError::Unavailable
+    })
+}
+
+pub fn channel_info(app: &App, channel: &ChannelName, info: InfoRequest) -> ChannelInfo {
+    let counts = app.hub.counts(channel.as_str());
+    ChannelInfo {
+        occupied: None,
+        subscription_count: info.subscription_count.then_some(counts.subscriptions),
+        user_count: (info.user_count && channel.is_presence()).then_some(counts.users),
+        cache: None,
+    }
+}

@@ -1,0 +1,30 @@
+//! HTTP routes: thin handlers that verify, parse, and hand the work to the hub or the publisher.
+
+pub mod channels;
+pub mod events;
+pub mod history;
+pub mod signed;
+pub mod ws;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::ServerState;
+
+/// Every route the server answers.
+pub fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/up", get(|| async { "OK" }))
+        .route("/app/{key}", get(ws::upgrade))
+        .route("/apps/{app_id}/events", post(events::trigger))
+        .route("/apps/{app_id}/batch_events", post(events::batch))
+        .route("/apps/{app_id}/channels", get(channels::list))
+        .route("/apps/{app_id}/channels/{channel}", get(channels::show))
+        .route("/apps/{app_id}/channels/{channel}/users", get(channels::users))
+        .route("/apps/{app_id}/channels/{channel}/events", get(history::events))
+        .route("/apps/{app_id}/users/{user_id}/terminate_connections", post(channels::terminate))
+        .route("/apps/{app_id}/compact", post(history::compact))
+        .with_state(state)
+}

@@ -1,0 +1,87 @@
+//! `GET /app/{key}`: the WebSocket upgrade. Refusals (unknown key, origin, quota) still upgrade so
+//! the client receives Pusher's error code, as Pusher and Reverb do.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::Response;
+
+use crate::ServerState;
+use crate::apps::App;
+use crate::connection::{self, Refusal};
+
+/// The WebSocket layer's own limit: a generous multiple of the app's limit so that an oversized
+/// message reaches the connection (and gets a `pusher:error`) instead of killing the socket,
+/// while a truly huge one is still cut off by the transport.
+const TRANSPORT_LIMIT_FACTOR: usize = 8;
+/// Small initial buffers: most sockets are idle, and memory per idle socket is what limits scale.
+const READ_BUFFER_BYTES: usize = 4096;
+const WRITE_BUFFER_BYTES: usize = 0;
+
+pub async fn upgrade(
+    State(state): State<Arc<ServerState>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(app) = state.apps.by_key(&key).cloned() else {
+        return ws.on_upgrade(|socket| connection::refuse(socket, Refusal::UnknownApp));
+    };
+    let origin = headers.get("origin").and_then(|v| v.to_str().ok());
+    if !origin_allowed(&app, origin) {
+        return ws.on_upgrade(|socket| connection::refuse(socket, Refusal::OriginNotAllowed));
+    }
+    let Some(slot) = connection::reserve_slot(&app) else {
+        return ws.on_upgrade(|socket| connection::refuse(socket, Refusal::OverQuota));
+    };
+    let limit = app.config.max_message_size_bytes.saturating_mul(TRANSPORT_LIMIT_FACTOR);
+    // The tracker keeps shutdown waiting for this socket: axum does not track upgraded sockets.
+    let tracker = state.tracker.clone();
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .on_upgrade(move |socket| tracker.track_future(connection::run(socket, app, state, slot)))
+}
+
+/// Reverb's rule: `*` allows all; otherwise the Origin's host must match one pattern (`*` wildcards).
+fn origin_allowed(app: &App, origin: Option<&str>) -> bool {
+    let patterns = &app.config.allowed_origins;
+    if patterns.iter().any(|p| p == "*") {
+        return true;
+    }
+    let Some(origin) = origin else { return false };
+    let host = origin.split("://").nth(1).unwrap_or(origin);
+    let host = host.split(['/', ':']).next().unwrap_or(host);
+    patterns.iter().any(|pattern| wildcard_match(pattern, host))
+}
+
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern.eq_ignore_ascii_case(text),
+        Some((prefix, rest)) => {
+            let lower = text.to_ascii_lowercase();
+            let prefix = prefix.to_ascii_lowercase();
+            if !lower.starts_with(&prefix) {
+                return false;
+            }
+            let tail = &text[prefix.len()..];
+            (0..=tail.len()).filter(|&i| tail.is_char_boundary(i)).any(|i| wildcard_match(rest, &tail[i..]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wildcard_match;
+
+    #[test]
+    fn origin_patterns_match_hosts() {
+        assert!(wildcard_match("example.com", "Example.com"));
+        assert!(wildcard_match("*.example.com", "app.example.com"));
+        assert!(!wildcard_match("*.example.com", "example.org"));
+        assert!(!wildcard_match("example.com", "evil-example.com"));
+        assert!(wildcard_match("*", "anything"));
+    }
+}

@@ -1,0 +1,31 @@
+//! `StorageError`: the one error type of the log. Backend errors are flattened into messages so no
+//! sled or bincode type appears in the public API.
+
+/// Why a log operation failed. Expected outcomes (an unknown channel, a cursor that cannot be fully
+/// recovered) are not errors: they are part of the normal results.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The backend failed (IO error, lock held by another process, ...). The operation did not
+    /// happen; retrying may help.
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+    /// A stored record or key could not be decoded. Retrying will not help.
+    #[error("corrupt log data: {0}")]
+    Corrupt(String),
+    /// A stored record was written by a format version this build does not know (a newer release).
+    #[error("unsupported on-disk format version {0}")]
+    UnsupportedFormat(u8),
+    /// The key cannot be stored (an app id or channel name containing a NUL byte).
+    #[error("invalid log key: {0}")]
+    InvalidKey(String),
+}
+
+impl StorageError {
+    /// Turns a sled error into ours, keeping its message.
+    pub(crate) fn from_sled(error: sled::Error) -> Self {
+        match error {
+            sled::Error::Corruption { .. } => StorageError::Corrupt(error.to_string()),
+            other => StorageError::Backend(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Reprise's durable per-channel event log: the [`EventLog`] trait the server talks to, the embedded
+//! [`SledLog`] backend, and the [`conformance`] suite every backend must pass.
+//!
+//! Each channel (scoped by app, see [`LogKey`]) has its own append-only sequence of events. An event's
+//! [`EventId`] carries its append time and its per-channel sequence number (1, 2, 3, ...), so ids
+//! only grow within a channel, even across restarts and when the wall clock steps back. Compaction
+//! removes a channel's oldest events; the log remembers the highest id it removed
+//! (`compacted_through`) so a reader resuming from an old cursor learns that it cannot be fully
+//! recovered instead of silently missing events.
+//!
+//! Durability: an append is visible to readers as soon as it returns, and survives a crash once a
+//! later [`EventLog::flush`] has returned.
+
+mod codec;
+pub mod conformance;
+mod error;
+mod sled_log;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use error::StorageError;
+pub use reprise_api::EventId;
+pub use sled_log::SledLog;
+
+/// Which log a channel's events go to: channels are scoped by app.
+///
+/// Neither part may contain a NUL byte (app ids and channel names never do; appends refuse them).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LogKey {
+    pub app: String,
+    pub channel: String,
+}
+
+impl LogKey {
+    pub fn new(app: impl Into<String>, channel: impl Into<String>) -> Self {
+        LogKey { app: app.into(), channel: channel.into() }
+    }
+}
+
+/// One event to append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    pub key: LogKey,
+    pub event: String,
+    pub data: String,
+}
+
+/// One event read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub id: EventId,
+    pub event: String,
+    pub data: String,
+}
+
+/// Where a read starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cursor {
+    /// Before the channel's first event.
+    Oldest,
+    /// Right after this id (the last event the reader has seen).
+    After(EventId),
+    /// At the first event appended at or after this instant (ms since the Unix epoch).
+    FromTime { timestamp_ms: u64 },
+}
+
+/// What a [`EventLog::read`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// At most `limit` events after the cursor, ascending by id.
+    pub events: Vec<StoredEvent>,
+    /// True when nothing that came after the cursor has been removed from the log, i.e. the events
+    /// returned plus the ones after them (up to head) are *every* event after the cursor.
+    pub recovered: bool,
+    /// The channel's latest id (also after its events were compacted away); None if never appended
+    /// to. No event returned is above it, so it is a consistent snapshot for subscribe-then-read.
+    pub head: Option<EventId>,
+}
+
+/// Where a channel stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelHead {
+    /// The channel's latest id; None if never appended to.
+    pub head: Option<EventId>,
+    /// The highest id ever removed by compaction; every event up to it is gone.
+    pub compacted_through: Option<EventId>,
+}
+
+/// Which events a compaction removes: an event goes if ANY given rule matches it. All `None`
+/// removes nothing.
+///
+/// Within a channel, ids, times and sequence numbers grow together, so each rule (and so their union)
+/// removes a prefix of the channel: compaction never punches holes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactRule {
+    /// Remove all but the newest N events of the channel.
+    pub keep_last: Option<u64>,
+    /// Remove events appended before this absolute instant (ms since the Unix epoch; the caller
+    /// computes `now - max_age`).
+    pub older_than_ms: Option<u64>,
+    /// Remove events whose id is below this one.
+    pub before: Option<EventId>,
+}
+
+impl CompactRule {
+    /// True when no rule is set, so the compaction removes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.keep_last.is_none() && self.older_than_ms.is_none() && self.before.is_none()
+    }
+}
+
+/// Size of the whole log, for operators.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Channels ever appended to (also those whose events were all compacted away).
+    pub channels: u64,
+    /// Events currently held.
+    pub events: u64,
+    pub size_on_disk_bytes: u64,
+}
+
+/// Where append times come from: milliseconds since the Unix epoch.
+///
+/// Injected so tests (and the conformance suite) can step the clock, also backwards.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The wall clock, in milliseconds since the Unix epoch.
+pub fn system_clock() -> Clock {
+    Arc::new(now_ms)
+}
+
+/// Milliseconds since the Unix epoch; 0 for a clock set before 1970.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The durable per-channel event log. Every backend passes [`conformance::run_all`].
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends events in the given order (they may name several channels) and returns their ids in
+    /// the same order.
+    ///
+    /// Each id is strictly greater than every earlier id of its channel, also across restarts and
+    /// when the wall clock steps back: timestamp = max(now, the channel head's timestamp), sequence
+    /// = the head's sequence + 1. The whole call is atomic. Readers see the events once it returns;
+    /// they are durable after the next [`flush`](EventLog::flush). Safe to call concurrently.
+    fn append(&self, events: &[NewEvent]) -> Result<Vec<EventId>, StorageError>;
+
+    /// Makes every append that returned before this call durable (fsync). Blocking.
+    fn flush(&self) -> Result<(), StorageError>;
+
+    /// Reads up to `limit` events after `cursor` on one channel, ascending, none above the returned
+    /// head.
+    ///
+    /// `recovered` is true when every event after the cursor is still in the log:
+    /// - `Oldest`: nothing was ever compacted away.
+    /// - `After(id)`: the channel has a head, `id` is not beyond it, `id` is the channel's own (the
+    ///   log holds no other event with its sequence number) and compaction removed nothing after
+    ///   it. A cursor equal to `compacted_through` is recovered: nothing after it was removed.
+    /// - `FromTime { t }`: compaction removed nothing appended at or after `t`.
+    fn read(&self, key: &LogKey, cursor: Cursor, limit: usize) -> Result<ReadOutcome, StorageError>;
+
+    /// Where the channel stands; the default (all `None`) if it was never appended to.
+    fn head(&self, key: &LogKey) -> Result<ChannelHead, StorageError>;
+
+    /// Removes the channel's events that match `rule`, raises `compacted_through`, and returns how
+    /// many events it removed. The head is kept even when every event goes. Durable on the next
+    /// [`flush`](EventLog::flush).
+    fn compact(&self, key: &LogKey, rule: CompactRule) -> Result<u64, StorageError>;
+
+    /// Every channel of `app` that has ever been appended to (for app-wide compaction and
+    /// retention), in key order.
+    fn channels(&self, app: &str) -> Result<Vec<LogKey>, StorageError>;
+
+    /// Size of the whole log. May scan it: for operators, not the hot path.
+    fn stats(&self) -> Result<LogStats, StorageError>;
+}

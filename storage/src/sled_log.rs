@@ -1,0 +1,512 @@
+//! `SledLog`: the embedded default backend, on sled 0.34.
+//!
+//! Two trees:
+//! - `channels`: `app ++ 0x00 ++ channel` -> [`ChannelMeta`] (the channel's short id, the highest id
+//!   compaction removed, and the head as of the last compaction). Written when a channel is first
+//!   appended to and on every compaction.
+//! - `events`: `channel_id (u64 BE) ++ EventId (16 bytes BE)` -> the event record. A channel's events
+//!   are one contiguous key range sorted by id, so every read is one range seek.
+//!
+//! Ordering on disk: sled recovers a prefix of its log after a crash, and this module always writes
+//! metadata *before* the events it describes (a channel's meta before its first event; a raised
+//! `compacted_through` before the removals). A crash in between leaves an empty channel or events
+//! below the compaction mark, never events without a channel or a hole the mark does not cover.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::codec::{self, ChannelMeta};
+use crate::{
+    ChannelHead, Clock, CompactRule, Cursor, EventId, EventLog, LogKey, LogStats, NewEvent, ReadOutcome,
+    StorageError, StoredEvent, system_clock,
+};
+
+const CHANNELS_TREE: &str = "channels";
+const EVENTS_TREE: &str = "events";
+
+/// Length of an `events` key: the channel id, then the event id.
+const EVENT_KEY_LEN: usize = 8 + 16;
+
+/// A read never pre-allocates room for more events than this, whatever `limit` says.
+const READ_PREALLOC_MAX_EVENTS: usize = 1024;
+
+/// How often [`SledLog::open`] retries while it waits for the lock.
+const OPEN_LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(10);
+
+/// What the log keeps in memory about a channel that exists on disk.
+#[derive(Clone, Copy, Debug)]
+struct ChannelState {
+    channel_id: u64,
+    head: Option<EventId>,
+    compacted_through: Option<EventId>,
+}
+
+/// The embedded event log. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct SledLog {
+    db: sled::Db,
+    channels: sled::Tree,
+    events: sled::Tree,
+    /// The state of every channel touched since open, so appends compute ids without reading sled.
+    /// Appends serialise on this lock: it orders id assignment and the batch insert, so ids hit the
+    /// tree in order and readers never see seq n+1 without n.
+    ///
+    /// A std `Mutex` on purpose: it is never held across an await or a disk wait, only around map
+    /// lookups, id arithmetic and sled's in-memory inserts. Loading a channel from sled happens
+    /// outside it (see [`SledLog::state`]), which is race-free because entries are never evicted:
+    /// a channel absent from the map has not been appended to or compacted since open.
+    cache: Mutex<HashMap<LogKey, ChannelState>>,
+    clock: Clock,
+}
+
+impl SledLog {
+    /// How long [`SledLog::open`] waits for a file lock that a just-dropped log may still hold. Long
+    /// enough for sled's background threads to let go, short enough that opening a directory
+    /// another process really uses fails promptly.
+    pub const OPEN_LOCK_WAIT: Duration = Duration::from_millis(500);
+
+    /// Opens (or creates) the log in the directory `path`. Blocking.
+    ///
+    /// sled releases its file lock from a background thread shortly *after* a `Db` is dropped
+    /// (spacejam/sled#1234), so a reopen right after a close waits up to [`Self::OPEN_LOCK_WAIT`] for it.
+    /// A lock held by a live process (or another open log) still fails, just that much later.
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        let config = sled::Config::new().path(path);
+        let deadline = Instant::now() + Self::OPEN_LOCK_WAIT;
+        loop {
+            match config.open() {
+                Err(error) if is_lock_contention(&error) && Instant::now() < deadline => {
+                    std::thread::sleep(OPEN_LOCK_RETRY_INTERVAL);
+                }
+                result => return Self::from_db(result.map_err(StorageError::from_sled)?),
+            }
+        }
+    }
+
+    /// For tests: a sled that lives in a temporary file deleted on drop.
+    pub fn open_temporary() -> Result<Self, StorageError> {
+        Self::from_db(sled::Config::new().temporary(true).open().map_err(StorageError::from_sled)?)
+    }
+
+    /// Replaces the wall clock that stamps appends (tests step it, also backwards).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn from_db(db: sled::Db) -> Result<Self, StorageError> {
+        let channels = db.open_tree(CHANNELS_TREE).map_err(StorageError::from_sled)?;
+        let events = db.open_tree(EVENTS_TREE).map_err(StorageError::from_sled)?;
+        Ok(SledLog { db, channels, events, cache: Mutex::new(HashMap::new()), clock: system_clock() })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<LogKey, ChannelState>> {
+        // Entries change only by whole-value assignment after sled accepted the write, so a panic
+        // elsewhere while the lock was held cannot have left one half-updated.
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The channel's state, loading it from sled on first access; None if it does not exist.
+    fn state(&self, key: &LogKey) -> Result<Option<ChannelState>, StorageError> {
+        if let Some(state) = self.lock().get(key) {
+            return Ok(Some(*state));
+        }
+        let Some(loaded) = self.load(key)? else {
+            // Not cached: an unknown channel must not grow the map (readers name arbitrary ones).
+            return Ok(None);
+        };
+        // Someone may have loaded (and since appended to) it meanwhile: theirs wins.
+        Ok(Some(*self.lock().entry(key.clone()).or_insert(loaded)))
+    }
+
+    /// Reads a channel's state from sled.
+    fn load(&self, key: &LogKey) -> Result<Option<ChannelState>, StorageError> {
+        let Some(bytes) = self.channels.get(meta_key(key)).map_err(StorageError::from_sled)? else {
+            return Ok(None);
+        };
+        let meta = codec::decode_meta(&bytes)?;
+        let last = self
+            .events
+            .scan_prefix(meta.channel_id.to_be_bytes())
+            .keys()
+            .next_back()
+            .transpose()
+            .map_err(StorageError::from_sled)?;
+        let last = last.map(|key| event_id_of(&key)).transpose()?;
+        Ok(Some(ChannelState {
+            channel_id: meta.channel_id,
+            // The newest event may have been compacted away; meta then remembers the head.
+            head: last.max(meta.head),
+            compacted_through: meta.compacted_through,
+        }))
+    }
+
+    /// Allocates a channel id and records the channel. Called under the cache lock, so one channel
+    /// cannot be created twice.
+    fn create(&self, key: &LogKey) -> Result<ChannelState, StorageError> {
+        // sled never hands out the same id twice, also across crashes (it persists ahead).
+        let channel_id = self.db.generate_id().map_err(StorageError::from_sled)?;
+        let meta = ChannelMeta { channel_id, compacted_through: None, head: None };
+        self.channels.insert(meta_key(key), codec::encode_meta(&meta)).map_err(StorageError::from_sled)?;
+        Ok(ChannelState { channel_id, head: None, compacted_through: None })
+    }
+
+    /// The channel's first event id, if it has events.
+    fn first_id(&self, channel_id: u64) -> Result<Option<EventId>, StorageError> {
+        let first = self
+            .events
+            .scan_prefix(channel_id.to_be_bytes())
+            .keys()
+            .next()
+            .transpose()
+            .map_err(StorageError::from_sled)?;
+        first.map(|key| event_id_of(&key)).transpose()
+    }
+}
+
+impl EventLog for SledLog {
+    fn append(&self, events: &[NewEvent]) -> Result<Vec<EventId>, StorageError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        for event in events {
+            check_key(&event.key)?;
+        }
+        // Everything that does not depend on the ids happens before the lock: encoding the values
+        // and loading channels not cached yet (which reads sled).
+        let values: Vec<Vec<u8>> =
+            events.iter().map(|event| codec::encode_event(&event.event, &event.data)).collect();
+        let mut missing: Vec<&LogKey> = {
+            let cache = self.lock();
+            events.iter().map(|event| &event.key).filter(|key| !cache.contains_key(*key)).collect()
+        };
+        missing.sort_unstable();
+        missing.dedup();
+        let mut loaded = Vec::with_capacity(missing.len());
+        for key in missing {
+            if let Some(state) = self.load(key)? {
+                loaded.push((key, state));
+            }
+        }
+        let now_ms = (self.clock)();
+
+        let mut cache = self.lock();
+        for (key, state) in loaded {
+            // Someone may have loaded (and since appended to) it meanwhile: theirs wins.
+            cache.entry(key.clone()).or_insert(state);
+        }
+        for event in events {
+            if !cache.contains_key(&event.key) {
+                let state = self.create(&event.key)?;
+                cache.insert(event.key.clone(), state);
+            }
+        }
+        // New heads go to `next` and reach the cache only once sled accepted the batch, so a failed
+        // append leaves no gap in the sequence. Batches name few channels: a Vec beats a map.
+        let mut next: Vec<(&LogKey, ChannelState)> = Vec::new();
+        let mut batch = sled::Batch::default();
+        let mut ids = Vec::with_capacity(events.len());
+        for (event, value) in events.iter().zip(values) {
+            let index = match next.iter().position(|(key, _)| *key == &event.key) {
+                Some(index) => index,
+                None => {
+                    let state = *cache.get(&event.key).expect("every key was cached or created above");
+                    next.push((&event.key, state));
+                    next.len() - 1
+                }
+            };
+            let state = &mut next[index].1;
+            let id = next_id(state.head, now_ms)?;
+            state.head = Some(id);
+            batch.insert(&event_key(state.channel_id, id)[..], value);
+            ids.push(id);
+        }
+        self.events.apply_batch(batch).map_err(StorageError::from_sled)?;
+        for (key, state) in next {
+            *cache.get_mut(key).expect("entries are never evicted") = state;
+        }
+        Ok(ids)
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        // Both trees share the Db's page cache and log, so this one fsync covers them.
+        self.db.flush().map(drop).map_err(StorageError::from_sled)
+    }
+
+    fn read(&self, key: &LogKey, cursor: Cursor, limit: usize) -> Result<ReadOutcome, StorageError> {
+        let Some(ChannelState { channel_id, head: Some(head), .. }) = self.state(key)? else {
+            // Never appended to: nothing was removed, but an `After` cursor names an event this
+            // channel never had.
+            let recovered = !matches!(cursor, Cursor::After(_));
+            return Ok(ReadOutcome { events: Vec::new(), recovered, head: None });
+        };
+        let (start, exclusive) = match cursor {
+            Cursor::Oldest => (EventId::new(0, 0), false),
+            // Start *at* the cursor to learn whether it is one of ours, then skip it.
+            Cursor::After(id) => (id, true),
+            Cursor::FromTime { timestamp_ms } => (EventId::new(timestamp_ms, 0), false),
+        };
+
+        // One seek. Stopping at the head snapshot makes `head` a consistent upper bound even while
+        // appends continue: everything up to it was in the tree when it was taken.
+        let range =
+            (Bound::Included(event_key(channel_id, start)), Bound::Included(event_key(channel_id, head)));
+        let mut events = Vec::with_capacity(limit.min(READ_PREALLOC_MAX_EVENTS));
+        let mut cursor_found = false;
+        for item in self.events.range(range) {
+            let (key, value) = item.map_err(StorageError::from_sled)?;
+            let id = event_id_of(&key)?;
+            if exclusive && id == start {
+                cursor_found = true;
+                continue;
+            }
+            if events.len() >= limit {
+                break;
+            }
+            let (event, data) = codec::decode_event(&value)?;
+            events.push(StoredEvent { id, event, data });
+        }
+
+        // Taken after the scan: a compaction raises the mark before removing anything, so if it
+        // removed events under the scan, this sees the raised mark and reports them missing.
+        let compacted = self.lock().get(key).and_then(|state| state.compacted_through);
+        let recovered = match cursor {
+            Cursor::Oldest => compacted.is_none(),
+            Cursor::FromTime { timestamp_ms } => {
+                compacted.is_none_or(|compacted| compacted.timestamp_ms() < timestamp_ms)
+            }
+            Cursor::After(id) => {
+                let seq = id.seq();
+                if seq > head.seq() {
+                    // A future id: not from this channel (or from before a crash lost events).
+                    false
+                } else if seq == 0 {
+                    // "Before the first event", as long as it sorts below the first event.
+                    compacted.is_none() && self.first_id(channel_id)?.is_none_or(|first| first > id)
+                } else {
+                    match compacted {
+                        Some(compacted) if seq < compacted.seq() => false,
+                        // The mark itself is gone, but nothing after it was removed.
+                        Some(compacted) if seq == compacted.seq() => id == compacted,
+                        // Not compacted, so the event with this seq is in the log: the cursor is
+                        // ours only if it is that event.
+                        _ => cursor_found,
+                    }
+                }
+            }
+        };
+        Ok(ReadOutcome { events, recovered, head: Some(head) })
+    }
+
+    fn head(&self, key: &LogKey) -> Result<ChannelHead, StorageError> {
+        Ok(self
+            .state(key)?
+            .map(|state| ChannelHead { head: state.head, compacted_through: state.compacted_through })
+            .unwrap_or_default())
+    }
+
+    fn compact(&self, key: &LogKey, rule: CompactRule) -> Result<u64, StorageError> {
+        if rule.is_empty() {
+            return Ok(0);
+        }
+        let Some(ChannelState { channel_id, head: Some(head), .. }) = self.state(key)? else {
+            return Ok(0);
+        };
+        let last_removed_seq = rule.keep_last.map(|keep| head.seq().saturating_sub(keep));
+        let goes = |id: EventId| {
+            rule.before.is_some_and(|before| id < before)
+                || rule.older_than_ms.is_some_and(|instant| id.timestamp_ms() < instant)
+                || last_removed_seq.is_some_and(|last| id.seq() <= last)
+        };
+        // Within a channel, id, time and seq grow together, so every rule removes a prefix: scan
+        // from the channel's start (up to the head snapshot) to the first event that stays.
+        let channel_range = event_key(channel_id, EventId::new(0, 0))..=event_key(channel_id, head);
+        let mut cut = None;
+        for item in self.events.range(channel_range).keys() {
+            let id = event_id_of(&item.map_err(StorageError::from_sled)?)?;
+            if !goes(id) {
+                break;
+            }
+            cut = Some(id);
+        }
+        let Some(cut) = cut else {
+            return Ok(0);
+        };
+
+        {
+            let mut cache = self.lock();
+            let state = cache.get_mut(key).expect("cached by `state` above; entries are never evicted");
+            let compacted_through = state.compacted_through.max(Some(cut));
+            // The head goes with it: the newest event may be among those removed, and the head
+            // must survive that and a restart.
+            let meta = ChannelMeta { channel_id, compacted_through, head: state.head };
+            self.channels
+                .insert(meta_key(key), codec::encode_meta(&meta))
+                .map_err(StorageError::from_sled)?;
+            state.compacted_through = compacted_through;
+        }
+
+        // The mark is raised first (see the module docs); `remove` tells which keys were still
+        // there, so a concurrent compaction of the same channel does not double-count.
+        let mut removed = 0;
+        let doomed = event_key(channel_id, EventId::new(0, 0))..=event_key(channel_id, cut);
+        for item in self.events.range(doomed).keys() {
+            let key = item.map_err(StorageError::from_sled)?;
+            if self.events.remove(key).map_err(StorageError::from_sled)?.is_some() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn channels(&self, app: &str) -> Result<Vec<LogKey>, StorageError> {
+        let mut prefix = app.as_bytes().to_vec();
+        prefix.push(0);
+        self.channels
+            .scan_prefix(&prefix)
+            .keys()
+            .map(|key| {
+                let key = key.map_err(StorageError::from_sled)?;
+                let channel = std::str::from_utf8(&key[prefix.len()..])
+                    .map_err(|_| StorageError::Corrupt("channel name is not UTF-8".to_owned()))?;
+                Ok(LogKey::new(app, channel))
+            })
+            .collect()
+    }
+
+    fn stats(&self) -> Result<LogStats, StorageError> {
+        Ok(LogStats {
+            // sled counts by scanning: fine for an operator's occasional look.
+            channels: u64::try_from(self.channels.len()).expect("usize fits in u64"),
+            events: u64::try_from(self.events.len()).expect("usize fits in u64"),
+            size_on_disk_bytes: self.db.size_on_disk().map_err(StorageError::from_sled)?,
+        })
+    }
+}
+
+/// The id after `head`: never older than it (the clock may step back), sequence + 1.
+fn next_id(head: Option<EventId>, now_ms: u64) -> Result<EventId, StorageError> {
+    let Some(head) = head else {
+        return Ok(EventId::new(now_ms, 1));
+    };
+    let seq = head
+        .seq()
+        .checked_add(1)
+        .ok_or_else(|| StorageError::Corrupt(format!("channel head {head} has the largest sequence")))?;
+    Ok(EventId::new(now_ms.max(head.timestamp_ms()), seq))
+}
+
+/// sled reports a held file lock as an `Other` IO error; only its message tells (sled is pinned).
+fn is_lock_contention(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
+}
+
+/// App ids and channel names never contain NUL; refusing it keeps `channels` keys unambiguous.
+fn check_key(key: &LogKey) -> Result<(), StorageError> {
+    if key.app.contains('\0') || key.channel.contains('\0') {
+        return Err(StorageError::InvalidKey(format!("{:?}/{:?} contains a NUL byte", key.app, key.channel)));
+    }
+    Ok(())
+}
+
+fn meta_key(key: &LogKey) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(key.app.len() + 1 + key.channel.len());
+    bytes.extend_from_slice(key.app.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(key.channel.as_bytes());
+    bytes
+}
+
+fn event_key(channel_id: u64, id: EventId) -> [u8; EVENT_KEY_LEN] {
+    let mut key = [0; EVENT_KEY_LEN];
+    key[..8].copy_from_slice(&channel_id.to_be_bytes());
+    key[8..].copy_from_slice(&id.to_bytes());
+    key
+}
+
+fn event_id_of(key: &[u8]) -> Result<EventId, StorageError> {
+    let bytes: [u8; 16] = key
+        .get(8..)
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| StorageError::Corrupt(format!("event key of {} bytes", key.len())))?;
+    Ok(EventId::from_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_event(app: &str, channel: &str, data: &str) -> NewEvent {
+        NewEvent { key: LogKey::new(app, channel), event: "e".to_owned(), data: data.to_owned() }
+    }
+
+    /// Guards the key layout: a channel's events sit under its id prefix, in id order.
+    #[test]
+    fn event_keys_sort_by_channel_then_id() {
+        let a = event_key(1, EventId::new(5, 9));
+        let b = event_key(1, EventId::new(6, 10));
+        let c = event_key(2, EventId::new(0, 1));
+        assert!(a < b && b < c);
+        assert_eq!(event_id_of(&b).unwrap(), EventId::new(6, 10));
+        assert!(matches!(event_id_of(&b[..20]), Err(StorageError::Corrupt(_))));
+    }
+
+    /// A NUL would let ("a", "b\0c") and ("a\0b", "c") share a `channels` key.
+    #[test]
+    fn keys_with_nul_are_refused() {
+        let log = SledLog::open_temporary().unwrap();
+        for (app, channel) in [("a\0b", "c"), ("a", "b\0c")] {
+            let result = log.append(&[new_event(app, channel, "x")]);
+            assert!(matches!(result, Err(StorageError::InvalidKey(_))), "{app:?}/{channel:?}");
+        }
+        assert_eq!(log.stats().unwrap().channels, 0);
+    }
+
+    /// A damaged record surfaces as `Corrupt` on read instead of a panic or a silent skip.
+    #[test]
+    fn corrupt_event_record_is_reported() {
+        let log = SledLog::open_temporary().unwrap();
+        let key = LogKey::new("app", "ch");
+        let ids = log.append(&[new_event("app", "ch", "x")]).unwrap();
+        let channel_id = log.state(&key).unwrap().unwrap().channel_id;
+        log.events.insert(event_key(channel_id, ids[0]), &[codec::FORMAT_VERSION, 200][..]).unwrap();
+        assert!(matches!(log.read(&key, Cursor::Oldest, 10), Err(StorageError::Corrupt(_))));
+    }
+
+    /// A record from a newer format surfaces as `UnsupportedFormat` when the channel is loaded.
+    #[test]
+    fn newer_channel_meta_is_unsupported() {
+        let log = SledLog::open_temporary().unwrap();
+        let key = LogKey::new("app", "ch");
+        log.channels.insert(meta_key(&key), &[9, 0, 0, 0][..]).unwrap();
+        assert!(matches!(log.head(&key), Err(StorageError::UnsupportedFormat(9))));
+        assert!(matches!(
+            log.append(&[new_event("app", "ch", "x")]),
+            Err(StorageError::UnsupportedFormat(9))
+        ));
+    }
+
+    /// Reads and heads of unknown channels must not fill the cache (clients name arbitrary ones).
+    #[test]
+    fn unknown_channels_are_not_cached() {
+        let log = SledLog::open_temporary().unwrap();
+        for n in 0..10 {
+            let key = LogKey::new("app", format!("nobody-{n}"));
+            log.read(&key, Cursor::Oldest, 10).unwrap();
+            log.head(&key).unwrap();
+            log.compact(&key, CompactRule { keep_last: Some(0), ..CompactRule::default() }).unwrap();
+        }
+        assert!(log.lock().is_empty());
+    }
+
+    #[test]
+    fn next_id_never_goes_back_in_time() {
+        assert_eq!(next_id(None, 100).unwrap(), EventId::new(100, 1));
+        assert_eq!(next_id(Some(EventId::new(100, 1)), 50).unwrap(), EventId::new(100, 2));
+        assert_eq!(next_id(Some(EventId::new(100, 2)), 150).unwrap(), EventId::new(150, 3));
+        assert!(next_id(Some(EventId::new(1, u64::MAX)), 1).is_err());
+    }
+}

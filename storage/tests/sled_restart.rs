@@ -1,0 +1,205 @@
+//! What `SledLog` keeps across a restart (a clean reopen) and across a crash (`abort` after flush).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use reprise_storage::conformance::{ManualClock, START_MS};
+use reprise_storage::{
+    ChannelHead, CompactRule, Cursor, EventId, EventLog, LogKey, NewEvent, SledLog, StorageError,
+};
+
+fn open(dir: &Path, clock: &ManualClock) -> SledLog {
+    SledLog::open(dir).unwrap().with_clock(clock.clock())
+}
+
+fn key(channel: &str) -> LogKey {
+    LogKey::new("app", channel)
+}
+
+fn append(log: &SledLog, key: &LogKey, n: usize) -> Vec<EventId> {
+    let events: Vec<NewEvent> = (0..n)
+        .map(|i| NewEvent { key: key.clone(), event: "message".into(), data: format!("{}-{i}", key.channel) })
+        .collect();
+    log.append(&events).unwrap()
+}
+
+fn keep_last(n: u64) -> CompactRule {
+    CompactRule { keep_last: Some(n), ..CompactRule::default() }
+}
+
+fn data(log: &SledLog, key: &LogKey) -> Vec<String> {
+    log.read(key, Cursor::Oldest, 1000).unwrap().events.into_iter().map(|event| event.data).collect()
+}
+
+/// Events, heads and compaction marks survive a reopen, and ids continue from the heads.
+#[test]
+fn reopen_keeps_events_heads_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let (a, b, c) = (key("a"), key("b"), key("c"));
+    let (ids_a, ids_b, ids_c);
+    {
+        let log = open(dir.path(), &clock);
+        ids_a = append(&log, &a, 5);
+        ids_b = append(&log, &b, 3);
+        ids_c = append(&log, &c, 2);
+        assert_eq!(log.compact(&a, keep_last(2)).unwrap(), 3);
+        assert_eq!(log.compact(&b, keep_last(0)).unwrap(), 3);
+        log.flush().unwrap();
+    }
+
+    clock.advance(1);
+    let log = open(dir.path(), &clock);
+    assert_eq!(
+        log.head(&a).unwrap(),
+        ChannelHead { head: Some(ids_a[4]), compacted_through: Some(ids_a[2]) }
+    );
+    assert_eq!(
+        log.head(&b).unwrap(),
+        ChannelHead { head: Some(ids_b[2]), compacted_through: Some(ids_b[2]) }
+    );
+    assert_eq!(log.head(&c).unwrap(), ChannelHead { head: Some(ids_c[1]), compacted_through: None });
+    assert_eq!(data(&log, &a), vec!["a-3", "a-4"]);
+    assert_eq!(data(&log, &b), Vec::<String>::new());
+    assert_eq!(data(&log, &c), vec!["c-0", "c-1"]);
+    assert!(log.read(&a, Cursor::After(ids_a[2]), 10).unwrap().recovered);
+    assert!(!log.read(&a, Cursor::After(ids_a[1]), 10).unwrap().recovered);
+    assert!(log.read(&b, Cursor::After(ids_b[2]), 10).unwrap().recovered);
+    let mut listed = log.channels("app").unwrap();
+    listed.sort();
+    assert_eq!(listed, vec![a.clone(), b.clone(), c.clone()]);
+
+    assert_eq!(append(&log, &a, 1)[0], EventId::new(START_MS + 1, 6));
+    assert_eq!(append(&log, &b, 1)[0], EventId::new(START_MS + 1, 4), "the head outlived its events");
+    assert_eq!(append(&log, &c, 1)[0], EventId::new(START_MS + 1, 3));
+}
+
+/// After a restart with a clock that went backwards, ids still grow: time is held at the head's,
+/// also for a channel whose head is only remembered by its metadata.
+#[test]
+fn ids_keep_increasing_when_the_clock_went_back_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS + 3_600_000);
+    let (live, compacted) = (key("live"), key("compacted"));
+    let (head_live, head_compacted);
+    {
+        let log = open(dir.path(), &clock);
+        head_live = append(&log, &live, 3)[2];
+        head_compacted = append(&log, &compacted, 3)[2];
+        log.compact(&compacted, keep_last(0)).unwrap();
+        log.flush().unwrap();
+    }
+    clock.set(START_MS);
+    let log = open(dir.path(), &clock);
+    let next_live = append(&log, &live, 2);
+    assert_eq!(next_live, vec![EventId::new(START_MS + 3_600_000, 4), EventId::new(START_MS + 3_600_000, 5)]);
+    assert!(next_live[0] > head_live);
+    let next_compacted = append(&log, &compacted, 1)[0];
+    assert_eq!(next_compacted, EventId::new(START_MS + 3_600_000, 4));
+    assert!(next_compacted > head_compacted);
+    let resumed = log.read(&compacted, Cursor::After(head_compacted), 10).unwrap();
+    assert!(resumed.recovered);
+    assert_eq!(resumed.events.len(), 1);
+}
+
+/// A channel created after a restart gets a fresh id: its reads never show another channel's
+/// events, and theirs never show its.
+#[test]
+fn channels_created_after_a_restart_do_not_collide() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let names = ["one", "two", "three", "four", "five", "six"];
+    for round in 0..3 {
+        let log = open(dir.path(), &clock);
+        for name in &names[round * 2..round * 2 + 2] {
+            append(&log, &key(name), round + 1);
+        }
+        // Every channel so far, old and new, holds exactly its own events.
+        for (index, name) in names[..round * 2 + 2].iter().enumerate() {
+            let expected: Vec<String> = (0..index / 2 + 1).map(|i| format!("{name}-{i}")).collect();
+            assert_eq!(data(&log, &key(name)), expected, "round {round}, channel {name}");
+        }
+        assert_eq!(log.stats().unwrap().channels, u64::try_from(round * 2 + 2).unwrap());
+    }
+}
+
+/// Set in the child process of the crash test: the directory to write to before aborting.
+const CRASH_DIR_ENV: &str = "REPRISE_STORAGE_CRASH_DIR";
+
+/// What `flush` promises, tested with a real crash: a child process appends, compacts, flushes,
+/// appends some more and aborts (no destructor runs, nothing else is flushed). Everything before
+/// the flush is there afterwards, the compaction mark too, and ids continue.
+#[test]
+fn flushed_appends_survive_a_crash() {
+    if let Ok(dir) = std::env::var(CRASH_DIR_ENV) {
+        crash_child(Path::new(&dir));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["flushed_appends_survive_a_crash", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CRASH_DIR_ENV, dir.path())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child must crash, not exit");
+
+    let clock = ManualClock::new(START_MS + 1000);
+    let log = open(dir.path(), &clock);
+    let a = key("a");
+    let head = log.head(&a).unwrap();
+    let flushed_head = EventId::new(START_MS, 10);
+    assert!(head.head >= Some(flushed_head), "flushed events lost: head {:?}", head.head);
+    assert_eq!(head.compacted_through, Some(EventId::new(START_MS, 6)));
+    let rest = log.read(&a, Cursor::After(EventId::new(START_MS, 6)), 100).unwrap();
+    assert!(rest.recovered);
+    let seqs: Vec<u64> = rest.events.iter().map(|event| event.id.seq()).collect();
+    let head_seq = head.head.unwrap().seq();
+    assert_eq!(seqs, (7..=head_seq).collect::<Vec<_>>(), "no hole among what survived");
+    let next = append(&log, &a, 1)[0];
+    assert_eq!(next.seq(), head_seq + 1);
+
+    // Whatever happened to the unflushed channel, a new one does not share its id.
+    let late = log.read(&key("late"), Cursor::Oldest, 100).unwrap();
+    assert!(late.events.iter().all(|event| event.data.starts_with("late-")));
+    append(&log, &key("fresh"), 2);
+    assert_eq!(data(&log, &key("fresh")), vec!["fresh-0", "fresh-1"]);
+    assert!(data(&log, &key("late")).iter().all(|data| data.starts_with("late-")));
+}
+
+fn crash_child(dir: &Path) -> ! {
+    let clock = ManualClock::new(START_MS);
+    let log = open(dir, &clock);
+    let a = key("a");
+    append(&log, &a, 10);
+    log.compact(&a, keep_last(4)).unwrap();
+    log.flush().unwrap();
+    append(&log, &a, 5);
+    append(&log, &key("late"), 3);
+    std::process::abort();
+}
+
+/// A log reopened right after the previous one closed must not fail on sled's lazily released file
+/// lock (spacejam/sled#1234): the server reopens its log on restart, tests do it constantly.
+#[test]
+fn open_waits_for_a_lock_that_is_being_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledLog::open(dir.path()).unwrap();
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        drop(log);
+    });
+    let reopened = SledLog::open(dir.path());
+    closer.join().unwrap();
+    assert!(reopened.is_ok(), "{:?}", reopened.err());
+}
+
+/// Two logs on one directory would corrupt it: while one is open, another open fails.
+#[test]
+fn open_fails_while_another_log_holds_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held = SledLog::open(dir.path()).unwrap();
+    let started = Instant::now();
+    let second = SledLog::open(dir.path());
+    assert!(matches!(second, Err(StorageError::Backend(_))), "{:?}", second.err());
+    assert!(started.elapsed() >= SledLog::OPEN_LOCK_WAIT);
+}

@@ -1,0 +1,307 @@
+//! Test harness: a real server on an ephemeral port with its own data directory, a Pusher
+//! WebSocket client and a signed REST client. Every read has a timeout, so a hang fails the test
+//! instead of stalling CI.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use reprise::config::{AppConfig, Config};
+use reprise_api::signature;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+/// How long any single read waits before the test fails.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub const APP_ID: &str = "test-app";
+pub const APP_KEY: &str = "test-key";
+pub const APP_SECRET: &str = "test-secret";
+
+pub fn test_app() -> AppConfig {
+    AppConfig { id: APP_ID.into(), key: APP_KEY.into(), secret: APP_SECRET.into(), ..AppConfig::default() }
+}
+
+/// A server running in this process on 127.0.0.1:<ephemeral>.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub config: Arc<Config>,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), reprise::ServerError>>>,
+    /// Keeps the data directory alive for restarts; removed when the server is dropped.
+    pub data_dir: Arc<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// A server with the one test app and default settings.
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A server whose configuration `adjust` may change (apps, limits, durability...).
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut config = Config::default();
+        config.server.host = "127.0.0.1".into();
+        config.server.shutdown_grace_ms = 2000;
+        config.apps = vec![test_app()];
+        adjust(&mut config);
+        Self::launch(config, data_dir).await
+    }
+
+    async fn launch(mut config: Config, data_dir: Arc<tempfile::TempDir>) -> TestServer {
+        config.server.data_dir = data_dir.path().join("log");
+        let problems = config.problems();
+        assert!(problems.is_empty(), "test config invalid: {problems:?}");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let config = Arc::new(config);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(reprise::run(listener, Arc::clone(&config), shutdown.clone()));
+        let server = TestServer { addr, config, shutdown, task: Some(task), data_dir };
+        server.wait_until_up().await;
+        server
+    }
+
+    async fn wait_until_up(&self) {
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(response) = client.get(self.url("/up")).send().await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("server did not come up");
+    }
+
+    /// Shuts down gracefully and returns what `run` returned.
+    pub async fn stop(&mut self) -> Result<(), reprise::ServerError> {
+        self.shutdown.cancel();
+        let task = self.task.take().expect("server running");
+        tokio::time::timeout(Duration::from_secs(20), task).await.expect("shutdown in time").expect("server task")
+    }
+
+    /// Stops this server and starts another on the same data directory (a new port).
+    pub async fn restart(mut self) -> TestServer {
+        self.stop().await.expect("clean shutdown");
+        let config = (*self.config).clone();
+        Self::launch(config, Arc::clone(&self.data_dir)).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, key: &str) -> String {
+        format!("ws://{}/app/{}?protocol=7&client=js&version=8.4.0", self.addr, key)
+    }
+
+    /// A connected client that has received `connection_established`.
+    pub async fn client(&self) -> WsClient {
+        let mut client = WsClient::connect(&self.ws_url(APP_KEY)).await;
+        let hello = client.expect_event("pusher:connection_established").await;
+        let data: Value = serde_json::from_str(hello["data"].as_str().expect("data is a string")).expect("json");
+        client.socket_id = data["socket_id"].as_str().expect("socket_id").to_owned();
+        client
+    }
+
+    pub fn rest(&self) -> RestClient {
+        RestClient { base: format!("http://{}", self.addr), key: APP_KEY.into(), secret: APP_SECRET.into(), app_id: APP_ID.into() }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A raw Pusher-protocol client.
+pub struct WsClient {
+    pub stream: Stream,
+    pub socket_id: String,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> WsClient {
+        let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connect");
+        WsClient { stream, socket_id: String::new() }
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream.send(Message::text(text)).await.expect("send");
+    }
+
+    /// The next message: a JSON text frame, or `Err` with the close frame.
+    pub async fn next(&mut self) -> Result<Value, Option<CloseFrame>> {
+        loop {
+            let message = tokio::time::timeout(READ_TIMEOUT, self.stream.next())
+                .await
+                .expect("timed out waiting for a frame");
+            match message {
+                Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).expect("server sent JSON")),
+                Some(Ok(Message::Close(frame))) => return Err(frame),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
+    /// The next JSON frame; panics on close.
+    pub async fn recv(&mut self) -> Value {
+        match self.next().await {
+            Ok(value) => value,
+            Err(close) => panic!("connection closed: {close:?}"),
+        }
+    }
+
+    /// Skips frames until one named `event` arrives (pings are skipped too).
+    pub async fn expect_event(&mut self, event: &str) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if frame["event"] == event {
+                return frame;
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn expect_close(&mut self) -> u16 {
+        loop {
+            match self.next().await {
+                Ok(_) => continue,
+                Err(Some(frame)) => return frame.code.into(),
+                Err(None) => panic!("connection dropped without a close frame"),
+            }
+        }
+    }
+
+    /// Asserts nothing arrives within `wait` (for "must not receive" checks). A ping round trip
+    /// first makes sure everything sent before now has been processed.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        self.send_json(json!({"event":"pusher:ping","data":{}})).await;
+        let pong = self.recv().await;
+        assert_eq!(pong["event"], "pusher:pong", "expected nothing but the pong, got {pong}");
+        if let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(wait, self.stream.next()).await {
+            panic!("expected silence, got {text}");
+        }
+    }
+
+    /// Sends `pusher:subscribe` with the given data fields.
+    pub async fn send_subscribe(&mut self, data: Value) {
+        self.send_json(json!({"event":"pusher:subscribe","data":data})).await;
+    }
+
+    /// Subscribes to a public channel and waits for success.
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        self.send_subscribe(json!({"channel": channel})).await;
+        self.expect_subscribed(channel).await
+    }
+
+    /// Subscribes to a private channel with a valid signature.
+    pub async fn subscribe_private(&mut self, channel: &str) -> Value {
+        let auth = signature::socket_auth(APP_KEY, APP_SECRET, &self.socket_id, channel, None);
+        self.send_subscribe(json!({"channel": channel, "auth": auth})).await;
+        self.expect_subscribed(channel).await
+    }
+
+    /// Joins a presence channel as `user_id`.
+    pub async fn subscribe_presence(&mut self, channel: &str, user_id: &str, user_info: Value) -> Value {
+        let channel_data = json!({"user_id": user_id, "user_info": user_info}).to_string();
+        let auth = signature::socket_auth(APP_KEY, APP_SECRET, &self.socket_id, channel, Some(&channel_data));
+        self.send_subscribe(json!({"channel": channel, "auth": auth, "channel_data": channel_data})).await;
+        self.expect_subscribed(channel).await
+    }
+
+    /// Waits for `subscription_succeeded` on `channel` and returns its parsed `data`.
+    pub async fn expect_subscribed(&mut self, channel: &str) -> Value {
+        let frame = self.recv().await;
+        assert_eq!(frame["event"], "pusher_internal:subscription_succeeded", "unexpected frame {frame}");
+        assert_eq!(frame["channel"], channel);
+        data_of(&frame)
+    }
+}
+
+/// The parsed `data` of a server frame (a JSON string holding JSON, or plain text).
+pub fn data_of(frame: &Value) -> Value {
+    match frame["data"].as_str() {
+        Some(text) => serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned())),
+        None => frame["data"].clone(),
+    }
+}
+
+/// A REST client that signs like the Pusher SDKs.
+pub struct RestClient {
+    pub base: String,
+    pub app_id: String,
+    pub key: String,
+    pub secret: String,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+impl RestClient {
+    /// A signed request; returns status and JSON body.
+    pub async fn call(&self, method: &str, path: &str, params: &[(&str, &str)], body: Option<&Value>) -> (u16, Value) {
+        let body_bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let query = signature::sign_request(&self.key, &self.secret, method, path, params, &body_bytes, unix_now());
+        self.raw(method, &format!("{path}?{query}"), body_bytes).await
+    }
+
+    /// An unsigned (or hand-signed) request.
+    pub async fn raw(&self, method: &str, path_and_query: &str, body: Vec<u8>) -> (u16, Value) {
+        let client = reqwest::Client::new();
+        let url = format!("{}{}", self.base, path_and_query);
+        let request = match method {
+            "GET" => client.get(url),
+            "POST" => client.post(url).header("content-type", "application/json").body(body),
+            other => panic!("unsupported method {other}"),
+        };
+        let response = tokio::time::timeout(READ_TIMEOUT, request.send()).await.expect("REST timed out").expect("REST");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub fn path(&self, rest: &str) -> String {
+        format!("/apps/{}{}", self.app_id, rest)
+    }
+
+    /// Publishes one event to one channel; asserts 200 and returns the response.
+    pub async fn trigger(&self, channel: &str, event: &str, data: &str) -> Value {
+        let body = json!({"name": event, "channel": channel, "data": data});
+        let (status, response) = self.call("POST", &self.path("/events"), &[], Some(&body)).await;
+        assert_eq!(status, 200, "trigger failed: {response}");
+        response
+    }
+
+    /// The id the publish response assigned on `channel`.
+    pub async fn trigger_id(&self, channel: &str, event: &str, data: &str) -> String {
+        let response = self.trigger(channel, event, data).await;
+        response["ids"][channel].as_str().expect("id in response").to_owned()
+    }
+}
+
+/// A fresh, empty temporary directory path (for tests that manage their own data dir).
+pub fn temp_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}
