@@ -32,17 +32,11 @@ pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 5000;
 /// How often sled writes buffered data to disk when `durability = "buffered"`.
 pub const DEFAULT_FLUSH_EVERY_MS: u64 = 500;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
     pub apps: Vec<AppConfig>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config { server: ServerConfig::default(), apps: Vec::new() }
-    }
 }
 
 /// When a publish is answered.

@@ -29,6 +29,10 @@ use crate::publisher::PublishItem;
 
 /// Most queued frames written before one flush: bounds the time between flushes under load.
 const WRITE_BATCH_FRAMES: usize = 64;
+/// How long one batch may take to reach the kernel. A client that stopped reading (or vanished
+/// without a FIN) would otherwise park this task, its outbox and its ping timer until TCP gives
+/// up, minutes later. The client resumes from the log when it comes back.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a connection was refused before the handshake.
 #[derive(Debug, Clone, Copy)]
@@ -167,7 +171,14 @@ impl Connection {
                     }
                 }
                 Some(frame) = outbox_rx.recv() => {
-                    if !self.write_batch(frame, &mut outbox_rx).await { return Ended::Transport; }
+                    match tokio::time::timeout(WRITE_STALL_TIMEOUT, self.write_batch(frame, &mut outbox_rx)).await {
+                        Ok(true) => {}
+                        Ok(false) => return Ended::Transport,
+                        Err(_) => {
+                            tracing::warn!("writes stalled: dropping the connection");
+                            return Ended::Transport;
+                        }
+                    }
                 }
                 () = tokio::time::sleep_until(deadline) => {
                     if ping_outstanding {

@@ -119,7 +119,9 @@ mod tests {
 
     #[test]
     fn malformed_ids_are_refused() {
-        for bad in ["", "123", "not-a-ulid-at-all-xxxxxxxxx", "01ARZ3NDEKTSV4RRFFQ69G5FAVX", "8ZZZZZZZZZZZZZZZZZZZZZZZZZ"] {
+        for bad in
+            ["", "123", "not-a-ulid-at-all-xxxxxxxxx", "01ARZ3NDEKTSV4RRFFQ69G5FAVX", "8ZZZZZZZZZZZZZZZZZZZZZZZZZ"]
+        {
             assert!(bad.parse::<EventId>().is_err(), "{bad:?} should be refused");
         }
     }

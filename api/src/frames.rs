@@ -14,11 +14,17 @@ use crate::codes::ErrorCode;
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMessage {
     Subscribe(SubscribeRequest),
-    Unsubscribe { channel: String },
+    Unsubscribe {
+        channel: String,
+    },
     Ping,
     Pong,
     /// A `client-*` event to relay to the channel's other members.
-    ClientEvent { event: String, channel: String, data: Value },
+    ClientEvent {
+        event: String,
+        channel: String,
+        data: Value,
+    },
 }
 
 /// The data of `pusher:subscribe`, plus Reprise's `since`.
@@ -61,9 +67,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, FrameError> {
     let raw: RawClientFrame = serde_json::from_str(text).map_err(|_| FrameError::Malformed)?;
     // Some clients send `data` as a JSON string holding the object.
     let data = match raw.data {
-        Value::String(s) if raw.event.starts_with("pusher:") => {
-            serde_json::from_str(&s).unwrap_or(Value::String(s))
-        }
+        Value::String(s) if raw.event.starts_with("pusher:") => serde_json::from_str(&s).unwrap_or(Value::String(s)),
         other => other,
     };
     match raw.event.as_str() {

@@ -264,7 +264,15 @@ mod tests {
 
     #[test]
     fn query_parameters_are_signed_sorted_and_raw() {
-        let query = sign_request("k", "s", "GET", "/apps/1/channels", &[("info", "user_count"), ("filter_by_prefix", "presence-")], b"", 5);
+        let query = sign_request(
+            "k",
+            "s",
+            "GET",
+            "/apps/1/channels",
+            &[("info", "user_count"), ("filter_by_prefix", "presence-")],
+            b"",
+            5,
+        );
         let params = parse_query(&query);
         let request = SignedRequest { method: "GET", path: "/apps/1/channels", params: &params, body: b"" };
         assert_eq!(request.verify("k", "s", 5), Ok(()));
