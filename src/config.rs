@@ -221,12 +221,22 @@ impl Config {
             }
         }
         let Some(key) = env.var("REVERB_APP_KEY") else { return };
-        if self.apps.iter().any(|app| app.key == key) {
-            return; // The file already describes this app in full.
+        // The variables describe one app: the file's app with that key (they win over the file
+        // there), or a new one.
+        let index = match self.apps.iter().position(|app| app.key == key) {
+            Some(index) => index,
+            None => {
+                self.apps.push(AppConfig { key, ..AppConfig::default() });
+                self.apps.len() - 1
+            }
+        };
+        let app = &mut self.apps[index];
+        if let Some(id) = env.var("REVERB_APP_ID") {
+            app.id = id;
         }
-        let mut app = AppConfig { key, ..AppConfig::default() };
-        app.id = env.var("REVERB_APP_ID").unwrap_or_default();
-        app.secret = env.var("REVERB_APP_SECRET").unwrap_or_default();
+        if let Some(secret) = env.var("REVERB_APP_SECRET") {
+            app.secret = secret;
+        }
         let mut number = |name: &str, target: &mut u64| {
             if let Some(value) = env.var(name) {
                 match value.parse() {
@@ -256,7 +266,6 @@ impl Config {
                 )),
             }
         }
-        self.apps.push(app);
     }
 
     /// Every problem with this configuration (empty when valid).
@@ -298,6 +307,9 @@ impl Config {
             }
             if app.max_request_size_bytes < 100 {
                 problems.push(format!("{at}.max_request_size_bytes must be at least 100"));
+            }
+            if app.retention_max_events == Some(0) || app.retention_max_age_secs == Some(0) {
+                problems.push(format!("{at}: retention settings must be at least 1 (omit them to keep everything)"));
             }
             if app.max_connections == Some(0) {
                 problems.push(format!("{at}.max_connections must be at least 1 (omit it for no limit)"));
@@ -377,6 +389,17 @@ mod tests {
         assert_eq!((config.apps[0].id.as_str(), config.apps[0].key.as_str(), config.apps[0].secret.as_str()), ("1", "k", "s"));
         assert_eq!(config.apps[0].max_connections, Some(5));
         assert_eq!(config.apps[0].max_message_size_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn reverb_variables_override_the_file_app_with_the_same_key() {
+        let text = "[[apps]]\nid = \"file-id\"\nkey = \"k\"\nsecret = \"file-secret\"\nping_interval_secs = 5\n";
+        let env = env(&[("REVERB_APP_KEY", "k"), ("REVERB_APP_SECRET", "env-secret")]);
+        let config = Config::load(Some(text), &env, &Overrides::default()).unwrap();
+        assert_eq!(config.apps.len(), 1);
+        assert_eq!(config.apps[0].secret, "env-secret");
+        assert_eq!(config.apps[0].id, "file-id");
+        assert_eq!(config.apps[0].ping_interval_secs, 5);
     }
 
     #[test]

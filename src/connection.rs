@@ -33,6 +33,8 @@ const WRITE_BATCH_FRAMES: usize = 64;
 /// without a FIN) would otherwise park this task, its outbox and its ping timer until TCP gives
 /// up, minutes later. The client resumes from the log when it comes back.
 const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a close frame may take to go out before the socket is simply dropped.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a connection was refused before the handshake.
 #[derive(Debug, Clone, Copy)]
@@ -171,7 +173,13 @@ impl Connection {
                     }
                 }
                 Some(frame) = outbox_rx.recv() => {
-                    match tokio::time::timeout(WRITE_STALL_TIMEOUT, self.write_batch(frame, &mut outbox_rx)).await {
+                    // A client that stopped reading stalls this write while its outbox fills:
+                    // the close request must still be heard here.
+                    let written = tokio::select! {
+                        written = tokio::time::timeout(WRITE_STALL_TIMEOUT, self.write_batch(frame, &mut outbox_rx)) => written,
+                        code = socket.close_requested() => return self.close_requested(code).await,
+                    };
+                    match written {
                         Ok(true) => {}
                         Ok(false) => return Ended::Transport,
                         Err(_) => {
@@ -189,14 +197,7 @@ impl Connection {
                     deadline = Instant::now() + pong_timeout;
                     if !self.write(frames::ping()).await { return Ended::Transport; }
                 }
-                code = socket.close_requested() => {
-                    if code == ErrorCode::OverCapacity.as_u16() {
-                        self.app.hub.slow_consumers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::warn!("slow consumer: outbox full, closing with 4100");
-                        return self.close(code, "Over capacity: reconnect and resume").await;
-                    }
-                    return self.close(code, "Connection terminated by the server").await;
-                }
+                code = socket.close_requested() => return self.close_requested(code).await,
                 () = shutdown.cancelled() => {
                     return self.close(ErrorCode::Reconnect.as_u16(), "Server shutting down").await;
                 }
@@ -204,9 +205,20 @@ impl Connection {
         }
     }
 
+    /// Closes as someone asked: 4100 for a slow consumer, or a `terminate_connections` code.
+    async fn close_requested(&mut self, code: u16) -> Ended {
+        if code == ErrorCode::OverCapacity.as_u16() {
+            self.app.hub.slow_consumers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!("slow consumer: outbox full, closing with 4100");
+            return self.close(code, "Over capacity: reconnect and resume").await;
+        }
+        self.close(code, "Connection terminated by the server").await
+    }
+
     async fn close(&mut self, code: u16, reason: &'static str) -> Ended {
         tracing::debug!(code, reason, "closing");
-        let _ = self.sink.send(close_message(code, reason)).await;
+        // Bounded: a client that stopped reading cannot take the close frame either.
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.sink.send(close_message(code, reason))).await;
         Ended::ClosedByServer
     }
 
@@ -313,7 +325,13 @@ impl Connection {
         };
         if self.subscriptions.contains(channel.as_str()) {
             // Already subscribed (a client re-sending subscribe): confirm without a second join.
-            let head = self.read_replay(&channel, None).await.map(|r| r.head);
+            let log = Arc::clone(&self.state.log);
+            let key = LogKey { app: self.app.config.id.clone(), channel: channel.as_str().to_owned() };
+            let head = tokio::task::spawn_blocking(move || log.head(&key).map(|h| h.head)).await;
+            let head = match head {
+                Ok(Ok(head)) => Ok(head),
+                _ => Err(()),
+            };
             return match head {
                 Ok(head) => {
                     let data = json!({ "replay": { "head": head } });
@@ -325,9 +343,17 @@ impl Connection {
 
         // Subscribe, then read: live events from here on queue in the outbox while the log is
         // read, and the watermark drops the ones the replay already contains. No gap, no duplicate.
-        let subscribed = self.app.hub.subscribe(&channel, &self.socket, member);
+        let key = LogKey { app: self.app.config.id.clone(), channel: channel.as_str().to_owned() };
+        let log = Arc::clone(&self.state.log);
+        let subscribed = match self.app.hub.subscribe(&channel, &self.socket, member, || log.head(&key).map(|h| h.head)) {
+            Ok(subscribed) => subscribed,
+            Err(error) => {
+                tracing::error!(%error, "reading the event log head failed");
+                return self.subscription_error(channel.as_str(), "ServerError", "The event log is unavailable", 503).await;
+            }
+        };
         self.subscriptions.insert(channel.as_str().to_owned());
-        let replay = match self.read_replay(&channel, since).await {
+        let replay = match self.read_replay(&channel, since, subscribed.published_head).await {
             Ok(replay) => replay,
             Err(()) => {
                 self.subscriptions.remove(channel.as_str());
@@ -352,8 +378,8 @@ impl Connection {
         // A client that resumed has everything; one that starts fresh or could not be
         // recovered gets the cache channel's last event, as Pusher sends it.
         if channel.is_cache() && !replay.recovered {
-            let frame = match subscribed.cached {
-                Some(cached) => cached.text.to_string(),
+            let frame = match &replay.last {
+                Some(last) => frames::event_frame(&last.event, channel.as_str(), &last.data, Some(last.id), None),
                 None => frames::cache_miss(channel.as_str()),
             };
             if self.sink.feed(Message::Text(frame.into())).await.is_err() {
@@ -363,12 +389,15 @@ impl Connection {
         self.sink.flush().await.is_ok()
     }
 
-    /// Reads what a subscribe needs from the log: the head, and the events after `since`.
-    async fn read_replay(&self, channel: &ChannelName, since: Option<EventId>) -> Result<Replay, ()> {
+    /// Reads what a subscribe needs from the log: the events after `since`, up to the channel's
+    /// published head (later ones arrive live).
+    async fn read_replay(&self, channel: &ChannelName, since: Option<EventId>, published_head: Option<EventId>) -> Result<Replay, ()> {
         let log: Arc<dyn EventLog> = Arc::clone(&self.state.log);
         let key = LogKey { app: self.app.config.id.clone(), channel: channel.as_str().to_owned() };
         let cap = self.state.config.server.replay_cap_events;
-        let read = tokio::task::spawn_blocking(move || Replay::read(log.as_ref(), &key, since, cap)).await;
+        let is_cache = channel.is_cache();
+        let read =
+            tokio::task::spawn_blocking(move || Replay::read(log.as_ref(), &key, since, published_head, cap, is_cache)).await;
         match read {
             Ok(Ok(replay)) => Ok(replay),
             Ok(Err(error)) => {
@@ -432,22 +461,49 @@ struct Replay {
     events: Vec<reprise_storage::StoredEvent>,
     /// Live events at or below this sequence were already sent (or predate the subscription).
     watermark: Option<u64>,
+    /// On cache channels that were not resumed: the event at the head, if still logged.
+    last: Option<reprise_storage::StoredEvent>,
 }
 
 impl Replay {
-    fn read(log: &dyn EventLog, key: &LogKey, since: Option<EventId>, cap: usize) -> Result<Replay, reprise_storage::StorageError> {
-        let Some(since) = since else {
-            let head = log.head(key)?.head;
-            return Ok(Replay { head, recovered: false, events: Vec::new(), watermark: head.map(EventId::seq) });
+    /// `published_head` is where live delivery to this socket starts: the replay goes up to it
+    /// and not beyond (events past it are not fanned out yet, so with sync durability they may
+    /// not be on disk yet either; they arrive live).
+    fn read(
+        log: &dyn EventLog,
+        key: &LogKey,
+        since: Option<EventId>,
+        published_head: Option<EventId>,
+        cap: usize,
+        is_cache: bool,
+    ) -> Result<Replay, reprise_storage::StorageError> {
+        // Not resumed (fresh, or not recoverable): the client starts at the published head, and
+        // a cache channel hands it the head event.
+        let from_head = || -> Result<Replay, reprise_storage::StorageError> {
+            let last = match published_head {
+                Some(head) if is_cache => crate::cache::last_event(log, key, head)?,
+                _ => None,
+            };
+            let watermark = published_head.map(EventId::seq);
+            Ok(Replay { head: published_head, recovered: false, events: Vec::new(), watermark, last })
         };
+        let Some(since) = since else { return from_head() };
+        let Some(head) = published_head else {
+            // Nothing was ever published here, so a cursor cannot be from this channel.
+            return from_head();
+        };
+        if since.seq() > head.seq() {
+            return from_head();
+        }
         // One more than the cap tells "more than the cap" apart from "exactly the cap".
         let outcome = log.read(key, Cursor::After(since), cap.saturating_add(1))?;
-        if !outcome.recovered || outcome.events.len() > cap {
-            let watermark = outcome.head.map(EventId::seq);
-            return Ok(Replay { head: outcome.head, recovered: false, events: Vec::new(), watermark });
+        let mut events = outcome.events;
+        events.retain(|event| event.id.seq() <= head.seq());
+        if !outcome.recovered || events.len() > cap {
+            return from_head();
         }
-        let watermark = Some(outcome.events.last().map_or(since.seq(), |e| e.id.seq()));
-        Ok(Replay { head: outcome.head, recovered: true, events: outcome.events, watermark })
+        let watermark = Some(events.last().map_or(since.seq(), |e| e.id.seq()));
+        Ok(Replay { head: published_head, recovered: true, events, watermark, last: None })
     }
 
     /// The `replay` block of `subscription_succeeded`.

@@ -19,6 +19,9 @@ pub enum ApiError {
     /// The log failed; the detail is logged, not returned.
     #[error("the event log is unavailable")]
     Unavailable,
+    /// Published, but the flush failed: a retry would publish it twice.
+    #[error("the event was published but could not be made durable; do not retry")]
+    NotDurable,
 }
 
 impl ApiError {
@@ -29,6 +32,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotDurable => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

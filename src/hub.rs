@@ -1,5 +1,10 @@
-//! The hub: which sockets are subscribed to which channels, presence rosters, the last event of
-//! cache channels, and fan-out.
+//! The hub: which sockets are subscribed to which channels, presence rosters, and fan-out.
+//! (A cache channel's last event is its log's head, read by the connection on subscribe.)
+//!
+//! It also knows each channel's *published head*: the last logged event that was fanned out. A
+//! logged event goes to the log first and to subscribers after its fsync; a socket that
+//! subscribes in between must start after the published head, not the log's head, or it would
+//! neither get that event live (its watermark says it has it) nor in a replay.
 //!
 //! Fan-out never waits: each socket has a bounded outbox and a publish `try_send`s one shared,
 //! already-serialised frame (a refcount, not a copy) to every subscriber. A socket whose outbox
@@ -15,7 +20,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use reprise_api::presence::PresenceMember;
-use reprise_api::{ChannelName, ErrorCode, frames};
+use reprise_api::{ChannelName, ErrorCode, EventId, frames};
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 
@@ -97,14 +102,26 @@ struct Member {
     sockets: usize,
 }
 
-#[derive(Default)]
 struct Channel {
     subscribers: HashMap<String, Subscriber>,
     members: HashMap<String, Member>,
-    cached: Option<Arc<Frame>>,
+    /// The last logged event fanned out on this channel.
+    published_head: Option<EventId>,
+    /// Logged events appended (or being appended) but not yet fanned out. While any are, the
+    /// entry is kept, so `published_head` stays known.
+    in_flight: usize,
 }
 
 impl Channel {
+    fn new(published_head: Option<EventId>) -> Self {
+        Channel { subscribers: HashMap::new(), members: HashMap::new(), published_head, in_flight: 0 }
+    }
+
+    /// An entry with no subscribers and nothing in flight holds nothing the log does not.
+    fn is_idle(&self) -> bool {
+        self.subscribers.is_empty() && self.in_flight == 0
+    }
+
     fn send_to_all(&self, frame: &Arc<Frame>, except: Option<&str>) -> usize {
         let mut sent = 0;
         for (socket_id, subscriber) in &self.subscribers {
@@ -116,12 +133,14 @@ impl Channel {
     }
 }
 
-/// What a subscribe found, for the `subscription_succeeded` the connection sends.
+
+/// What a subscribe found.
 pub struct Subscribed {
     /// The presence roster (`{"presence":{...}}`) on presence channels.
     pub roster: Option<Value>,
-    /// The remembered last event of a cache channel.
-    pub cached: Option<Arc<Frame>>,
+    /// The last logged event fanned out on the channel when the socket was registered: live
+    /// delivery to this socket starts right after it.
+    pub published_head: Option<EventId>,
 }
 
 /// Counts of one channel, for the HTTP API.
@@ -162,9 +181,21 @@ impl AppHub {
 
     /// Registers `socket` on `channel`. On presence channels `member` joins the roster and, if
     /// it is the user's first socket there, the others get `member_added`.
-    pub fn subscribe(&self, channel: &ChannelName, socket: &Arc<Socket>, member: Option<PresenceMember>) -> Subscribed {
+    ///
+    /// `log_head` is asked for the log's head when the hub has no entry for the channel (then
+    /// nothing is in flight, so the log's head is the published head).
+    pub fn subscribe<E>(
+        &self,
+        channel: &ChannelName,
+        socket: &Arc<Socket>,
+        member: Option<PresenceMember>,
+        log_head: impl FnOnce() -> Result<Option<EventId>, E>,
+    ) -> Result<Subscribed, E> {
         let mut shard = self.shard(channel.as_str());
-        let state = shard.entry(channel.as_str().to_owned()).or_default();
+        let state = match shard.entry(channel.as_str().to_owned()) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => entry.insert(Channel::new(log_head()?)),
+        };
         let user_id = member.as_ref().map(|m| m.user_id.clone());
         let previous = state
             .subscribers
@@ -182,7 +213,7 @@ impl AppHub {
         let roster = channel.is_presence().then(|| {
             reprise_api::presence::roster(state.members.iter().map(|(id, member)| (id.as_str(), &member.info)))
         });
-        Subscribed { roster, cached: state.cached.clone() }
+        Ok(Subscribed { roster, published_head: state.published_head })
     }
 
     /// Removes `socket` from `channel`; on presence channels the last socket of a user leaves
@@ -200,21 +231,43 @@ impl AppHub {
                 }
             }
         }
-        if state.subscribers.is_empty() && state.cached.is_none() {
+        if state.is_idle() {
             shard.remove(channel);
         }
         true
     }
 
-    /// Sends `frame` to every subscriber of `channel` but `except`; on cache channels also
-    /// remembers it for later subscribers. Returns how many sockets it was queued for.
-    pub fn publish(&self, channel: &ChannelName, frame: &Arc<Frame>, except: Option<&str>) -> usize {
+    /// Announces a logged event about to be appended to `channel`'s log; see `published_head`.
+    /// `log_head` is asked for the log's head if the hub has no entry for the channel.
+    pub fn begin_logged<E>(&self, channel: &str, log_head: impl FnOnce() -> Result<Option<EventId>, E>) -> Result<(), E> {
+        let mut shard = self.shard(channel);
+        let state = match shard.entry(channel.to_owned()) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => entry.insert(Channel::new(log_head()?)),
+        };
+        state.in_flight += 1;
+        Ok(())
+    }
+
+    /// Ends what `begin_logged` began: fans out the logged event `id` (if it was appended) and
+    /// makes it the published head.
+    pub fn end_logged(&self, channel: &ChannelName, appended: Option<(EventId, &Arc<Frame>)>, except: Option<&str>) {
         let mut shard = self.shard(channel.as_str());
-        if channel.is_cache() {
-            let state = shard.entry(channel.as_str().to_owned()).or_default();
-            state.cached = Some(Arc::clone(frame));
-            return state.send_to_all(frame, except);
+        let Some(state) = shard.get_mut(channel.as_str()) else { return };
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if let Some((id, frame)) = appended {
+            state.send_to_all(frame, except);
+            state.published_head = Some(id);
         }
+        if state.is_idle() {
+            shard.remove(channel.as_str());
+        }
+    }
+
+    /// Sends an unlogged `frame` (a client event) to every subscriber of `channel` but `except`.
+    /// Returns how many sockets it was queued for.
+    pub fn publish(&self, channel: &ChannelName, frame: &Arc<Frame>, except: Option<&str>) -> usize {
+        let shard = self.shard(channel.as_str());
         shard.get(channel.as_str()).map_or(0, |state| state.send_to_all(frame, except))
     }
 
@@ -230,10 +283,6 @@ impl AppHub {
             subscriptions: state.subscribers.len(),
             users: state.members.len(),
         })
-    }
-
-    pub fn cached(&self, channel: &str) -> Option<Arc<Frame>> {
-        self.shard(channel).get(channel).and_then(|state| state.cached.clone())
     }
 
     /// Occupied channels (at least one subscriber) whose name starts with `prefix`.
@@ -291,6 +340,10 @@ mod tests {
         ChannelName::parse(n).unwrap()
     }
 
+    fn no_log() -> Result<Option<EventId>, ()> {
+        Ok(None)
+    }
+
     fn member(id: &str) -> Option<PresenceMember> {
         Some(PresenceMember { user_id: id.to_owned(), user_info: Value::Null })
     }
@@ -300,11 +353,11 @@ mod tests {
         let hub = AppHub::default();
         let channel = name("presence-room");
         let (watcher, mut watcher_rx) = socket("0.1", 16);
-        hub.subscribe(&channel, &watcher, member("w"));
+        hub.subscribe(&channel, &watcher, member("w"), no_log).unwrap();
         let (tab1, _rx1) = socket("1.1", 16);
         let (tab2, _rx2) = socket("1.2", 16);
-        hub.subscribe(&channel, &tab1, member("u"));
-        hub.subscribe(&channel, &tab2, member("u"));
+        hub.subscribe(&channel, &tab1, member("u"), no_log).unwrap();
+        hub.subscribe(&channel, &tab2, member("u"), no_log).unwrap();
         let joined: Vec<_> = std::iter::from_fn(|| watcher_rx.try_recv().ok()).collect();
         assert_eq!(joined.len(), 1, "one member_added for two tabs");
         assert!(joined[0].text.contains("member_added"));
@@ -321,7 +374,7 @@ mod tests {
         let hub = AppHub::default();
         let channel = name("news");
         let (slow, _rx) = socket("1.1", 1);
-        hub.subscribe(&channel, &slow, None);
+        hub.subscribe(&channel, &slow, None, no_log).unwrap();
         let frame = Frame::plain("x".into());
         assert_eq!(hub.publish(&channel, &frame, None), 1);
         assert_eq!(hub.publish(&channel, &frame, None), 0);
@@ -329,16 +382,34 @@ mod tests {
     }
 
     #[test]
-    fn publish_skips_the_excluded_socket_and_cache_channels_remember() {
+    fn publish_skips_the_excluded_socket() {
         let hub = AppHub::default();
-        let channel = name("cache-news");
+        let channel = name("news");
         let (a, mut a_rx) = socket("1.1", 4);
         let (b, mut b_rx) = socket("1.2", 4);
-        hub.subscribe(&channel, &a, None);
-        hub.subscribe(&channel, &b, None);
+        hub.subscribe(&channel, &a, None, no_log).unwrap();
+        hub.subscribe(&channel, &b, None, no_log).unwrap();
         hub.publish(&channel, &Frame::plain("e".into()), Some("1.1"));
         assert!(a_rx.try_recv().is_err());
         assert_eq!(b_rx.try_recv().unwrap().text.as_str(), "e");
-        assert_eq!(hub.cached("cache-news").unwrap().text.as_str(), "e");
+    }
+
+    /// A socket that subscribes while an event is between the log and its fan-out starts at
+    /// the published head, so it gets that event live.
+    #[test]
+    fn a_subscriber_during_a_commit_starts_at_the_published_head() {
+        let hub = AppHub::default();
+        let channel = name("orders");
+        let before = EventId::new(1, 1);
+        let in_flight = EventId::new(2, 2);
+        hub.begin_logged("orders", || Ok::<_, ()>(Some(before))).unwrap();
+        let (late, mut late_rx) = socket("1.1", 4);
+        let log_head = || -> Result<Option<EventId>, ()> { panic!("the hub knows the published head") };
+        let subscribed = hub.subscribe(&channel, &late, None, log_head).unwrap();
+        assert_eq!(subscribed.published_head, Some(before));
+        hub.end_logged(&channel, Some((in_flight, &Frame::plain("n".into()))), None);
+        assert_eq!(late_rx.try_recv().unwrap().text.as_str(), "n");
+        hub.unsubscribe("orders", "1.1");
+        assert_eq!(hub.counts("orders"), ChannelCounts::default());
     }
 }

@@ -6,6 +6,7 @@
 //! `127.0.0.1:0` and the binary binds what the configuration says.
 
 pub mod apps;
+pub mod cache;
 pub mod config;
 pub mod connection;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod publisher;
 pub mod retention;
 pub mod routes;
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,17 +96,35 @@ pub async fn serve(
     });
     let app = routes::router(Arc::clone(&state)).layer(DefaultBodyLimit::max(routes::signed::body_limit()));
     tracing::info!(address = %listener.local_addr()?, "reprise listening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
-
-    // Accepting has stopped; every socket saw the token and is closing with 4200.
-    tracker.close();
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future();
+    tokio::pin!(server);
+    // One grace period for the whole shutdown, starting when the token fires.
+    let deadline = tokio::select! {
+        served = &mut server => {
+            served?;
+            tokio::time::Instant::now() + grace
+        }
+        () = shutdown.cancelled() => {
+            let deadline = tokio::time::Instant::now() + grace;
+            // Accepting stops now; in-flight HTTP requests get until the deadline.
+            if let Ok(served) = tokio::time::timeout_at(deadline, &mut server).await {
+                served?;
+            } else {
+                tracing::warn!("HTTP requests still running at the end of the grace period");
+            }
+            deadline
+        }
+    };
+
+    // Every socket saw the token and is closing with 4200.
+    tracker.close();
+    if tokio::time::timeout_at(deadline, tracker.wait()).await.is_err() {
         tracing::warn!(open = tracker.len(), "shutdown grace period over; sockets still open are dropped");
     }
     drop(state);
     background.close();
-    if tokio::time::timeout(grace, background.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, background.wait()).await.is_err() {
         tracing::warn!("publishes still committing at the end of the grace period");
     }
     tokio::task::spawn_blocking(move || log.flush())

@@ -39,9 +39,12 @@ pub struct PublishItem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// The log refused the append; nothing was published. The text is for the server log only.
-    #[error("the event log failed: {0}")]
-    Storage(String),
+    /// The log refused the append: nothing was published (the cause is in the server log).
+    #[error("the event log refused the append")]
+    Storage,
+    /// Appended and fanned out, but the flush failed: the events may not survive a crash.
+    #[error("the event was published but could not be made durable")]
+    NotDurable,
     #[error("the server is shutting down")]
     ShuttingDown,
 }
@@ -96,50 +99,102 @@ async fn run_committer(log: Arc<dyn EventLog>, durability: Durability, mut jobs_
                 Err(_) => break,
             }
         }
-        let events: Vec<NewEvent> = jobs
-            .iter()
-            .flat_map(|job| {
-                job.items.iter().map(|item| NewEvent {
-                    key: LogKey { app: job.app_id.clone(), channel: item.channel.as_str().to_owned() },
-                    event: item.event.clone(),
-                    data: item.data.clone(),
-                })
-            })
-            .collect();
         let log = Arc::clone(&log);
         // The blocking pool: sled's flush is an fsync and must not stall a runtime worker.
-        let committed = tokio::task::spawn_blocking(move || {
-            let ids = log.append(&events)?;
-            if durability == Durability::Sync {
-                log.flush()?;
-            }
-            Ok::<_, StorageError>(ids)
+        let (jobs, outcome) = tokio::task::spawn_blocking(move || {
+            let outcome = commit(log.as_ref(), durability, &jobs);
+            (jobs, outcome)
         })
         .await
-        .expect("the commit closure does not panic");
-        match committed {
-            Ok(ids) => fan_out_and_answer(jobs, ids),
-            Err(error) => {
-                tracing::error!(%error, publishes = jobs.len(), "event log append failed");
-                for job in jobs {
-                    let _ = job.reply.send(Err(PublishError::Storage(error.to_string())));
+        .expect("the commit does not panic");
+        answer(jobs, outcome);
+    }
+}
+
+/// What became of one group of publishes.
+enum Outcome {
+    /// Appended (and flushed, with sync durability): fanned out, answered with the ids.
+    Committed(Vec<EventId>),
+    /// Appended and fanned out, but the flush failed: the events may not survive a crash.
+    NotDurable(Vec<EventId>, StorageError),
+    /// Not appended: nothing was published.
+    Failed(StorageError),
+}
+
+/// Announces, appends, flushes and fans out one group of jobs.
+fn commit(log: &dyn EventLog, durability: Durability, jobs: &[Job]) -> Outcome {
+    let mut events = Vec::new();
+    for job in jobs {
+        for item in &job.items {
+            let key = LogKey { app: job.app_id.clone(), channel: item.channel.as_str().to_owned() };
+            // Before the append, so a socket subscribing meanwhile starts at the published head.
+            if let Err(error) = job.hub.begin_logged(item.channel.as_str(), || log.head(&key).map(|h| h.head)) {
+                end_all(jobs, None);
+                return Outcome::Failed(error);
+            }
+            events.push(NewEvent { key, event: item.event.clone(), data: item.data.clone() });
+        }
+    }
+    // `begin_logged` was called once per item, except when it failed part-way (handled above).
+    let ids = match log.append(&events) {
+        Ok(ids) => ids,
+        Err(error) => {
+            end_all(jobs, None);
+            return Outcome::Failed(error);
+        }
+    };
+    let flushed = match durability {
+        Durability::Sync => log.flush(),
+        Durability::Buffered => Ok(()),
+    };
+    // Fan out even if the flush failed: the events are in the log (history, replay), and live
+    // subscribers must not disagree with it.
+    end_all(jobs, Some(&ids));
+    match flushed {
+        Ok(()) => Outcome::Committed(ids),
+        Err(error) => Outcome::NotDurable(ids, error),
+    }
+}
+
+/// Fans out every item of `jobs` with its id (or just ends the announcement if nothing was appended).
+fn end_all(jobs: &[Job], ids: Option<&[EventId]>) {
+    let mut ids = ids.map(|ids| ids.iter());
+    for job in jobs {
+        for item in &job.items {
+            match ids.as_mut().and_then(Iterator::next) {
+                Some(id) => {
+                    let text = frames::event_frame(&item.event, item.channel.as_str(), &item.data, Some(*id), item.user_id.as_deref());
+                    let frame = Arc::new(Frame { text: text.into(), logged: Some((item.channel.clone(), id.seq())) });
+                    job.hub.end_logged(&item.channel, Some((*id, &frame)), item.except_socket.as_deref());
                 }
+                None => job.hub.end_logged(&item.channel, None, None),
             }
         }
     }
 }
 
-fn fan_out_and_answer(jobs: Vec<Job>, ids: Vec<EventId>) {
+fn answer(jobs: Vec<Job>, outcome: Outcome) {
+    let (ids, error) = match outcome {
+        Outcome::Committed(ids) => (ids, None),
+        Outcome::NotDurable(ids, error) => {
+            tracing::error!(%error, publishes = jobs.len(), "event log flush failed; events were published but may not be durable");
+            (ids, Some(PublishError::NotDurable))
+        }
+        Outcome::Failed(error) => {
+            tracing::error!(%error, publishes = jobs.len(), "event log append failed; nothing was published");
+            (Vec::new(), Some(PublishError::Storage))
+        }
+    };
     let mut ids = ids.into_iter();
     for job in jobs {
         let job_ids: Vec<EventId> = ids.by_ref().take(job.items.len()).collect();
-        for (item, id) in job.items.iter().zip(&job_ids) {
-            let text = frames::event_frame(&item.event, item.channel.as_str(), &item.data, Some(*id), item.user_id.as_deref());
-            let frame = Arc::new(Frame { text: text.into(), logged: Some((item.channel.clone(), id.seq())) });
-            job.hub.publish(&item.channel, &frame, item.except_socket.as_deref());
-        }
-        // The publisher may have given up (client went away); the event is logged regardless.
-        let _ = job.reply.send(Ok(job_ids));
+        let reply = match &error {
+            None => Ok(job_ids),
+            Some(PublishError::NotDurable) => Err(PublishError::NotDurable),
+            Some(_) => Err(PublishError::Storage),
+        };
+        // The publisher may have given up (its client went away); the outcome stands regardless.
+        let _ = job.reply.send(reply);
     }
 }
 

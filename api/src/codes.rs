@@ -15,7 +15,7 @@ pub enum ErrorCode {
     /// The client could not keep up with its messages (its outbox filled up): back off, then
     /// reconnect and resume from the log.
     OverCapacity = 4100,
-    /// Generic "reconnect now": sent to every socket on shutdown, and on malformed input.
+    /// Generic "reconnect now": sent to every socket on shutdown and on `terminate_connections`.
     Reconnect = 4200,
     /// The client did not answer a ping in time.
     PongNotReceived = 4201,

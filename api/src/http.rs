@@ -33,13 +33,20 @@ pub struct TriggerRequest {
 }
 
 impl TriggerRequest {
-    /// The channels named by `channels` or `channel`.
+    /// The channels named by `channels` or `channel`, each once, in the order given.
     pub fn channel_names(&self) -> Vec<&str> {
-        match (&self.channels, &self.channel) {
-            (Some(channels), _) => channels.iter().map(String::as_str).collect(),
-            (None, Some(channel)) => vec![channel.as_str()],
-            (None, None) => Vec::new(),
+        let mut names: Vec<&str> = Vec::new();
+        let given = match (&self.channels, &self.channel) {
+            (Some(channels), _) => channels.as_slice(),
+            (None, Some(channel)) => std::slice::from_ref(channel),
+            (None, None) => &[],
+        };
+        for name in given {
+            if !names.contains(&name.as_str()) {
+                names.push(name);
+            }
         }
+        names
     }
 }
 
@@ -169,7 +176,7 @@ mod tests {
         let one: TriggerRequest = serde_json::from_value(json!({"name":"e","data":"x","channel":"a"})).unwrap();
         assert_eq!(one.channel_names(), vec!["a"]);
         let many: TriggerRequest =
-            serde_json::from_value(json!({"name":"e","data":{"k":1},"channels":["a","b"]})).unwrap();
+            serde_json::from_value(json!({"name":"e","data":{"k":1},"channels":["a","b","a"]})).unwrap();
         assert_eq!(many.channel_names(), vec!["a", "b"]);
         assert_eq!(many.data, r#"{"k":1}"#);
         let none: TriggerRequest = serde_json::from_value(json!({"name":"e","data":"x"})).unwrap();

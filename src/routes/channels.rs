@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 
 use crate::ServerState;
 use crate::error::ApiError;
-use crate::routes::signed;
+use crate::routes::history::blocking;
+use crate::routes::signed::{self, Signed};
+use reprise_storage::LogKey;
 
 pub async fn list(
     State(state): State<Arc<ServerState>>,
@@ -44,11 +46,7 @@ pub async fn show(
         return Err(ApiError::BadRequest("info=user_count is only available for presence channels".into()));
     }
     let counts = signed.app.hub.counts(channel.as_str());
-    let cache = if info.cache && channel.is_cache() {
-        signed.app.hub.cached(channel.as_str()).and_then(|frame| cached_event(&frame.text))
-    } else {
-        None
-    };
+    let cache = if info.cache && channel.is_cache() { cached_event(&state, &signed, &channel).await? } else { None };
     Ok(Json(ChannelInfo {
         occupied: Some(counts.subscriptions > 0),
         subscription_count: info.subscription_count.then_some(counts.subscriptions),
@@ -57,10 +55,15 @@ pub async fn show(
     }))
 }
 
-/// The event and data of a cached frame.
-fn cached_event(frame: &str) -> Option<CachedEvent> {
-    let value: Value = serde_json::from_str(frame).ok()?;
-    Some(CachedEvent { event: value["event"].as_str()?.to_owned(), data: value["data"].as_str()?.to_owned() })
+/// A cache channel's last event: the head of its log.
+async fn cached_event(state: &ServerState, signed: &Signed, channel: &ChannelName) -> Result<Option<CachedEvent>, ApiError> {
+    let key = LogKey { app: signed.app.config.id.clone(), channel: channel.as_str().to_owned() };
+    let last = blocking(state, move |log| match log.head(&key)?.head {
+        Some(head) => crate::cache::last_event(log, &key, head),
+        None => Ok(None),
+    })
+    .await?;
+    Ok(last.map(|event| CachedEvent { event: event.event, data: event.data }))
 }
 
 pub async fn users(

@@ -15,7 +15,7 @@ use reprise_api::{ChannelName, EventId};
 use crate::ServerState;
 use crate::apps::App;
 use crate::error::ApiError;
-use crate::publisher::PublishItem;
+use crate::publisher::{PublishError, PublishItem};
 use crate::routes::signed;
 
 /// Pusher's limit on an event name, in bytes.
@@ -112,9 +112,9 @@ fn is_socket_id(text: &str) -> bool {
 }
 
 async fn publish(state: &ServerState, app: &App, items: Vec<PublishItem>) -> Result<Vec<EventId>, ApiError> {
-    state.publisher.publish(&app.config.id, &app.hub, items).await.map_err(|error| {
-        tracing::error!(%error, "publish failed");
-        ApiError::Unavailable
+    state.publisher.publish(&app.config.id, &app.hub, items).await.map_err(|error| match error {
+        PublishError::NotDurable => ApiError::NotDurable,
+        PublishError::Storage | PublishError::ShuttingDown => ApiError::Unavailable,
     })
 }
 

@@ -135,7 +135,7 @@ pub fn older_than_ms(max_age_secs: u64) -> u64 {
 }
 
 /// Runs a log call on the blocking pool (sled IO must not stall a runtime worker).
-async fn blocking<T: Send + 'static>(
+pub async fn blocking<T: Send + 'static>(
     state: &ServerState,
     call: impl FnOnce(&dyn EventLog) -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, ApiError> {

@@ -73,7 +73,10 @@ impl SledLog {
     /// (spacejam/sled#1234), so a reopen right after a close waits up to [`Self::OPEN_LOCK_WAIT`] for it.
     /// A lock held by a live process (or another open log) still fails, just that much later.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let config = sled::Config::new().path(path);
+        // No background flush: the server decides when data reaches the disk (every commit with
+        // durability "sync", every `flush_every_ms` with "buffered"), so that setting means what
+        // it says.
+        let config = sled::Config::new().path(path).flush_every_ms(None);
         let deadline = Instant::now() + Self::OPEN_LOCK_WAIT;
         loop {
             match config.open() {

@@ -305,3 +305,86 @@ impl RestClient {
 pub fn temp_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
 }
+
+// Replay, history and compaction helpers (used by replay.rs, history.rs, durability.rs, crash.rs).
+
+/// Parses an event id the server sent (a ULID string in a JSON value); panics if it is not one.
+pub fn event_id(value: &Value) -> reprise_api::EventId {
+    let text = value.as_str().unwrap_or_else(|| panic!("expected an event id string, got {value}"));
+    text.parse().unwrap_or_else(|_| panic!("{text:?} is not an event id"))
+}
+
+impl RestClient {
+    /// Signed `GET /apps/{id}/channels/{channel}/events` with `params` (since, limit).
+    pub async fn history(&self, channel: &str, params: &[(&str, &str)]) -> (u16, Value) {
+        self.call("GET", &self.path(&format!("/channels/{channel}/events")), params, None).await
+    }
+
+    /// Every retained event of `channel`, paging with `limit=1000` from the oldest; asserts each
+    /// page is 200 and returns the events and the first page's `recovered` (false once anything
+    /// was compacted away).
+    pub async fn history_all(&self, channel: &str) -> (Vec<Value>, bool) {
+        let mut events: Vec<Value> = Vec::new();
+        let mut since: Option<String> = None;
+        let mut recovered: Option<bool> = None;
+        loop {
+            let mut params = vec![("limit", "1000")];
+            if let Some(since) = &since {
+                params.push(("since", since.as_str()));
+            }
+            let (status, page) = self.history(channel, &params).await;
+            assert_eq!(status, 200, "history page failed: {page}");
+            let batch = page["events"].as_array().expect("events array").clone();
+            let first_recovered = *recovered.get_or_insert(page["recovered"].as_bool().expect("recovered"));
+            if batch.is_empty() {
+                return (events, first_recovered);
+            }
+            since = Some(batch.last().expect("non-empty")["id"].as_str().expect("id").to_owned());
+            events.extend(batch);
+        }
+    }
+
+    /// Signed `POST /apps/{id}/compact`.
+    pub async fn compact(&self, body: Value) -> (u16, Value) {
+        self.call("POST", &self.path("/compact"), &[], Some(&body)).await
+    }
+
+    /// Publishes `count` events named `event` on `channel` through `batch_events` (10 per call),
+    /// with data `"{tag}-{i}"`; returns the ids in publish order.
+    pub async fn publish_n(&self, channel: &str, event: &str, tag: &str, count: usize) -> Vec<String> {
+        let mut ids = Vec::with_capacity(count);
+        let mut next = 0;
+        while next < count {
+            let end = (next + 10).min(count);
+            let batch: Vec<Value> =
+                (next..end).map(|i| json!({"name": event, "channel": channel, "data": format!("{tag}-{i}")})).collect();
+            let (status, response) = self.call("POST", &self.path("/batch_events"), &[], Some(&json!({"batch": batch}))).await;
+            assert_eq!(status, 200, "batch publish failed: {response}");
+            for item in response["batch"].as_array().expect("batch array") {
+                ids.push(item["ids"][channel].as_str().expect("id per batch item").to_owned());
+            }
+            next = end;
+        }
+        ids
+    }
+}
+
+impl WsClient {
+    /// Subscribes to a public channel with `since` and returns the `replay` block of
+    /// `subscription_succeeded`.
+    pub async fn subscribe_since(&mut self, channel: &str, since: &str) -> Value {
+        self.send_subscribe(json!({"channel": channel, "since": since})).await;
+        self.expect_subscribed(channel).await["replay"].clone()
+    }
+
+    /// The next application event frame (skips `pusher:*` frames such as pings).
+    pub async fn next_app_event(&mut self) -> Value {
+        loop {
+            let frame = self.recv().await;
+            let name = frame["event"].as_str().unwrap_or_default();
+            if !name.starts_with("pusher:") && !name.starts_with("pusher_internal:") {
+                return frame;
+            }
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! The Pusher HTTP API as Laravel's broadcaster and the Pusher server SDKs call it: publishing
+//! (`events`, `batch_events`), its limits and signatures, channel queries and
+//! `terminate_connections`. Every error answer is JSON `{"error": "..."}`.
+
+mod support;
+
+use std::time::Duration;
+
+use reprise_api::{EventId, signature};
+use serde_json::{Value, json};
+use support::{APP_KEY, APP_SECRET, RestClient, TestServer, unix_now};
+
+const SILENCE: Duration = Duration::from_millis(300);
+
+/// Sends `body` (any bytes) signed for `path`, with `timestamp` as the signing time.
+async fn signed_bytes(rest: &RestClient, method: &str, path: &str, body: &[u8], timestamp: u64) -> (u16, Value) {
+    let query = signature::sign_request(&rest.key, &rest.secret, method, path, &[], body, timestamp);
+    rest.raw(method, &format!("{path}?{query}"), body.to_vec()).await
+}
+
+/// Asserts an error answer: the status, and a JSON body with a non-empty `error` string.
+fn assert_error(status: u16, body: &Value, expected: u16) {
+    assert_eq!(status, expected, "body: {body}");
+    let error = body["error"].as_str().unwrap_or_else(|| panic!("error body is not JSON with \"error\": {body}"));
+    assert!(!error.is_empty(), "{body}");
+}
+
+/// Asserts `id` is an event id: a 26-character ULID string.
+fn assert_event_id(id: &Value) -> EventId {
+    let text = id.as_str().unwrap_or_else(|| panic!("id is not a string: {id}"));
+    assert_eq!(text.len(), 26, "{text}");
+    text.parse().unwrap_or_else(|_| panic!("{text} is not a ULID"))
+}
+
+async fn trigger_body(rest: &RestClient, body: &Value) -> (u16, Value) {
+    rest.call("POST", &rest.path("/events"), &[], Some(body)).await
+}
+
+async fn get(rest: &RestClient, path: &str, params: &[(&str, &str)]) -> (u16, Value) {
+    rest.call("GET", &rest.path(path), params, None).await
+}
+
+/// `POST /events` with `channel` or `channels` reaches every named channel; the answer is 200
+/// JSON with the id each channel logged the event under, the same id subscribers see.
+#[tokio::test]
+async fn trigger_to_one_and_several_channels_is_delivered_with_ids() {
+    let server = TestServer::start().await;
+    let rest = server.rest();
+    let mut clients = Vec::new();
+    for channel in ["a", "b", "c"] {
+        let mut client = server.client().await;
+        client.subscribe(channel).await;
+        clients.push(client);
+    }
+
+    let (status, response) = trigger_body(&rest, &json!({"name":"one","channel":"a","data":"1"})).await;
+    assert_eq!(status, 200, "{response}");
+    let id = assert_event_id(&response["ids"]["a"]);
+    let frame = clients[0].expect_event("one").await;
+    assert_eq!((frame["channel"].as_str(), frame["data"].as_str()), (Some("a"), Some("1")));
+    assert_eq!(frame["id"], id.to_string());
+
+    let (status, response) = trigger_body(&rest, &json!({"name":"many","channels":["b","c"],"data":"2"})).await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["ids"].as_object().unwrap().len(), 2, "{response}");
+    for (client, channel) in clients[1..].iter_mut().zip(["b", "c"]) {
+        let id = assert_event_id(&response["ids"][channel]);
+        let frame = client.expect_event("many").await;
+        assert_eq!(frame["channel"], channel);
+        assert_eq!(frame["data"], "2");
+        assert_eq!(frame["id"], id.to_string());
+    }
+    clients[0].expect_silence(SILENCE).await;
+}
+
+/// `socket_id` ("toOthers" in Laravel) excludes that one socket from the fan-out.
+#[tokio::test]
+async fn socket_id_excludes_that_socket() {
+    let server = TestServer::start().await;
+    let mut sender = server.client().await;
+    sender.subscribe("news").await;
+    let mut other = server.client().await;
+    other.subscribe("news").await;
+    let body = json!({"name":"posted","channel":"news","data":"x","socket_id": sender.socket_id});
+    let (status, response) = trigger_body(&server.rest(), &body).await;
+    assert_eq!(status, 200, "{response}");
+    other.expect_event("posted").await;
+    sender.expect_silence(SILENCE).await;
+}
+
+/// `POST /batch_events` with Pusher's maximum of 10 events delivers them in order; the answer has
+/// one entry per event, in order, each with its id.
+#[tokio::test]
+async fn batch_of_ten_is_delivered_in_order_with_ids() {
+    let server = TestServer::start().await;
+    let rest = server.rest();
+    let mut client = server.client().await;
+    client.subscribe("news").await;
+    let batch: Vec<Value> = (0..10).map(|n| json!({"name":"item","channel":"news","data": n.to_string()})).collect();
+    let (status, response) = rest.call("POST", &rest.path("/batch_events"), &[], Some(&json!({"batch": batch}))).await;
+    assert_eq!(status, 200, "{response}");
+    let items = response["batch"].as_array().expect("batch array");
+    assert_eq!(items.len(), 10, "{response}");
+    let mut previous: Option<EventId> = None;
+    for (n, item) in items.iter().enumerate() {
+        let id = assert_event_id(&item["ids"]["news"]);
+        assert!(previous.is_none_or(|p| p < id), "ids out of order: {response}");
+        previous = Some(id);
+        let frame = client.expect_event("item").await;
+        assert_eq!(frame["data"], n.to_string(), "delivered out of order");
+        assert_eq!(frame["id"], id.to_string());
+    }
+}
+
+/// Pusher's limits: more than 10 events per batch or 100 channels per event is a 400, as is a
+/// batch with one invalid item, and nothing of a refused request is published.
+#[tokio::test]
+async fn over_the_batch_and_channel_limits_is_400_and_publishes_nothing() {
+    let server = TestServer::start().await;
+    let rest = server.rest();
+    let mut client = server.client().await;
+    client.subscribe("c0").await;
+
+    let batch: Vec<Value> = (0..11).map(|_| json!({"name":"item","channel":"c0","data":"x"})).collect();
+    let (status, body) = rest.call("POST", &rest.path("/batch_events"), &[], Some(&json!({"batch": batch}))).await;
+    assert_error(status, &body, 400);
+
+    // One bad item refuses the whole batch: none of its valid items is published.
+    let batch =
+        json!({"batch":[{"name":"item","channel":"c0","data":"x"},{"name":"item","channel":"bad name","data":"x"}]});
+    let (status, body) = rest.call("POST", &rest.path("/batch_events"), &[], Some(&batch)).await;
+    assert_error(status, &body, 400);
+
+    let channels: Vec<String> = (0..101).map(|n| format!("c{n}")).collect();
+    let (status, body) = trigger_body(&rest, &json!({"name":"wide","channels":channels,"data":"x"})).await;
+    assert_error(status, &body, 400);
+    client.expect_silence(SILENCE).await;
+
+    let channels: Vec<String> = (0..100).map(|n| format!("c{n}")).collect();
+    let (status, body) = trigger_body(&rest, &json!({"name":"wide","channels":channels,"data":"x"})).await;
+    assert_eq!(status, 200, "100 channels is within the limit: {body}");
+    client.expect_event("wide").await;
+}
+
+/// Requests without a valid signature are 401 and publish nothing: unsigned, signed with the
+/// wrong secret, a body other than the one signed, or a timestamp outside the 600 s window.
+#[tokio::test]
+async fn unauthenticated_requests_are_401() {
+    let server = TestServer::start().await;
+    let rest = server.rest();
+    let mut client = server.client().await;
+    client.subscribe("news").await;
+    let path = rest.path("/events");
+    let body = json!({"name":"e","channel":"news","data":"x"}).to_string().into_bytes();
+
+    let (status, answer) = rest.raw("POST", &path, body.clone()).await;
+    assert_error(status, &answer, 401);
+
+    let wrong = RestClient { secret: "wrong-secret".into(), ..server.rest() };
+    let (status, answer) = signed_bytes(&wrong, "POST", &path, &body, unix_now()).await;
+    assert_error(status, &answer, 401);
+
+    let query = signature::sign_request(APP_KEY, APP_SECRET, "POST", &path, &[], &body, unix_now());
+    let tampered = json!({"name":"e","channel":"news","data":"tampered"}).to_string().into_bytes();
+    let (status, answer) = rest.raw("POST", &format!("{path}?{query}"), tampered).await;
+    assert_error(status, &answer, 401);
+
+    let (status, answer) = signed_bytes(&rest, "POST", &path, &body, unix_now() - 601).await;
+    assert_error(status, &answer, 401);
+    let (status, answer) = signed_bytes(&rest, "POST", &path, &body, unix_now() + 601).await;
+    assert_error(status, &answer, 401);
+
+    let (status, answer) = rest.raw("GET", &format!("{}?auth_key={APP_KEY}", rest.path("/channels")), Vec::new()).await;
+    assert_error(status, &answer, 401);
+
+    client.expect_silence(SILENCE).await;
+    // The control: the same body, properly signed now, is accepted.
+    let (status, answer) = signed_bytes(&rest, "POST", &path, &body, unix_now()).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// An app id that is not configured is 404 (JSON), even when signed with a valid key.
+#[tokio::test]
+async fn unknown_app_id_is_404() {
+    let server = TestServer::start().await;
+    let stranger = RestClient { app_id: "no-such-app".into(), ..server.rest() };
+    let (status, body) = trigger_body(&stranger, &json!({"name":"e","channel":"news","data":"x"})).await;
+    assert_error(status, &body, 404);
+    let (status, body) = get(&stranger, "/channels", &[]).await;
+    assert_error(status, &body, 404);
+}
+
+/// `data` over Pusher's 10 KB limit is 413 and is not published.
+#[tokio::test]
+async fn data_over_10kb_is_413() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    client.subscribe("news").await;
+    let (status, body) =
+        trigger_body(&server.rest(), &json!({"name":"big","channel":"news","data":"x".repeat(10_001)})).await;
+    assert_error(status, &body, 413);
+    client.expect_silence(SILENCE).await;
+}
+
+/// The data limit is the app's `max_message_size_bytes` even when the app allows larger
+/// requests: a 413 names the data, not the transport.
+#[tokio::test]
+async fn data_over_max_message_size_is_413_within_a_larger_request_limit() {
+    let server = TestServer::start_with(|config| config.apps[0].max_request_size_bytes = 100_000).await;
+    let rest = server.rest();
+    let (status, body) = trigger_body(&rest, &json!({"name":"big","channel":"news","data":"x".repeat(10_001)})).await;
+    assert_error(status, &body, 413);
+    let (status, body) = trigger_body(&rest, &json!({"name":"ok","channel":"news","data":"x".repeat(10_000)})).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A correctly signed body that is not valid JSON (or lacks fields) is 400 with a JSON reason.
+#[tokio::test]
+async fn malformed_body_is_400_with_a_json_error() {
+    let server = TestServer::start().await;
+    let rest = server.rest();
+    let path = rest.path("/events");
+    let (status, body) = signed_bytes(&rest, "POST", &path, b"{\"name\": oops", unix_now()).await;
+    assert_error(status, &body, 400);
+    let (status, body) = signed_bytes(&rest, "POST", &path, br#"{"channel":"news"}"#, unix_now()).await;
+    assert_error(status, &body, 400);
+    let (status, body) = trigger_body(&rest, &json!({"name":"e","data":"x"})).await;
+    assert_error(status, &body, 400); // no channel named
+    let (status, body) = trigger_body(&rest, &json!({"name":"e","channel":"bad name","data":"x"})).await;
+    assert_error(status, &body, 400);
+    let (status, body) =
+        trigger_body(&rest, &json!({"name":"e","channel":"news","data":"x","socket_id":"not-a-socket"})).await;
+    assert_error(status, &body, 400);
+}
+
+/// Event names starting with `pusher:` are reserved for the protocol: 400.
+#[tokio::test]
+async fn reserved_event_name_is_400() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    client.subscribe("news").await;
+    for name in ["pusher:subscribe", "pusher_internal:member_added"] {
+        let (status, body) = trigger_body(&server.rest(), &json!({"name":name,"channel":"news","data":"{}"})).await;
+        assert_error(status, &body, 400);
+    }
+    client.expect_silence(SILENCE).await;
+}
+
+/// `info=subscription_count` on a trigger returns `channels.{name}.subscription_count`.
+#[tokio::test]
+async fn trigger_with_info_returns_subscription_count() {
+    let server = TestServer::start().await;
+    let mut a = server.client().await;
+    a.subscribe("news").await;
+    let mut b = server.client().await;
+    b.subscribe("news").await;
+    let body = json!({"name":"e","channels":["news","empty"],"data":"x","info":"subscription_count"});
+    let (status, response) = trigger_body(&server.rest(), &body).await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["channels"]["news"]["subscription_count"], 2, "{response}");
+    assert_eq!(response["channels"]["empty"]["subscription_count"], 0, "{response}");
+    assert_event_id(&response["ids"]["news"]);
+
+    let mut ann = server.client().await;
+    ann.subscribe_presence("presence-room", "ann", json!({})).await;
+    let body = json!({"name":"e","channel":"presence-room","data":"x","info":"user_count,subscription_count"});
+    let (status, response) = trigger_body(&server.rest(), &body).await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["channels"]["presence-room"], json!({"subscription_count":1,"user_count":1}), "{response}");
+}
+
+/// `GET /channels` lists occupied channels only, `filter_by_prefix` narrows the list, and
+/// `info=user_count` works with the `presence-` prefix and is a 400 without it (Pusher's rule).
+#[tokio::test]
+async fn channels_lists_occupied_channels() {
+    let server = TestServer::start().await;
+    let rest = server.rest();
+    let mut a = server.client().await;
+    a.subscribe("news").await;
+    a.subscribe_presence("presence-room", "ann", json!({})).await;
+    let mut b = server.client().await;
+    b.subscribe_presence("presence-room", "bob", json!({})).await;
+    b.subscribe_private("private-x").await;
+    rest.trigger("published-but-empty", "e", "x").await;
+
+    let (status, body) = get(&rest, "/channels", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"channels":{"news":{},"presence-room":{},"private-x":{}}}));
+
+    let (status, body) = get(&rest, "/channels", &[("filter_by_prefix", "private-")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"channels":{"private-x":{}}}));
+
+    let params = [("filter_by_prefix", "presence-"), ("info", "user_count")];
+    let (status, body) = get(&rest, "/channels", &params).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"channels":{"presence-room":{"user_count":2}}}));
+
+    let (status, body) = get(&rest, "/channels", &[("info", "user_count")]).await;
+    assert_error(status, &body, 400);
+}
+
+/// `GET /channels/{name}`: `occupied`, and on request `subscription_count` and (presence only)
+/// `user_count`, which counts users, not sockets.
+#[tokio::test]
+async fn channel_info_reports_occupancy_and_counts() {
+    let server = TestServer::start().await;
+    let rest = server.rest();
+    let mut tab1 = server.client().await;
+    tab1.subscribe_presence("presence-room", "ann", json!({})).await;
+    let mut tab2 = server.client().await;
+    tab2.subscribe_presence("presence-room", "ann", json!({})).await;
+    let mut bob = server.client().await;
+    bob.subscribe_presence("presence-room", "bob", json!({})).await;
+    bob.subscribe("news").await;
+
+    let params = [("info", "user_count,subscription_count")];
+    let (status, body) = get(&rest, "/channels/presence-room", &params).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"occupied":true,"subscription_count":3,"user_count":2}));
+
+    let (status, body) = get(&rest, "/channels/news", &[("info", "subscription_count")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"occupied":true,"subscription_count":1}));
+
+    let (status, body) = get(&rest, "/channels/nobody-here", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["occupied"], false, "{body}");
+
+    let (status, body) = get(&rest, "/channels/news", &[("info", "user_count")]).await;
+    assert_error(status, &body, 400);
+}
+
+/// `GET /channels/{name}/users` lists the presence members once each; it is a 400 on other kinds
+/// of channel.
+#[tokio::test]
+async fn users_lists_presence_members() {
+    let server = TestServer::start().await;
+    let rest = server.rest();
+    let mut tab1 = server.client().await;
+    tab1.subscribe_presence("presence-room", "ann", json!({})).await;
+    let mut tab2 = server.client().await;
+    tab2.subscribe_presence("presence-room", "ann", json!({})).await;
+    let mut bob = server.client().await;
+    bob.subscribe_presence("presence-room", "bob", json!({})).await;
+
+    let (status, body) = get(&rest, "/channels/presence-room/users", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let mut ids: Vec<&str> =
+        body["users"].as_array().expect("users array").iter().map(|u| u["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["ann", "bob"]);
+
+    for channel in ["news", "private-x"] {
+        let (status, body) = get(&rest, &format!("/channels/{channel}/users"), &[]).await;
+        assert_error(status, &body, 400);
+    }
+}
+
+/// `POST /users/{id}/terminate_connections` closes every socket of that user (4200: the client
+/// reconnects and must be authorised again) and no one else's.
+#[tokio::test]
+async fn terminate_connections_closes_only_that_users_sockets() {
+    let server = TestServer::start().await;
+    let rest = server.rest();
+    let mut ann_tab1 = server.client().await;
+    ann_tab1.subscribe_presence("presence-room", "ann", json!({})).await;
+    let mut ann_tab2 = server.client().await;
+    ann_tab2.subscribe_presence("presence-other", "ann", json!({})).await;
+    let mut bob = server.client().await;
+    bob.subscribe_presence("presence-room", "bob", json!({})).await;
+    ann_tab1.expect_event("pusher_internal:member_added").await;
+
+    let (status, body) = rest.call("POST", &rest.path("/users/ann/terminate_connections"), &[], Some(&json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ann_tab1.expect_close().await, 4200);
+    assert_eq!(ann_tab2.expect_close().await, 4200);
+    let removed = bob.expect_event("pusher_internal:member_removed").await;
+    assert_eq!(support::data_of(&removed)["user_id"], "ann");
+    bob.expect_silence(SILENCE).await;
+}

@@ -1,0 +1,338 @@
+//! Pusher protocol v7 over the WebSocket, as pusher-js and Laravel Echo expect it from Reverb:
+//! the handshake, refusals before the handshake, pings, errors that keep the socket usable,
+//! channel-name rules, private-channel auth, and the server's own keep-alive.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt;
+use reprise_api::signature;
+use serde_json::{Value, json};
+use support::{APP_KEY, APP_SECRET, TestServer, WsClient, data_of};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+/// Long enough for a frame that was going to arrive to arrive; short enough to keep the suite fast.
+const SILENCE: Duration = Duration::from_millis(300);
+
+/// Connects with an `Origin` header (browsers always send one).
+async fn connect_with_origin(server: &TestServer, origin: &str) -> WsClient {
+    let mut request = server.ws_url(APP_KEY).into_client_request().unwrap();
+    request.headers_mut().insert("Origin", HeaderValue::from_str(origin).unwrap());
+    let (stream, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connect");
+    WsClient { stream, socket_id: String::new() }
+}
+
+/// Reads a refusal: a `pusher:error` carrying `code`, then a close frame with the same code.
+async fn expect_refusal(client: &mut WsClient, code: u64) {
+    let error = client.recv().await;
+    assert_eq!(error["event"], "pusher:error", "expected an error first, got {error}");
+    assert_eq!(data_of(&error)["code"], code, "{error}");
+    assert_eq!(u64::from(client.expect_close().await), code);
+}
+
+/// The `pusher:error` frame's parsed data; panics on any other frame.
+async fn expect_error(client: &mut WsClient) -> Value {
+    let frame = client.recv().await;
+    assert_eq!(frame["event"], "pusher:error", "expected pusher:error, got {frame}");
+    data_of(&frame)
+}
+
+/// The parsed data of the next `pusher:subscription_error`; panics on any other frame.
+async fn expect_subscription_error(client: &mut WsClient, channel: &str) -> Value {
+    let frame = client.recv().await;
+    assert_eq!(frame["event"], "pusher:subscription_error", "expected a subscription error, got {frame}");
+    assert_eq!(frame["channel"], channel);
+    data_of(&frame)
+}
+
+/// Sends a `pusher:ping` and waits for its pong: everything sent before has been handled.
+async fn round_trip(client: &mut WsClient) {
+    client.send_json(json!({"event":"pusher:ping","data":{}})).await;
+    client.expect_event("pusher:pong").await;
+}
+
+/// pusher-js reads `socket_id` (`\d+\.\d+`, Pusher's format) and `activity_timeout` from the
+/// handshake, inside `data` sent as a JSON string.
+#[tokio::test]
+async fn connection_established_carries_socket_id_and_activity_timeout() {
+    let server = TestServer::start_with(|config| config.apps[0].activity_timeout_secs = 17).await;
+    let mut client = WsClient::connect(&server.ws_url(APP_KEY)).await;
+    let hello = client.recv().await;
+    assert_eq!(hello["event"], "pusher:connection_established");
+    assert!(hello["data"].is_string(), "data must be a JSON string: {hello}");
+    let data = data_of(&hello);
+    let socket_id = data["socket_id"].as_str().expect("socket_id is a string");
+    let (left, right) = socket_id.split_once('.').expect("socket id has a dot");
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    assert!(digits(left) && digits(right), "socket id {socket_id:?} is not \\d+\\.\\d+");
+    assert_eq!(data["activity_timeout"], 17);
+
+    let other = server.client().await;
+    assert_ne!(other.socket_id, socket_id, "two sockets got the same id");
+}
+
+/// An unknown key in `/app/{key}` gets Pusher's 4001 (error frame, then close), so pusher-js
+/// stops reconnecting instead of hammering the server.
+#[tokio::test]
+async fn unknown_app_key_is_refused_with_4001() {
+    let server = TestServer::start().await;
+    let mut client = WsClient::connect(&server.ws_url("no-such-key")).await;
+    expect_refusal(&mut client, 4001).await;
+}
+
+/// `allowed_origins` (Reverb's setting): another site's page is refused with 4009; the app's own
+/// origin is served.
+#[tokio::test]
+async fn origin_outside_allowed_origins_is_refused_with_4009() {
+    let server = TestServer::start_with(|config| config.apps[0].allowed_origins = vec!["example.com".into()]).await;
+    let mut evil = connect_with_origin(&server, "https://evil.com").await;
+    expect_refusal(&mut evil, 4009).await;
+
+    let mut good = connect_with_origin(&server, "https://example.com").await;
+    let hello = good.recv().await;
+    assert_eq!(hello["event"], "pusher:connection_established", "{hello}");
+}
+
+/// `max_connections`: the connection over the quota gets 4004; the slot is given back when a
+/// connection ends, so the app is not locked out for good.
+#[tokio::test]
+async fn connection_over_max_connections_is_refused_with_4004_until_one_leaves() {
+    let server = TestServer::start_with(|config| config.apps[0].max_connections = Some(1)).await;
+    let first = server.client().await;
+    let mut second = WsClient::connect(&server.ws_url(APP_KEY)).await;
+    expect_refusal(&mut second, 4004).await;
+
+    drop(first);
+    // The server notices the closed socket asynchronously: retry until it has (bounded).
+    for _ in 0..100 {
+        let mut again = WsClient::connect(&server.ws_url(APP_KEY)).await;
+        if again.recv().await["event"] == "pusher:connection_established" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the slot of a closed connection was never given back");
+}
+
+/// `pusher:ping` is answered with `pusher:pong` (pusher-js pings after `activity_timeout`).
+#[tokio::test]
+async fn ping_is_answered_with_pong() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    client.send_json(json!({"event":"pusher:ping","data":{}})).await;
+    let pong = client.recv().await;
+    assert_eq!(pong["event"], "pusher:pong", "{pong}");
+}
+
+/// Malformed JSON is answered with `pusher:error` and does not cost the client its socket.
+#[tokio::test]
+async fn malformed_json_gets_an_error_and_the_socket_keeps_working() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    client.send_text("{this is not json").await;
+    expect_error(&mut client).await;
+    client.send_text(r#"{"data":{}}"#).await; // JSON, but no event
+    expect_error(&mut client).await;
+    client.subscribe("news").await;
+}
+
+/// An unknown `pusher:*` event is answered with `pusher:error` naming it; the socket stays open.
+#[tokio::test]
+async fn unknown_pusher_event_gets_an_error() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    client.send_json(json!({"event":"pusher:xyz","data":{}})).await;
+    let error = expect_error(&mut client).await;
+    assert!(error["message"].as_str().unwrap().contains("pusher:xyz"), "{error}");
+    round_trip(&mut client).await;
+}
+
+/// A message over `max_message_size_bytes` is refused with an error that states the limit, is not
+/// acted upon, and the socket stays usable.
+#[tokio::test]
+async fn message_over_max_message_size_gets_an_error_naming_the_limit() {
+    let server = TestServer::start_with(|config| config.apps[0].max_message_size_bytes = 1000).await;
+    let mut client = server.client().await;
+    let oversized = json!({"event":"pusher:ping","data":{"pad":"x".repeat(2000)}});
+    client.send_json(oversized).await;
+    // The first answer is the error, not the pong the oversized ping would have earned.
+    let error = expect_error(&mut client).await;
+    assert!(error["message"].as_str().unwrap().contains("1000"), "the limit is not stated: {error}");
+    client.subscribe("news").await;
+    round_trip(&mut client).await;
+}
+
+/// Channel names outside Pusher's `[A-Za-z0-9_\-=@,.;]{1,164}` are refused with
+/// `pusher:subscription_error` (and the longest legal name is accepted).
+#[tokio::test]
+async fn invalid_channel_names_get_a_subscription_error() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let too_long = "a".repeat(165);
+    for name in ["has space", "slash/y", too_long.as_str()] {
+        client.send_subscribe(json!({"channel": name})).await;
+        let data = expect_subscription_error(&mut client, name).await;
+        assert_eq!(data["status"], 400, "{name}: {data}");
+    }
+    client.subscribe(&"a".repeat(164)).await;
+}
+
+/// Private channels: a forged signature, a missing one, or one issued to another socket is
+/// refused with an `AuthError`/401 (pusher-js's shape), and the refused socket receives nothing
+/// published there while an authorised socket does.
+#[tokio::test]
+async fn private_channel_refuses_bad_auth_and_delivers_nothing() {
+    let server = TestServer::start().await;
+    let channel = "private-orders";
+    let mut authorised = server.client().await;
+    authorised.subscribe_private(channel).await;
+
+    let mut forged = server.client().await;
+    let auth = signature::socket_auth(APP_KEY, "not-the-secret", &forged.socket_id, channel, None);
+    forged.send_subscribe(json!({"channel": channel, "auth": auth})).await;
+
+    let mut missing = server.client().await;
+    missing.send_subscribe(json!({"channel": channel})).await;
+
+    let mut borrowed = server.client().await;
+    let auth = signature::socket_auth(APP_KEY, APP_SECRET, &authorised.socket_id, channel, None);
+    borrowed.send_subscribe(json!({"channel": channel, "auth": auth})).await;
+
+    let mut other_channel = server.client().await;
+    let auth = signature::socket_auth(APP_KEY, APP_SECRET, &other_channel.socket_id, "private-other", None);
+    other_channel.send_subscribe(json!({"channel": channel, "auth": auth})).await;
+
+    for refused in [&mut forged, &mut missing, &mut borrowed, &mut other_channel] {
+        let data = expect_subscription_error(refused, channel).await;
+        assert_eq!(data["type"], "AuthError", "{data}");
+        assert_eq!(data["status"], 401, "{data}");
+    }
+
+    server.rest().trigger(channel, "shipped", "secret stuff").await;
+    let event = authorised.expect_event("shipped").await;
+    assert_eq!(event["data"], "secret stuff");
+    for refused in [&mut forged, &mut missing, &mut borrowed, &mut other_channel] {
+        refused.expect_silence(SILENCE).await;
+    }
+}
+
+/// `private-encrypted-*`: subscribed like a private channel; the server relays the ciphertext
+/// byte for byte (it cannot and must not touch it).
+#[tokio::test]
+async fn private_encrypted_channel_relays_data_byte_for_byte() {
+    let server = TestServer::start().await;
+    let channel = "private-encrypted-vault";
+    let mut client = server.client().await;
+    client.subscribe_private(channel).await;
+    let payload = r#"{"nonce":"aGVsbG8+/w==","ciphertext":"ZW5j\u00e9+/==\\n","extra":"é \"q\" <>&"}"#;
+    server.rest().trigger(channel, "sealed", payload).await;
+    let event = client.expect_event("sealed").await;
+    assert_eq!(event["channel"], channel);
+    assert_eq!(event["data"].as_str(), Some(payload), "the payload was altered");
+}
+
+/// `pusher:unsubscribe` stops delivery on that channel (and only that channel).
+#[tokio::test]
+async fn unsubscribe_stops_delivery() {
+    let server = TestServer::start().await;
+    let rest = server.rest();
+    let mut client = server.client().await;
+    client.subscribe("news").await;
+    client.subscribe("sport").await;
+    rest.trigger("news", "headline", "1").await;
+    client.expect_event("headline").await;
+
+    client.send_json(json!({"event":"pusher:unsubscribe","data":{"channel":"news"}})).await;
+    round_trip(&mut client).await;
+    rest.trigger("news", "headline", "2").await;
+    rest.trigger("sport", "score", "3").await;
+    let next = client.recv().await;
+    assert_eq!(next["event"], "score", "an event of the unsubscribed channel arrived: {next}");
+    client.expect_silence(SILENCE).await;
+}
+
+/// A misbehaving client (garbage, bad subscribes, a frame so large the transport drops it) does
+/// not disturb another client of the same app.
+#[tokio::test]
+async fn a_bad_client_does_not_affect_another() {
+    let server = TestServer::start_with(|config| config.apps[0].max_message_size_bytes = 1000).await;
+    let mut good = server.client().await;
+    good.subscribe("news").await;
+
+    let mut bad = server.client().await;
+    bad.send_text("{{{{").await;
+    bad.send_json(json!({"event":"pusher:subscribe","data":{"channel":"private-x","auth":"nope"}})).await;
+    bad.send_json(json!({"event":"client-x","channel":"news","data":{}})).await;
+    // Over the transport limit: the server cuts the socket (the send itself may fail then).
+    let _ = bad.stream.send(Message::text("z".repeat(100_000))).await;
+    loop {
+        if bad.next().await.is_err() {
+            break;
+        }
+    }
+
+    server.rest().trigger("news", "headline", "still here").await;
+    let event = good.expect_event("headline").await;
+    assert_eq!(event["data"], "still here");
+    round_trip(&mut good).await;
+}
+
+/// The server pings a client that has been idle for `ping_interval_secs` (Reverb's behaviour).
+#[tokio::test]
+async fn server_pings_an_idle_client() {
+    let server = TestServer::start_with(|config| {
+        config.apps[0].ping_interval_secs = 1;
+        config.apps[0].activity_timeout_secs = 5;
+    })
+    .await;
+    let mut client = server.client().await;
+    let started = Instant::now();
+    let ping = client.recv().await;
+    assert_eq!(ping["event"], "pusher:ping", "{ping}");
+    assert!(started.elapsed() < Duration::from_secs(5), "ping came after {:?}", started.elapsed());
+}
+
+/// A client that never answers the server's ping is closed with 4201 (pong not received), so dead
+/// sockets do not pile up.
+#[tokio::test]
+async fn client_that_never_answers_pings_is_closed_with_4201() {
+    let server = TestServer::start_with(|config| {
+        config.apps[0].ping_interval_secs = 1;
+        config.apps[0].activity_timeout_secs = 1;
+    })
+    .await;
+    let mut client = server.client().await;
+    let ping = client.recv().await;
+    assert_eq!(ping["event"], "pusher:ping", "{ping}");
+    assert_eq!(client.expect_close().await, 4201);
+}
+
+/// A client that answers every ping with `pusher:pong` stays connected well past
+/// `ping_interval + activity_timeout`.
+#[tokio::test]
+async fn client_that_answers_pings_stays_connected() {
+    let server = TestServer::start_with(|config| {
+        config.apps[0].ping_interval_secs = 1;
+        config.apps[0].activity_timeout_secs = 1;
+    })
+    .await;
+    let mut client = server.client().await;
+    let until = Instant::now() + Duration::from_millis(3500);
+    let mut pings = 0;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Ok(frame) = tokio::time::timeout(left, client.next()).await else { break };
+        match frame {
+            Ok(frame) if frame["event"] == "pusher:ping" => {
+                pings += 1;
+                client.send_json(json!({"event":"pusher:pong","data":{}})).await;
+            }
+            Ok(frame) => panic!("unexpected frame {frame}"),
+            Err(close) => panic!("closed although every ping was answered: {close:?}"),
+        }
+    }
+    assert!(pings >= 2, "expected the server to keep pinging, got {pings} pings");
+    round_trip(&mut client).await;
+}
