@@ -262,8 +262,13 @@ class ReplayController {
       }
       if (frame.event !== 'pusher:subscribe') return data;
       connection.pendingSince.delete(body.channel);
+      if (body.since !== undefined) {
+        // Someone else chose where to resume: follow the outcome like our own resumes.
+        if (eventSeq(body.since) !== null) connection.pendingSince.set(body.channel, body.since);
+        return data;
+      }
       const state = this._state(connection, body.channel);
-      if (!state.cursor || body.since !== undefined) return data;
+      if (!state.cursor) return data;
       connection.pendingSince.set(body.channel, state.cursor);
       return JSON.stringify({ ...frame, data: { ...body, since: state.cursor } });
     } catch (error) {
