@@ -29,8 +29,11 @@ pub const DEFAULT_REPLAY_CAP_EVENTS: usize = 1000;
 pub const DEFAULT_OUTBOX_FRAMES: usize = 2048;
 /// How long shutdown waits for sockets to close and publishes to finish before returning.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 5000;
-/// How often sled writes buffered data to disk when `durability = "buffered"`.
+/// How often the log is written out when `durability = "buffered"`.
 pub const DEFAULT_FLUSH_EVERY_MS: u64 = 500;
+/// How often retention settings are applied. Retention bounds disk use, it is not a precise
+/// expiry, so a minute of slack costs nothing and keeps the scan cheap.
+pub const DEFAULT_RETENTION_INTERVAL_SECS: u64 = 60;
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -62,6 +65,7 @@ pub struct ServerConfig {
     pub replay_cap_events: usize,
     pub outbox_frames: usize,
     pub shutdown_grace_ms: u64,
+    pub retention_interval_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +79,7 @@ impl Default for ServerConfig {
             replay_cap_events: DEFAULT_REPLAY_CAP_EVENTS,
             outbox_frames: DEFAULT_OUTBOX_FRAMES,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+            retention_interval_secs: DEFAULT_RETENTION_INTERVAL_SECS,
         }
     }
 }
@@ -276,6 +281,9 @@ impl Config {
         }
         if self.server.replay_cap_events == 0 {
             problems.push("server.replay_cap_events must be at least 1".to_owned());
+        }
+        if self.server.retention_interval_secs == 0 {
+            problems.push("server.retention_interval_secs must be at least 1".to_owned());
         }
         if self.server.outbox_frames < 16 {
             problems.push("server.outbox_frames must be at least 16".to_owned());

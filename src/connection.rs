@@ -325,20 +325,10 @@ impl Connection {
         };
         if self.subscriptions.contains(channel.as_str()) {
             // Already subscribed (a client re-sending subscribe): confirm without a second join.
-            let log = Arc::clone(&self.state.log);
-            let key = LogKey { app: self.app.config.id.clone(), channel: channel.as_str().to_owned() };
-            let head = tokio::task::spawn_blocking(move || log.head(&key).map(|h| h.head)).await;
-            let head = match head {
-                Ok(Ok(head)) => Ok(head),
-                _ => Err(()),
-            };
-            return match head {
-                Ok(head) => {
-                    let data = json!({ "replay": { "head": head } });
-                    self.write(frames::subscription_succeeded(channel.as_str(), &data)).await
-                }
-                Err(()) => self.subscription_error(channel.as_str(), "ServerError", "The event log is unavailable", 503).await,
-            };
+            let current = self.app.hub.current(&channel);
+            let mut data = current.roster.unwrap_or_else(|| json!({}));
+            data["replay"] = json!({ "head": current.published_head });
+            return self.write(frames::subscription_succeeded(channel.as_str(), &data)).await;
         }
 
         // Subscribe, then read: live events from here on queue in the outbox while the log is
@@ -489,8 +479,11 @@ impl Replay {
         };
         let Some(since) = since else { return from_head() };
         let Some(head) = published_head else {
-            // Nothing was ever published here, so a cursor cannot be from this channel.
-            return from_head();
+            // Nothing was ever published here: the zero cursor ("before the first event") missed
+            // nothing; any other cursor cannot be from this channel.
+            let mut replay = from_head()?;
+            replay.recovered = since.seq() == 0;
+            return Ok(replay);
         };
         if since.seq() > head.seq() {
             return from_head();

@@ -257,6 +257,10 @@ impl AppHub {
         state.in_flight = state.in_flight.saturating_sub(1);
         if let Some((id, frame)) = appended {
             state.send_to_all(frame, except);
+            if let Some(excluded) = except.and_then(|socket_id| state.subscribers.get(socket_id)) {
+                let text = frames::skipped(channel.as_str(), id);
+                excluded.socket.send(&Arc::new(Frame { text: text.into(), logged: Some((channel.clone(), id.seq())) }));
+            }
             state.published_head = Some(id);
         }
         if state.is_idle() {
@@ -269,6 +273,23 @@ impl AppHub {
     pub fn publish(&self, channel: &ChannelName, frame: &Arc<Frame>, except: Option<&str>) -> usize {
         let shard = self.shard(channel.as_str());
         shard.get(channel.as_str()).map_or(0, |state| state.send_to_all(frame, except))
+    }
+
+    /// The channel's published head if the hub tracks the channel (it does while events are in
+    /// flight); `None` when it does not, and then the log's head is the published head.
+    pub fn published_head(&self, channel: &str) -> Option<Option<EventId>> {
+        self.shard(channel).get(channel).map(|state| state.published_head)
+    }
+
+    /// What a socket already subscribed to `channel` is told when it subscribes again.
+    pub fn current(&self, channel: &ChannelName) -> Subscribed {
+        let shard = self.shard(channel.as_str());
+        let state = shard.get(channel.as_str());
+        let roster = channel.is_presence().then(|| {
+            let members = state.into_iter().flat_map(|s| s.members.iter());
+            reprise_api::presence::roster(members.map(|(id, member)| (id.as_str(), &member.info)))
+        });
+        Subscribed { roster, published_head: state.and_then(|s| s.published_head) }
     }
 
     /// Whether `socket_id` is subscribed to `channel`, and with which presence user id.

@@ -56,10 +56,11 @@ pub enum ServerError {
 /// returns.
 pub async fn run(listener: TcpListener, config: Arc<Config>, shutdown: CancellationToken) -> Result<(), ServerError> {
     let data_dir = config.server.data_dir.clone();
-    let log = tokio::task::spawn_blocking(move || SledLog::open(&data_dir))
+    let path = data_dir.display().to_string();
+    let opened = tokio::task::spawn_blocking(move || SledLog::open(&data_dir))
         .await
-        .expect("opening the log does not panic")
-        .map_err(|source| ServerError::OpenLog { path: config.server.data_dir.display().to_string(), source })?;
+        .unwrap_or_else(|_| Err(StorageError::Backend("opening was cancelled".into())));
+    let log = opened.map_err(|source| ServerError::OpenLog { path, source })?;
     serve(listener, config, Arc::new(log), shutdown).await
 }
 
@@ -82,7 +83,7 @@ pub async fn serve(
     background.spawn(retention::run(
         Arc::clone(&log),
         config.apps.clone(),
-        retention::RETENTION_INTERVAL,
+        Duration::from_secs(config.server.retention_interval_secs),
         shutdown.clone(),
     ));
     let tracker = TaskTracker::new();
@@ -127,10 +128,11 @@ pub async fn serve(
     if tokio::time::timeout_at(deadline, background.wait()).await.is_err() {
         tracing::warn!("publishes still committing at the end of the grace period");
     }
-    tokio::task::spawn_blocking(move || log.flush())
-        .await
-        .expect("flush does not panic")
-        .map_err(ServerError::FinalFlush)?;
+    match tokio::task::spawn_blocking(move || log.flush()).await {
+        Ok(flushed) => flushed.map_err(ServerError::FinalFlush)?,
+        // The runtime is being dropped under us; sled flushes on drop as well.
+        Err(_) => tracing::warn!("final flush cancelled by the runtime shutting down"),
+    }
     tracing::info!("reprise stopped");
     Ok(())
 }

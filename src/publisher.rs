@@ -101,12 +101,14 @@ async fn run_committer(log: Arc<dyn EventLog>, durability: Durability, mut jobs_
         }
         let log = Arc::clone(&log);
         // The blocking pool: sled's flush is an fsync and must not stall a runtime worker.
-        let (jobs, outcome) = tokio::task::spawn_blocking(move || {
+        let committed = tokio::task::spawn_blocking(move || {
             let outcome = commit(log.as_ref(), durability, &jobs);
             (jobs, outcome)
         })
-        .await
-        .expect("the commit does not panic");
+        .await;
+        // Cancelled only when the runtime itself is going away; the waiting publishers see
+        // `ShuttingDown` as their reply channels drop.
+        let Ok((jobs, outcome)) = committed else { return };
         answer(jobs, outcome);
     }
 }

@@ -10,10 +10,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::AppConfig;
 use crate::routes::history::{compact_all, older_than_ms};
 
-/// How often retention runs. Retention is a bound on disk use, not a precise expiry, so a
-/// minute of slack costs nothing and keeps the scan cheap.
-pub const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
-
 /// The compaction an app's retention settings ask for, if any.
 pub fn rule(app: &AppConfig) -> Option<CompactRule> {
     let rule = CompactRule {

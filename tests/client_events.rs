@@ -214,6 +214,10 @@ async fn logged_client_events_are_relayed_and_kept() {
     assert_eq!(frame["event"], "client-note", "{frame}");
     assert_eq!(frame["user_id"], "bob", "{frame}");
     let id = frame["id"].as_str().unwrap_or_else(|| panic!("a logged event carries its id: {frame}")).to_owned();
+    // The sender is not sent its own event, only the marker that moves its cursor past it.
+    let marker = bob.recv().await;
+    assert_eq!(marker["event"], "pusher_internal:skipped", "{marker}");
+    assert_eq!(marker["id"], id.as_str(), "{marker}");
     bob.expect_silence(SILENCE).await;
 
     let rest = server.rest();

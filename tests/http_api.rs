@@ -73,7 +73,9 @@ async fn trigger_to_one_and_several_channels_is_delivered_with_ids() {
     clients[0].expect_silence(SILENCE).await;
 }
 
-/// `socket_id` ("toOthers" in Laravel) excludes that one socket from the fan-out.
+/// `socket_id` ("toOthers" in Laravel) excludes that one socket from the fan-out. The excluded
+/// socket gets only `pusher_internal:skipped` with the event's id, so a later resume does not
+/// replay the event to it.
 #[tokio::test]
 async fn socket_id_excludes_that_socket() {
     let server = TestServer::start().await;
@@ -85,7 +87,18 @@ async fn socket_id_excludes_that_socket() {
     let (status, response) = trigger_body(&server.rest(), &body).await;
     assert_eq!(status, 200, "{response}");
     other.expect_event("posted").await;
+    let marker = sender.recv().await;
+    assert_eq!(marker["event"], "pusher_internal:skipped", "{marker}");
+    assert_eq!(marker["id"], response["ids"]["news"], "{marker}");
+    assert!(marker.get("data").is_none(), "the marker carries no payload: {marker}");
     sender.expect_silence(SILENCE).await;
+
+    // Resuming from the marker's id replays nothing: the sender never gets its own event.
+    let mut resumed = server.client().await;
+    resumed.send_subscribe(json!({"channel":"news","since": marker["id"]})).await;
+    let data = resumed.expect_subscribed("news").await;
+    assert_eq!(data["replay"]["recovered"], true, "{data}");
+    assert_eq!(data["replay"]["count"], 0, "{data}");
 }
 
 /// `POST /batch_events` with Pusher's maximum of 10 events delivers them in order; the answer has

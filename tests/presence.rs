@@ -180,3 +180,20 @@ async fn forged_channel_data_is_refused() {
     assert_eq!(status, 200);
     assert_eq!(users, json!({"users":[{"id":"watcher"}]}));
 }
+
+/// A socket that sends `pusher:subscribe` again for a presence channel it is on gets the roster
+/// again (pusher-js reads `presence.hash` from every `subscription_succeeded`), and nobody sees
+/// a second `member_added`.
+#[tokio::test]
+async fn subscribing_twice_keeps_one_membership_and_repeats_the_roster() {
+    let server = TestServer::start().await;
+    let mut watcher = server.client().await;
+    watcher.subscribe_presence("presence-twice", "w", json!({})).await;
+    let mut ann = server.client().await;
+    ann.subscribe_presence("presence-twice", "ann", json!({"name":"Ann"})).await;
+    watcher.expect_event("pusher_internal:member_added").await;
+    let again = ann.subscribe_presence("presence-twice", "ann", json!({"name":"Ann"})).await;
+    assert_eq!(again["presence"]["count"], 2, "{again}");
+    assert_eq!(again["presence"]["hash"]["ann"], json!({"name":"Ann"}), "{again}");
+    watcher.expect_silence(Duration::from_millis(200)).await;
+}

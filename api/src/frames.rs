@@ -128,6 +128,15 @@ pub fn event_frame(event: &str, channel: &str, data: &str, id: Option<EventId>, 
     serde_json::to_string(&frame).expect("a frame of strings always serialises")
 }
 
+/// Sent instead of a logged event to the socket a publish excluded (`socket_id`, Laravel's
+/// `toOthers()`): the event is not delivered, but the socket's cursor moves past it, so its ids
+/// stay contiguous and a resume does not replay to it what it chose not to receive. pusher-js
+/// ignores unknown `pusher_internal:` events.
+pub fn skipped(channel: &str, id: EventId) -> String {
+    let frame = Frame { event: "pusher_internal:skipped", channel: Some(channel), data: None, id: Some(id), user_id: None };
+    serde_json::to_string(&frame).expect("a frame of strings always serialises")
+}
+
 pub fn connection_established(socket_id: &str, activity_timeout_secs: u64) -> String {
     let data = serde_json::json!({ "socket_id": socket_id, "activity_timeout": activity_timeout_secs });
     frame("pusher:connection_established", None, Some(&data.to_string()))
@@ -237,6 +246,7 @@ mod tests {
             r#"{"event":"client-e","channel":"presence-c","data":"d","user_id":"7"}"#
         );
         assert_eq!(cache_miss("cache-a"), r#"{"event":"pusher:cache_miss","channel":"cache-a"}"#);
+        assert_eq!(skipped("c", id), format!(r#"{{"event":"pusher_internal:skipped","channel":"c","id":"{id}"}}"#));
         assert_eq!(
             member_removed("presence-a", "7"),
             r#"{"event":"pusher_internal:member_removed","channel":"presence-a","data":"{\"user_id\":\"7\"}"}"#
