@@ -266,9 +266,8 @@ impl Config {
                 "members" => app.accept_client_events_from = ClientEventsFrom::Members,
                 "all" => app.accept_client_events_from = ClientEventsFrom::All,
                 "none" => app.accept_client_events_from = ClientEventsFrom::None,
-                _ => problems.push(format!(
-                    "REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM: {value:?} must be members, all or none"
-                )),
+                _ => problems
+                    .push(format!("REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM: {value:?} must be members, all or none")),
             }
         }
     }
@@ -323,7 +322,9 @@ impl Config {
                 problems.push(format!("{at}.max_connections must be at least 1 (omit it for no limit)"));
             }
             if app.client_events_per_sec == 0 && app.accept_client_events_from != ClientEventsFrom::None {
-                problems.push(format!("{at}.client_events_per_sec must be at least 1 (or set accept_client_events_from = \"none\")"));
+                problems.push(format!(
+                    "{at}.client_events_per_sec must be at least 1 (or set accept_client_events_from = \"none\")"
+                ));
             }
             for (other_index, other) in self.apps.iter().enumerate().take(index) {
                 if !app.id.is_empty() && other.id == app.id {
@@ -394,7 +395,10 @@ mod tests {
         assert_eq!(config.server.host, "127.0.0.1");
         assert_eq!(config.server.port, 7000);
         assert_eq!(config.apps.len(), 1);
-        assert_eq!((config.apps[0].id.as_str(), config.apps[0].key.as_str(), config.apps[0].secret.as_str()), ("1", "k", "s"));
+        assert_eq!(
+            (config.apps[0].id.as_str(), config.apps[0].key.as_str(), config.apps[0].secret.as_str()),
+            ("1", "k", "s")
+        );
         assert_eq!(config.apps[0].max_connections, Some(5));
         assert_eq!(config.apps[0].max_message_size_bytes, DEFAULT_MAX_MESSAGE_BYTES);
     }
@@ -439,13 +443,15 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = Config::from_toml("[server]\nprot = 1\n").unwrap_err();
         assert!(err.to_string().contains("unknown field `prot`"), "{err}");
-        let err = Config::from_toml("[[apps]]\nid=\"a\"\nkey=\"k\"\nsecret=\"s\"\nmax_mesage_size_bytes=1\n").unwrap_err();
+        let err =
+            Config::from_toml("[[apps]]\nid=\"a\"\nkey=\"k\"\nsecret=\"s\"\nmax_mesage_size_bytes=1\n").unwrap_err();
         assert!(err.to_string().contains("max_mesage_size_bytes"), "{err}");
     }
 
     #[test]
     fn no_app_means_demo_on_loopback_and_refusal_elsewhere() {
-        let loopback = Config::load(None, &env(&[]), &Overrides { host: Some("127.0.0.1".into()), ..Default::default() }).unwrap();
+        let loopback =
+            Config::load(None, &env(&[]), &Overrides { host: Some("127.0.0.1".into()), ..Default::default() }).unwrap();
         let (config, demo) = loopback.finish().unwrap();
         assert_eq!(demo.unwrap().key, config.apps[0].key);
         let public = Config::load(None, &env(&[]), &Overrides::default()).unwrap();

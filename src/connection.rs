@@ -291,13 +291,22 @@ impl Connection {
     async fn subscribe(&mut self, request: SubscribeRequest) -> bool {
         let channel = match ChannelName::parse(&request.channel) {
             Ok(channel) => channel,
-            Err(error) => return self.subscription_error(&request.channel, "InvalidChannel", &error.to_string(), 400).await,
+            Err(error) => {
+                return self.subscription_error(&request.channel, "InvalidChannel", &error.to_string(), 400).await;
+            }
         };
         let config = &self.app.config;
         if channel.requires_auth() {
             let authorised = request.auth.as_deref().is_some_and(|auth| {
                 let data = if channel.is_presence() { request.channel_data.as_deref() } else { None };
-                signature::verify_socket_auth(&config.key, &config.secret, &self.socket.id, channel.as_str(), data, auth)
+                signature::verify_socket_auth(
+                    &config.key,
+                    &config.secret,
+                    &self.socket.id,
+                    channel.as_str(),
+                    data,
+                    auth,
+                )
             });
             if !authorised {
                 let message = "Invalid or missing auth signature for this socket and channel";
@@ -335,11 +344,14 @@ impl Connection {
         // read, and the watermark drops the ones the replay already contains. No gap, no duplicate.
         let key = LogKey { app: self.app.config.id.clone(), channel: channel.as_str().to_owned() };
         let log = Arc::clone(&self.state.log);
-        let subscribed = match self.app.hub.subscribe(&channel, &self.socket, member, || log.head(&key).map(|h| h.head)) {
+        let subscribed = match self.app.hub.subscribe(&channel, &self.socket, member, || log.head(&key).map(|h| h.head))
+        {
             Ok(subscribed) => subscribed,
             Err(error) => {
                 tracing::error!(%error, "reading the event log head failed");
-                return self.subscription_error(channel.as_str(), "ServerError", "The event log is unavailable", 503).await;
+                return self
+                    .subscription_error(channel.as_str(), "ServerError", "The event log is unavailable", 503)
+                    .await;
             }
         };
         self.subscriptions.insert(channel.as_str().to_owned());
@@ -348,7 +360,9 @@ impl Connection {
             Err(()) => {
                 self.subscriptions.remove(channel.as_str());
                 self.app.hub.unsubscribe(channel.as_str(), &self.socket.id);
-                return self.subscription_error(channel.as_str(), "ServerError", "The event log is unavailable", 503).await;
+                return self
+                    .subscription_error(channel.as_str(), "ServerError", "The event log is unavailable", 503)
+                    .await;
             }
         };
         let mut data = subscribed.roster.unwrap_or_else(|| json!({}));
@@ -381,13 +395,19 @@ impl Connection {
 
     /// Reads what a subscribe needs from the log: the events after `since`, up to the channel's
     /// published head (later ones arrive live).
-    async fn read_replay(&self, channel: &ChannelName, since: Option<EventId>, published_head: Option<EventId>) -> Result<Replay, ()> {
+    async fn read_replay(
+        &self,
+        channel: &ChannelName,
+        since: Option<EventId>,
+        published_head: Option<EventId>,
+    ) -> Result<Replay, ()> {
         let log: Arc<dyn EventLog> = Arc::clone(&self.state.log);
         let key = LogKey { app: self.app.config.id.clone(), channel: channel.as_str().to_owned() };
         let cap = self.state.config.server.replay_cap_events;
         let is_cache = channel.is_cache();
         let read =
-            tokio::task::spawn_blocking(move || Replay::read(log.as_ref(), &key, since, published_head, cap, is_cache)).await;
+            tokio::task::spawn_blocking(move || Replay::read(log.as_ref(), &key, since, published_head, cap, is_cache))
+                .await;
         match read {
             Ok(Ok(replay)) => Ok(replay),
             Ok(Err(error)) => {

@@ -133,7 +133,6 @@ impl Channel {
     }
 }
 
-
 /// What a subscribe found.
 pub struct Subscribed {
     /// The presence roster (`{"presence":{...}}`) on presence channels.
@@ -204,7 +203,8 @@ impl AppHub {
             match state.members.entry(member.user_id.clone()) {
                 Entry::Occupied(mut joined) => joined.get_mut().sockets += 1,
                 Entry::Vacant(vacant) => {
-                    let frame = Frame::plain(frames::member_added(channel.as_str(), &member.user_id, &member.user_info));
+                    let frame =
+                        Frame::plain(frames::member_added(channel.as_str(), &member.user_id, &member.user_info));
                     vacant.insert(Member { info: member.user_info, sockets: 1 });
                     state.send_to_all(&frame, Some(&socket.id));
                 }
@@ -239,7 +239,11 @@ impl AppHub {
 
     /// Announces a logged event about to be appended to `channel`'s log; see `published_head`.
     /// `log_head` is asked for the log's head if the hub has no entry for the channel.
-    pub fn begin_logged<E>(&self, channel: &str, log_head: impl FnOnce() -> Result<Option<EventId>, E>) -> Result<(), E> {
+    pub fn begin_logged<E>(
+        &self,
+        channel: &str,
+        log_head: impl FnOnce() -> Result<Option<EventId>, E>,
+    ) -> Result<(), E> {
         let mut shard = self.shard(channel);
         let state = match shard.entry(channel.to_owned()) {
             Entry::Occupied(entry) => entry.into_mut(),

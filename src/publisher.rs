@@ -82,7 +82,12 @@ impl Publisher {
     }
 
     /// Logs `items` and fans them out; returns their ids once they are as durable as configured.
-    pub async fn publish(&self, app_id: &str, hub: &Arc<AppHub>, items: Vec<PublishItem>) -> Result<Vec<EventId>, PublishError> {
+    pub async fn publish(
+        &self,
+        app_id: &str,
+        hub: &Arc<AppHub>,
+        items: Vec<PublishItem>,
+    ) -> Result<Vec<EventId>, PublishError> {
         let (reply, answer) = oneshot::channel();
         let job = Job { app_id: app_id.to_owned(), hub: Arc::clone(hub), items, reply };
         self.jobs_tx.send(job).await.map_err(|_| PublishError::ShuttingDown)?;
@@ -165,7 +170,13 @@ fn end_all(jobs: &[Job], ids: Option<&[EventId]>) {
         for item in &job.items {
             match ids.as_mut().and_then(Iterator::next) {
                 Some(id) => {
-                    let text = frames::event_frame(&item.event, item.channel.as_str(), &item.data, Some(*id), item.user_id.as_deref());
+                    let text = frames::event_frame(
+                        &item.event,
+                        item.channel.as_str(),
+                        &item.data,
+                        Some(*id),
+                        item.user_id.as_deref(),
+                    );
                     let frame = Arc::new(Frame { text: text.into(), logged: Some((item.channel.clone(), id.seq())) });
                     job.hub.end_logged(&item.channel, Some((*id, &frame)), item.except_socket.as_deref());
                 }

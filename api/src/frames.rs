@@ -133,7 +133,8 @@ pub fn event_frame(event: &str, channel: &str, data: &str, id: Option<EventId>, 
 /// stay contiguous and a resume does not replay to it what it chose not to receive. pusher-js
 /// ignores unknown `pusher_internal:` events.
 pub fn skipped(channel: &str, id: EventId) -> String {
-    let frame = Frame { event: "pusher_internal:skipped", channel: Some(channel), data: None, id: Some(id), user_id: None };
+    let frame =
+        Frame { event: "pusher_internal:skipped", channel: Some(channel), data: None, id: Some(id), user_id: None };
     serde_json::to_string(&frame).expect("a frame of strings always serialises")
 }
 

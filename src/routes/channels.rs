@@ -56,7 +56,11 @@ pub async fn show(
 }
 
 /// A cache channel's last event: the head of its log.
-async fn cached_event(state: &ServerState, signed: &Signed, channel: &ChannelName) -> Result<Option<CachedEvent>, ApiError> {
+async fn cached_event(
+    state: &ServerState,
+    signed: &Signed,
+    channel: &ChannelName,
+) -> Result<Option<CachedEvent>, ApiError> {
     let key = LogKey { app: signed.app.config.id.clone(), channel: channel.as_str().to_owned() };
     let last = blocking(state, move |log| match log.head(&key)?.head {
         Some(head) => crate::cache::last_event(log, &key, head),

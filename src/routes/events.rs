@@ -7,8 +7,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, Request, State};
 use reprise_api::http::{
-    BatchItemResponse, BatchRequest, BatchResponse, ChannelInfo, InfoRequest, MAX_BATCH_EVENTS,
-    MAX_CHANNELS_PER_EVENT, TriggerRequest, TriggerResponse,
+    BatchItemResponse, BatchRequest, BatchResponse, ChannelInfo, InfoRequest, MAX_BATCH_EVENTS, MAX_CHANNELS_PER_EVENT,
+    TriggerRequest, TriggerResponse,
 };
 use reprise_api::{ChannelName, EventId};
 

@@ -46,8 +46,8 @@ fn parse_cursor(since: Option<&str>) -> Result<Cursor, ApiError> {
         ApiError::BadRequest(format!("since {since:?} is neither an event id (ULID) nor an RFC 3339 timestamp"))
     })?;
     let millis = instant.unix_timestamp_nanos() / 1_000_000;
-    let timestamp_ms = u64::try_from(millis)
-        .map_err(|_| ApiError::BadRequest(format!("since {since:?} is before 1970")))?;
+    let timestamp_ms =
+        u64::try_from(millis).map_err(|_| ApiError::BadRequest(format!("since {since:?} is before 1970")))?;
     Ok(Cursor::FromTime { timestamp_ms })
 }
 
@@ -136,7 +136,8 @@ pub fn compact_all(log: &dyn EventLog, keys: &[LogKey], rule: CompactRule) -> Re
 
 /// The absolute instant (unix ms) before which events are older than `max_age_secs`.
 pub fn older_than_ms(max_age_secs: u64) -> u64 {
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let now_ms =
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     now_ms.saturating_sub(max_age_secs.saturating_mul(1000))
 }
 

@@ -56,8 +56,7 @@ fn encode<T: Serialize>(record: &T) -> Vec<u8> {
 
 /// Checks the version byte and decodes the rest, which must be consumed exactly.
 fn decode<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, StorageError> {
-    let (&version, body) =
-        bytes.split_first().ok_or_else(|| StorageError::Corrupt(format!("empty {what} record")))?;
+    let (&version, body) = bytes.split_first().ok_or_else(|| StorageError::Corrupt(format!("empty {what} record")))?;
     if version != FORMAT_VERSION {
         return Err(StorageError::UnsupportedFormat(version));
     }

@@ -15,9 +15,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{
-    ChannelHead, Clock, CompactRule, Cursor, EventId, EventLog, LogKey, LogStats, NewEvent, ReadOutcome,
-};
+use crate::{ChannelHead, Clock, CompactRule, Cursor, EventId, EventLog, LogKey, LogStats, NewEvent, ReadOutcome};
 
 /// Opens a fresh, empty log stamped by the given clock.
 pub type Factory<'a> = &'a dyn Fn(Clock) -> Box<dyn EventLog>;
@@ -259,9 +257,8 @@ pub fn concurrent_appends_stay_contiguous(factory: Factory<'_>) {
                         if i % 10 == 0 {
                             clock.advance(1);
                         }
-                        let got = log
-                            .append(&[event(shared, format!("{thread}-{i}")), event(&own, "x")])
-                            .expect("append");
+                        let got =
+                            log.append(&[event(shared, format!("{thread}-{i}")), event(&own, "x")]).expect("append");
                         assert_eq!(got[1].seq(), u64::try_from(i + 1).expect("small"));
                         ids.push(got[0]);
                     }
@@ -361,9 +358,7 @@ pub fn read_after_future_id_is_not_recovered(factory: Factory<'_>) {
     let (log, _clock) = open(factory);
     let k = key("app", "ch");
     let ids = append_n(&*log, &k, 3);
-    for future in
-        [EventId::new(START_MS, 4), EventId::new(START_MS + 60_000, 9), EventId::new(START_MS - 1, 4)]
-    {
+    for future in [EventId::new(START_MS, 4), EventId::new(START_MS + 60_000, 9), EventId::new(START_MS - 1, 4)] {
         let outcome = read(&*log, &k, Cursor::After(future), ALL);
         assert!(!outcome.recovered, "{future} is beyond the head");
         assert_eq!(outcome.head, Some(ids[2]));
@@ -380,9 +375,7 @@ pub fn read_after_foreign_id_is_not_recovered(factory: Factory<'_>) {
     clock.advance(100);
     ids.extend(append_n(&*log, &k, 2));
     let other = append_n(&*log, &key("app", "other"), 4);
-    for foreign in
-        [EventId::new(START_MS + 50, 2), EventId::new(START_MS - 50, 3), EventId::new(START_MS + 500, 1)]
-    {
+    for foreign in [EventId::new(START_MS + 50, 2), EventId::new(START_MS - 50, 3), EventId::new(START_MS + 500, 1)] {
         let outcome = read(&*log, &k, Cursor::After(foreign), ALL);
         assert!(!outcome.recovered, "{foreign} is not this channel's");
         assert!(ids_of(&outcome).iter().all(|id| *id > foreign), "events returned follow the cursor");
@@ -482,10 +475,7 @@ pub fn compact_keep_last(factory: Factory<'_>) {
     let k = key("app", "ch");
     let ids = append_n(&*log, &k, 10);
     assert_eq!(compact(&*log, &k, keep_last(3)), 7);
-    assert_eq!(
-        log.head(&k).expect("head"),
-        ChannelHead { head: Some(ids[9]), compacted_through: Some(ids[6]) }
-    );
+    assert_eq!(log.head(&k).expect("head"), ChannelHead { head: Some(ids[9]), compacted_through: Some(ids[6]) });
 
     let oldest = read(&*log, &k, Cursor::Oldest, ALL);
     assert_eq!(ids_of(&oldest), ids[7..].to_vec());
@@ -571,10 +561,7 @@ pub fn full_compaction_keeps_head(factory: Factory<'_>) {
     let k = key("app", "ch");
     let ids = append_n(&*log, &k, 5);
     assert_eq!(compact(&*log, &k, keep_last(0)), 5);
-    assert_eq!(
-        log.head(&k).expect("head"),
-        ChannelHead { head: Some(ids[4]), compacted_through: Some(ids[4]) }
-    );
+    assert_eq!(log.head(&k).expect("head"), ChannelHead { head: Some(ids[4]), compacted_through: Some(ids[4]) });
     let oldest = read(&*log, &k, Cursor::Oldest, ALL);
     assert_eq!(oldest, ReadOutcome { events: Vec::new(), recovered: false, head: Some(ids[4]) });
     let at_head = read(&*log, &k, Cursor::After(ids[4]), ALL);

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use crate::codec::{self, ChannelMeta};
 use crate::{
-    ChannelHead, Clock, CompactRule, Cursor, EventId, EventLog, LogKey, LogStats, NewEvent, ReadOutcome,
-    StorageError, StoredEvent, system_clock,
+    ChannelHead, Clock, CompactRule, Cursor, EventId, EventLog, LogKey, LogStats, NewEvent, ReadOutcome, StorageError,
+    StoredEvent, system_clock,
 };
 
 const CHANNELS_TREE: &str = "channels";
@@ -180,8 +180,7 @@ impl EventLog for SledLog {
         }
         // Everything that does not depend on the ids happens before the lock: encoding the values
         // and loading channels not cached yet (which reads sled).
-        let values: Vec<Vec<u8>> =
-            events.iter().map(|event| codec::encode_event(&event.event, &event.data)).collect();
+        let values: Vec<Vec<u8>> = events.iter().map(|event| codec::encode_event(&event.event, &event.data)).collect();
         let mut missing: Vec<&LogKey> = {
             let cache = self.lock();
             events.iter().map(|event| &event.key).filter(|key| !cache.contains_key(*key)).collect()
@@ -255,8 +254,7 @@ impl EventLog for SledLog {
 
         // One seek. Stopping at the head snapshot makes `head` a consistent upper bound even while
         // appends continue: everything up to it was in the tree when it was taken.
-        let range =
-            (Bound::Included(event_key(channel_id, start)), Bound::Included(event_key(channel_id, head)));
+        let range = (Bound::Included(event_key(channel_id, start)), Bound::Included(event_key(channel_id, head)));
         let mut events = Vec::with_capacity(limit.min(READ_PREALLOC_MAX_EVENTS));
         let mut cursor_found = false;
         for item in self.events.range(range) {
@@ -346,9 +344,7 @@ impl EventLog for SledLog {
             // The head goes with it: the newest event may be among those removed, and the head
             // must survive that and a restart.
             let meta = ChannelMeta { channel_id, compacted_through, head: state.head };
-            self.channels
-                .insert(meta_key(key), codec::encode_meta(&meta))
-                .map_err(StorageError::from_sled)?;
+            self.channels.insert(meta_key(key), codec::encode_meta(&meta)).map_err(StorageError::from_sled)?;
             state.compacted_through = compacted_through;
         }
 
@@ -486,10 +482,7 @@ mod tests {
         let key = LogKey::new("app", "ch");
         log.channels.insert(meta_key(&key), &[9, 0, 0, 0][..]).unwrap();
         assert!(matches!(log.head(&key), Err(StorageError::UnsupportedFormat(9))));
-        assert!(matches!(
-            log.append(&[new_event("app", "ch", "x")]),
-            Err(StorageError::UnsupportedFormat(9))
-        ));
+        assert!(matches!(log.append(&[new_event("app", "ch", "x")]), Err(StorageError::UnsupportedFormat(9))));
     }
 
     /// Reads and heads of unknown channels must not fill the cache (clients name arbitrary ones).

@@ -5,9 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reprise_storage::conformance::{ManualClock, START_MS};
-use reprise_storage::{
-    ChannelHead, CompactRule, Cursor, EventId, EventLog, LogKey, NewEvent, SledLog, StorageError,
-};
+use reprise_storage::{ChannelHead, CompactRule, Cursor, EventId, EventLog, LogKey, NewEvent, SledLog, StorageError};
 
 fn open(dir: &Path, clock: &ManualClock) -> SledLog {
     SledLog::open(dir).unwrap().with_clock(clock.clock())
@@ -51,14 +49,8 @@ fn reopen_keeps_events_heads_and_compaction() {
 
     clock.advance(1);
     let log = open(dir.path(), &clock);
-    assert_eq!(
-        log.head(&a).unwrap(),
-        ChannelHead { head: Some(ids_a[4]), compacted_through: Some(ids_a[2]) }
-    );
-    assert_eq!(
-        log.head(&b).unwrap(),
-        ChannelHead { head: Some(ids_b[2]), compacted_through: Some(ids_b[2]) }
-    );
+    assert_eq!(log.head(&a).unwrap(), ChannelHead { head: Some(ids_a[4]), compacted_through: Some(ids_a[2]) });
+    assert_eq!(log.head(&b).unwrap(), ChannelHead { head: Some(ids_b[2]), compacted_through: Some(ids_b[2]) });
     assert_eq!(log.head(&c).unwrap(), ChannelHead { head: Some(ids_c[1]), compacted_through: None });
     assert_eq!(data(&log, &a), vec!["a-3", "a-4"]);
     assert_eq!(data(&log, &b), Vec::<String>::new());
@@ -154,17 +146,11 @@ fn flushed_appends_survive_a_crash() {
         let head = log.head(&a).unwrap();
         assert_eq!(
             head,
-            ChannelHead {
-                head: Some(EventId::new(START_MS, 11)),
-                compacted_through: Some(compacted_through)
-            }
+            ChannelHead { head: Some(EventId::new(START_MS, 11)), compacted_through: Some(compacted_through) }
         );
         let rest = log.read(&a, Cursor::After(compacted_through), 100).unwrap();
         assert!(rest.recovered);
-        assert_eq!(
-            rest.events.iter().map(|event| event.id.seq()).collect::<Vec<_>>(),
-            (7..=11).collect::<Vec<_>>()
-        );
+        assert_eq!(rest.events.iter().map(|event| event.id.seq()).collect::<Vec<_>>(), (7..=11).collect::<Vec<_>>());
     }
 
     run_crash_child(dir.path(), "2");

@@ -116,7 +116,12 @@ impl TestServer {
     }
 
     pub fn rest(&self) -> RestClient {
-        RestClient { base: format!("http://{}", self.addr), key: APP_KEY.into(), secret: APP_SECRET.into(), app_id: APP_ID.into() }
+        RestClient {
+            base: format!("http://{}", self.addr),
+            key: APP_KEY.into(),
+            secret: APP_SECRET.into(),
+            app_id: APP_ID.into(),
+        }
     }
 }
 
@@ -151,9 +156,8 @@ impl WsClient {
     /// The next message: a JSON text frame, or `Err` with the close frame.
     pub async fn next(&mut self) -> Result<Value, Option<CloseFrame>> {
         loop {
-            let message = tokio::time::timeout(READ_TIMEOUT, self.stream.next())
-                .await
-                .expect("timed out waiting for a frame");
+            let message =
+                tokio::time::timeout(READ_TIMEOUT, self.stream.next()).await.expect("timed out waiting for a frame");
             match message {
                 Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).expect("server sent JSON")),
                 Some(Ok(Message::Close(frame))) => return Err(frame),
@@ -358,7 +362,8 @@ impl RestClient {
             let end = (next + 10).min(count);
             let batch: Vec<Value> =
                 (next..end).map(|i| json!({"name": event, "channel": channel, "data": format!("{tag}-{i}")})).collect();
-            let (status, response) = self.call("POST", &self.path("/batch_events"), &[], Some(&json!({"batch": batch}))).await;
+            let (status, response) =
+                self.call("POST", &self.path("/batch_events"), &[], Some(&json!({"batch": batch}))).await;
             assert_eq!(status, 200, "batch publish failed: {response}");
             for item in response["batch"].as_array().expect("batch array") {
                 ids.push(item["ids"][channel].as_str().expect("id per batch item").to_owned());
