@@ -49,7 +49,7 @@ pub enum Durability {
     /// Answer 200 only after the event is fsynced (concurrent publishes share one flush).
     #[default]
     Sync,
-    /// Answer once the event is in the log's memory; sled writes it out every `flush_every_ms`.
+    /// Answer once the event is in the log's memory; the log is written out every `flush_every_ms`.
     /// A crash of the machine or process can lose the last `flush_every_ms` of acknowledged events.
     Buffered,
 }

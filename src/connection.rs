@@ -25,7 +25,7 @@ use crate::ServerState;
 use crate::apps::App;
 use crate::config::ClientEventsFrom;
 use crate::hub::{Frame, Socket};
-use crate::publisher::PublishItem;
+use crate::publisher::{PublishError, PublishItem};
 
 /// Most queued frames written before one flush: bounds the time between flushes under load.
 const WRITE_BATCH_FRAMES: usize = 64;
@@ -178,6 +178,9 @@ impl Connection {
                     let written = tokio::select! {
                         written = tokio::time::timeout(WRITE_STALL_TIMEOUT, self.write_batch(frame, &mut outbox_rx)) => written,
                         code = socket.close_requested() => return self.close_requested(code).await,
+                        () = shutdown.cancelled() => {
+                            return self.close(ErrorCode::Reconnect.as_u16(), "Server shutting down").await;
+                        }
                     };
                     match written {
                         Ok(true) => {}
@@ -446,11 +449,13 @@ impl Connection {
         if config.log_client_events {
             let item = PublishItem { channel, event, data, except_socket: Some(self.socket.id.clone()), user_id };
             let app_id = self.app.config.id.clone();
-            if let Err(error) = self.state.publisher.publish(&app_id, &self.app.hub, vec![item]).await {
-                tracing::error!(%error, "logging a client event failed");
-                return self.write(frames::error(None, "The event could not be logged")).await;
-            }
-            return true;
+            return match self.state.publisher.publish(&app_id, &self.app.hub, vec![item]).await {
+                Ok(_) => true,
+                Err(PublishError::NotDurable) => {
+                    self.write(frames::error(None, "The event was relayed but could not be made durable")).await
+                }
+                Err(_) => self.write(frames::error(None, "The event could not be logged or relayed")).await,
+            };
         }
         let frame = Frame::plain(frames::event_frame(&event, channel.as_str(), &data, None, user_id.as_deref()));
         self.app.hub.publish(&channel, &frame, Some(&self.socket.id));

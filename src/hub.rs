@@ -279,10 +279,18 @@ impl AppHub {
         shard.get(channel.as_str()).map_or(0, |state| state.send_to_all(frame, except))
     }
 
-    /// The channel's published head if the hub tracks the channel (it does while events are in
-    /// flight); `None` when it does not, and then the log's head is the published head.
-    pub fn published_head(&self, channel: &str) -> Option<Option<EventId>> {
-        self.shard(channel).get(channel).map(|state| state.published_head)
+    /// The channel's published head. `log_head` is asked (under the channel's lock, so no
+    /// publish can begin meanwhile) when the hub does not track the channel: then nothing is in
+    /// flight and the log's head is the published head.
+    pub fn published_head<E>(
+        &self,
+        channel: &str,
+        log_head: impl FnOnce() -> Result<Option<EventId>, E>,
+    ) -> Result<Option<EventId>, E> {
+        match self.shard(channel).get(channel) {
+            Some(state) => Ok(state.published_head),
+            None => log_head(),
+        }
     }
 
     /// What a socket already subscribed to `channel` is told when it subscribes again.

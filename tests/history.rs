@@ -174,6 +174,14 @@ async fn unknown_channel_is_empty() {
     let (status, page) = rest.history("never-used", &[]).await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page, json!({"events": [], "recovered": true, "head": null}));
+    // The zero cursor means "before the first event": nothing was missed, as on the socket.
+    let zero = EventId::new(0, 0).to_string();
+    let (_, page) = rest.history("never-used", &[("since", zero.as_str())]).await;
+    assert_eq!(page, json!({"events": [], "recovered": true, "head": null}));
+    // Any other id cannot be from this channel.
+    let foreign = EventId::new(1, 1).to_string();
+    let (_, page) = rest.history("never-used", &[("since", foreign.as_str())]).await;
+    assert_eq!(page["recovered"], false, "{page}");
 }
 
 /// `keep_last` removes all but the newest N and says how many it removed; a cursor before the

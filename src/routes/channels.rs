@@ -62,7 +62,10 @@ async fn cached_event(
     channel: &ChannelName,
 ) -> Result<Option<CachedEvent>, ApiError> {
     let key = LogKey { app: signed.app.config.id.clone(), channel: channel.as_str().to_owned() };
-    let last = blocking(state, move |log| match log.head(&key)?.head {
+    let hub = Arc::clone(&signed.app.hub);
+    let name = channel.as_str().to_owned();
+    // The published head, not the log's: an event still being committed is not shown yet.
+    let last = blocking(state, move |log| match hub.published_head(&name, || log.head(&key).map(|h| h.head))? {
         Some(head) => crate::cache::last_event(log, &key, head),
         None => Ok(None),
     })

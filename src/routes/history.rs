@@ -69,11 +69,15 @@ pub async fn events(
     let cursor = parse_cursor(signed.param("since"))?;
     let limit = parse_limit(signed.param("limit"))?;
     let key = LogKey { app: signed.app.config.id.clone(), channel: channel.as_str().to_owned() };
-    // Taken before the read: events appended after it are not durable yet (with sync
+    // The read stops at the published head: events after it may not be durable yet (with sync
     // durability) and are left for the next page, as they are left out of a replay.
-    let published = signed.app.hub.published_head(channel.as_str());
-    let outcome = blocking(&state, move |log| log.read(&key, cursor, limit)).await?;
-    let head = published.unwrap_or(outcome.head);
+    let hub = Arc::clone(&signed.app.hub);
+    let name = channel.as_str().to_owned();
+    let (outcome, head) = blocking(&state, move |log| {
+        let head = hub.published_head(&name, || log.head(&key).map(|h| h.head))?;
+        Ok((log.read(&key, cursor, limit)?, head))
+    })
+    .await?;
     let up_to = head.map_or(0, EventId::seq);
     let events = outcome
         .events

@@ -308,7 +308,8 @@ pub fn channels_and_apps_are_independent(factory: Factory<'_>) {
 }
 
 /// A channel never appended to reads empty with no head; only an `After` cursor is unrecoverable
-/// (it names an event the channel never had). Compacting it removes nothing.
+/// (it names an event the channel never had), unless it is the zero cursor, which names "before
+/// the first event". Compacting it removes nothing.
 pub fn unknown_channel_reads_empty(factory: Factory<'_>) {
     let (log, _clock) = open(factory);
     append_one(&*log, &key("app", "known"), "x");
@@ -319,6 +320,8 @@ pub fn unknown_channel_reads_empty(factory: Factory<'_>) {
     assert_eq!(from_time, ReadOutcome { events: Vec::new(), recovered: true, head: None });
     let after = read(&*log, &k, Cursor::After(EventId::new(START_MS, 1)), ALL);
     assert_eq!(after, ReadOutcome { events: Vec::new(), recovered: false, head: None });
+    let before_first = read(&*log, &k, Cursor::After(EventId::new(0, 0)), ALL);
+    assert_eq!(before_first, ReadOutcome { events: Vec::new(), recovered: true, head: None });
     assert_eq!(log.head(&k).expect("head"), ChannelHead::default());
     assert_eq!(compact(&*log, &k, keep_last(0)), 0);
     assert_eq!(log.channels("app").expect("channels"), vec![key("app", "known")]);

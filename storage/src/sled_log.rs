@@ -241,8 +241,8 @@ impl EventLog for SledLog {
     fn read(&self, key: &LogKey, cursor: Cursor, limit: usize) -> Result<ReadOutcome, StorageError> {
         let Some(ChannelState { channel_id, head: Some(head), .. }) = self.state(key)? else {
             // Never appended to: nothing was removed, but an `After` cursor names an event this
-            // channel never had.
-            let recovered = !matches!(cursor, Cursor::After(_));
+            // channel never had, unless it is the zero cursor ("before the first event").
+            let recovered = !matches!(cursor, Cursor::After(id) if id.seq() != 0);
             return Ok(ReadOutcome { events: Vec::new(), recovered, head: None });
         };
         let (start, exclusive) = match cursor {
