@@ -165,7 +165,16 @@ impl Connection {
                                 if !self.write(frames::error(None, &message)).await { return Ended::Transport; }
                                 continue;
                             }
-                            if !self.handle_text(&text).await { return Ended::Transport; }
+                            // Bounded like batched writes: answering (a replay, say) to a client
+                            // that stopped reading must not park this task.
+                            match tokio::time::timeout(WRITE_STALL_TIMEOUT, self.handle_text(&text)).await {
+                                Ok(true) => {}
+                                Ok(false) => return Ended::Transport,
+                                Err(_) => {
+                                    tracing::warn!("writes stalled: dropping the connection");
+                                    return Ended::Transport;
+                                }
+                            }
                         }
                         Some(Ok(Message::Close(_))) | None => return Ended::ClientClosed,
                         Some(Ok(_)) => {} // pings are answered by the WebSocket layer; binary is ignored
@@ -198,7 +207,8 @@ impl Connection {
                     }
                     ping_outstanding = true;
                     deadline = Instant::now() + pong_timeout;
-                    if !self.write(frames::ping()).await { return Ended::Transport; }
+                    let pinged = tokio::time::timeout(WRITE_STALL_TIMEOUT, self.write(frames::ping())).await;
+                    if !matches!(pinged, Ok(true)) { return Ended::Transport; }
                 }
                 code = socket.close_requested() => return self.close_requested(code).await,
                 () = shutdown.cancelled() => {
@@ -423,17 +433,18 @@ impl Connection {
 
     async fn client_event(&mut self, event: String, channel: String, data: Value) -> bool {
         let config = &self.app.config;
-        let refusal = match config.accept_client_events_from {
-            ClientEventsFrom::None => Some("Client events are disabled for this app"),
-            _ if !ChannelName::parse(&channel).is_ok_and(|c| c.allows_client_events()) => {
-                Some("Client events are only allowed on private and presence channels")
+        let channel = match ChannelName::parse(&channel) {
+            _ if config.accept_client_events_from == ClientEventsFrom::None => {
+                let message = "Client events are disabled for this app";
+                return self.write(frames::error(Some(ErrorCode::Unauthorized), message)).await;
             }
-            _ => None,
+            Ok(channel) if channel.allows_client_events() => channel,
+            _ => {
+                let message = "Client events are only allowed on private and presence channels";
+                return self.write(frames::error(Some(ErrorCode::Unauthorized), message)).await;
+            }
         };
-        if let Some(message) = refusal {
-            return self.write(frames::error(Some(ErrorCode::Unauthorized), message)).await;
-        }
-        let subscription = self.app.hub.subscription(&channel, &self.socket.id);
+        let subscription = self.app.hub.subscription(channel.as_str(), &self.socket.id);
         if subscription.is_none() && config.accept_client_events_from == ClientEventsFrom::Members {
             let message = "Client events can only be sent to a channel the socket is subscribed to";
             return self.write(frames::error(Some(ErrorCode::Unauthorized), message)).await;
@@ -443,7 +454,6 @@ impl Connection {
             let message = "Client event rejected due to rate limit";
             return self.write(frames::error(Some(ErrorCode::ClientEventRateLimit), message)).await;
         }
-        let channel = ChannelName::parse(&channel).expect("validated above");
         let user_id = subscription.flatten();
         let data = frames::client_event_data(&data);
         if config.log_client_events {
