@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use reprise_api::frames::{self, ClientMessage, FrameError, SubscribeRequest};
 use reprise_api::presence::PresenceMember;
 use reprise_api::{ChannelName, ErrorCode, EventId, signature};
@@ -99,9 +98,8 @@ pub async fn run(ws: WebSocket, app: Arc<App>, state: Arc<ServerState>, slot: Co
         let _slot = slot;
         let (outbox_tx, outbox_rx) = mpsc::channel(state.config.server.outbox_frames);
         let socket = Socket::new(socket_id, outbox_tx);
-        let (sink, stream) = ws.split();
         let mut connection = Connection {
-            sink,
+            ws,
             app,
             state,
             socket,
@@ -109,7 +107,7 @@ pub async fn run(ws: WebSocket, app: Arc<App>, state: Arc<ServerState>, slot: Co
             replay_watermarks: HashMap::new(),
             client_event_budget: ClientEventBudget::default(),
         };
-        let reason = connection.serve(stream, outbox_rx).await;
+        let reason = connection.serve(outbox_rx).await;
         tracing::debug!(?reason, "connection closed");
         connection.leave_all_channels();
     }
@@ -126,7 +124,7 @@ enum Ended {
 }
 
 struct Connection {
-    sink: SplitSink<WebSocket, Message>,
+    ws: WebSocket,
     app: Arc<App>,
     state: Arc<ServerState>,
     socket: Arc<Socket>,
@@ -138,25 +136,32 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(&mut self, mut stream: SplitStream<WebSocket>, mut outbox_rx: mpsc::Receiver<Arc<Frame>>) -> Ended {
+    async fn serve(&mut self, mut outbox_rx: mpsc::Receiver<Arc<Frame>>) -> Ended {
         let config = &self.app.config;
         let activity_timeout = config.activity_timeout_secs;
         let ping_interval = Duration::from_secs(config.ping_interval_secs);
         let pong_timeout = Duration::from_secs(config.activity_timeout_secs);
         let max_message_bytes = config.max_message_size_bytes;
         let hello = frames::connection_established(&self.socket.id, activity_timeout);
-        if self.sink.send(Message::Text(hello.into())).await.is_err() {
+        if self.ws.send(Message::Text(hello.into())).await.is_err() {
             return Ended::Transport;
         }
+        // Created once and polled from every iteration: re-created per frame, they would
+        // register and cancel a timer and two waiters for every frame written.
         let socket = Arc::clone(&self.socket);
         let shutdown = self.state.shutdown.clone();
-        let mut deadline = Instant::now() + ping_interval;
-        let mut ping_outstanding = false;
+        let close = socket.close_requested();
+        let cancelled = shutdown.cancelled();
+        let ping = tokio::time::sleep(ping_interval);
+        tokio::pin!(close, cancelled, ping);
+        // The ping timer is not moved on every frame received: when it fires, it checks
+        // `last_activity` and sleeps again if the client was heard from meanwhile.
+        let mut last_activity = Instant::now();
+        let mut ping_sent_at: Option<Instant> = None;
         loop {
             tokio::select! {
-                incoming = stream.next() => {
-                    deadline = Instant::now() + ping_interval;
-                    ping_outstanding = false;
+                incoming = self.ws.recv() => {
+                    last_activity = Instant::now();
                     match incoming {
                         Some(Ok(Message::Text(text))) => {
                             if text.len() > max_message_bytes {
@@ -165,9 +170,11 @@ impl Connection {
                                 if !self.write(frames::error(None, &message)).await { return Ended::Transport; }
                                 continue;
                             }
-                            // Bounded like batched writes: answering (a replay, say) to a client
-                            // that stopped reading must not park this task.
-                            match tokio::time::timeout(WRITE_STALL_TIMEOUT, self.handle_text(&text)).await {
+                            // Boxed: subscribing (with a replay) is the largest state of this task,
+                            // and an idle socket should not carry its room. Bounded like batched
+                            // writes: answering a client that stopped reading must not park the task.
+                            let handled = tokio::time::timeout(WRITE_STALL_TIMEOUT, Box::pin(self.handle_text(&text))).await;
+                            match handled {
                                 Ok(true) => {}
                                 Ok(false) => return Ended::Transport,
                                 Err(_) => {
@@ -186,9 +193,9 @@ impl Connection {
                     // the close request must still be heard here.
                     let written = tokio::select! {
                         written = tokio::time::timeout(WRITE_STALL_TIMEOUT, self.write_batch(frame, &mut outbox_rx)) => written,
-                        code = socket.close_requested() => return self.close_requested(code).await,
-                        () = shutdown.cancelled() => {
-                            return self.close(ErrorCode::Reconnect.as_u16(), "Server shutting down").await;
+                        code = &mut close => return Box::pin(self.close_requested(code)).await,
+                        () = &mut cancelled => {
+                            return Box::pin(self.close(ErrorCode::Reconnect.as_u16(), "Server shutting down")).await;
                         }
                     };
                     match written {
@@ -200,19 +207,26 @@ impl Connection {
                         }
                     }
                 }
-                () = tokio::time::sleep_until(deadline) => {
-                    if ping_outstanding {
+                () = &mut ping => {
+                    let now = Instant::now();
+                    if ping_sent_at.is_some_and(|sent| last_activity <= sent) {
                         tracing::info!("no pong in time");
-                        return self.close(ErrorCode::PongNotReceived.as_u16(), "Pong reply not received").await;
+                        return Box::pin(self.close(ErrorCode::PongNotReceived.as_u16(), "Pong reply not received")).await;
                     }
-                    ping_outstanding = true;
-                    deadline = Instant::now() + pong_timeout;
+                    let idle_until = last_activity + ping_interval;
+                    if idle_until > now {
+                        ping_sent_at = None;
+                        ping.as_mut().reset(idle_until);
+                        continue;
+                    }
+                    ping_sent_at = Some(now);
+                    ping.as_mut().reset(now + pong_timeout);
                     let pinged = tokio::time::timeout(WRITE_STALL_TIMEOUT, self.write(frames::ping())).await;
                     if !matches!(pinged, Ok(true)) { return Ended::Transport; }
                 }
-                code = socket.close_requested() => return self.close_requested(code).await,
-                () = shutdown.cancelled() => {
-                    return self.close(ErrorCode::Reconnect.as_u16(), "Server shutting down").await;
+                code = &mut close => return Box::pin(self.close_requested(code)).await,
+                () = &mut cancelled => {
+                    return Box::pin(self.close(ErrorCode::Reconnect.as_u16(), "Server shutting down")).await;
                 }
             }
         }
@@ -231,20 +245,20 @@ impl Connection {
     async fn close(&mut self, code: u16, reason: &'static str) -> Ended {
         tracing::debug!(code, reason, "closing");
         // Bounded: a client that stopped reading cannot take the close frame either.
-        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.sink.send(close_message(code, reason))).await;
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.ws.send(close_message(code, reason))).await;
         Ended::ClosedByServer
     }
 
     /// Writes one frame now. Returns false if the socket is gone.
     async fn write(&mut self, text: String) -> bool {
-        self.sink.send(Message::Text(text.into())).await.is_ok()
+        self.ws.send(Message::Text(text.into())).await.is_ok()
     }
 
     /// Writes `first` and whatever else is queued (up to a batch), then flushes once.
     async fn write_batch(&mut self, first: Arc<Frame>, outbox_rx: &mut mpsc::Receiver<Arc<Frame>>) -> bool {
         let mut frame = first;
         for _ in 0..WRITE_BATCH_FRAMES {
-            if !self.is_replayed_already(&frame) && self.sink.feed(Message::Text(frame.text.clone())).await.is_err() {
+            if !self.is_replayed_already(&frame) && self.ws.feed(Message::Text(frame.text.clone())).await.is_err() {
                 return false;
             }
             match outbox_rx.try_recv() {
@@ -252,7 +266,7 @@ impl Connection {
                 Err(_) => break,
             }
         }
-        self.sink.flush().await.is_ok()
+        self.ws.flush().await.is_ok()
     }
 
     fn is_replayed_already(&mut self, frame: &Frame) -> bool {
@@ -385,7 +399,7 @@ impl Connection {
         }
         for event in &replay.events {
             let frame = frames::event_frame(&event.event, channel.as_str(), &event.data, Some(event.id), None);
-            if self.sink.feed(Message::Text(frame.into())).await.is_err() {
+            if self.ws.feed(Message::Text(frame.into())).await.is_err() {
                 return false;
             }
         }
@@ -399,17 +413,18 @@ impl Connection {
                 Some(last) => frames::event_frame(&last.event, channel.as_str(), &last.data, Some(last.id), None),
                 None => frames::cache_miss(channel.as_str()),
             };
-            if self.sink.feed(Message::Text(frame.into())).await.is_err() {
+            if self.ws.feed(Message::Text(frame.into())).await.is_err() {
                 return false;
             }
         }
-        self.sink.flush().await.is_ok()
+        self.ws.flush().await.is_ok()
     }
 
     /// Reads what a subscribe needs from the log: the events after `since`, up to the channel's
     /// published head (later ones arrive live).
     async fn read_replay(
-        &self,
+        // `&mut`: a shared borrow held across the await would need the (non-`Sync`) socket to be `Sync`.
+        &mut self,
         channel: &ChannelName,
         since: Option<EventId>,
         published_head: Option<EventId>,

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
+use axum::serve::ListenerExt;
 use reprise_storage::{EventLog, SledLog, StorageError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -97,6 +98,13 @@ pub async fn serve(
     });
     let app = routes::router(Arc::clone(&state)).layer(DefaultBodyLimit::max(routes::signed::body_limit()));
     tracing::info!(address = %listener.local_addr()?, "reprise listening");
+    // No Nagle: a frame must not wait for the ACK of the previous one (up to 40 ms with delayed
+    // ACKs). Batching is done above TCP, one write per batch of queued frames.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future();
     tokio::pin!(server);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use reprise::config::{Config, Overrides, ProcessEnv};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 /// Reprise: a Pusher-protocol WebSocket server (drop-in for Laravel Reverb) that keeps a durable
@@ -65,9 +65,9 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    raise_open_files_limit();
     runtime.block_on(async move {
-        let address = (config.server.host.as_str(), config.server.port);
-        let listener = TcpListener::bind(address)
+        let listener = listen(&config.server.host, config.server.port)
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.server.host, config.server.port))?;
         let shutdown = CancellationToken::new();
@@ -75,6 +75,39 @@ fn main() -> anyhow::Result<()> {
         reprise::run(listener, Arc::new(config), shutdown).await?;
         Ok(())
     })
+}
+
+/// Pending connections the kernel may queue before `accept`. A reconnect storm (a load balancer
+/// recycling, every laptop waking at 9:00) arrives all at once; with the usual 128, SYNs beyond it
+/// are dropped and retried by clients a second later. The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+async fn listen(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for address in tokio::net::lookup_host((host, port)).await? {
+        let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(address).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("the host resolves to no address")))
+}
+
+/// Every socket is an open file: raise the soft limit to the hard one (often 1024 -> far more),
+/// so the server is not capped at a thousand connections by a default it did not choose.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(open_files = ?limit.maximum, "raised the open-files limit"),
+        Err(error) => tracing::warn!(%error, current = ?limit.current, "cannot raise the open-files limit"),
+    }
 }
 
 /// Fires `shutdown` on SIGINT or SIGTERM.

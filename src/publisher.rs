@@ -74,7 +74,21 @@ impl Publisher {
         shutdown: CancellationToken,
     ) -> Publisher {
         let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE_JOBS);
-        tasks.spawn(run_committer(Arc::clone(&log), durability, jobs_rx));
+        // A thread of its own: every commit blocks on an fsync, and handing each one to the
+        // blocking pool would cost a thread hand-off and a wake-up per commit.
+        let (finished_tx, finished_rx) = oneshot::channel::<()>();
+        let committer_log = Arc::clone(&log);
+        std::thread::Builder::new()
+            .name("reprise-committer".into())
+            .spawn(move || {
+                run_committer(committer_log.as_ref(), durability, jobs_rx);
+                drop(finished_tx);
+            })
+            .expect("the committer thread starts: without it no publish could ever be answered");
+        // Lets the server wait for the last commits on shutdown.
+        tasks.spawn(async move {
+            let _ = finished_rx.await;
+        });
         if durability == Durability::Buffered {
             tasks.spawn(run_flusher(log, flush_every, shutdown));
         }
@@ -95,8 +109,10 @@ impl Publisher {
     }
 }
 
-async fn run_committer(log: Arc<dyn EventLog>, durability: Durability, mut jobs_rx: mpsc::Receiver<Job>) {
-    while let Some(first) = jobs_rx.recv().await {
+/// The committer's loop, on its own thread: it ends when every `Publisher` is gone and the
+/// queue is empty.
+fn run_committer(log: &dyn EventLog, durability: Durability, mut jobs_rx: mpsc::Receiver<Job>) {
+    while let Some(first) = jobs_rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_JOBS_PER_COMMIT {
             match jobs_rx.try_recv() {
@@ -104,16 +120,7 @@ async fn run_committer(log: Arc<dyn EventLog>, durability: Durability, mut jobs_
                 Err(_) => break,
             }
         }
-        let log = Arc::clone(&log);
-        // The blocking pool: sled's flush is an fsync and must not stall a runtime worker.
-        let committed = tokio::task::spawn_blocking(move || {
-            let outcome = commit(log.as_ref(), durability, &jobs);
-            (jobs, outcome)
-        })
-        .await;
-        // Cancelled only when the runtime itself is going away; the waiting publishers see
-        // `ShuttingDown` as their reply channels drop.
-        let Ok((jobs, outcome)) = committed else { return };
+        let outcome = commit(log, durability, &jobs);
         answer(jobs, outcome);
     }
 }

@@ -15,9 +15,13 @@ use crate::connection::{self, Refusal};
 /// message reaches the connection (and gets a `pusher:error`) instead of killing the socket,
 /// while a truly huge one is still cut off by the transport.
 const TRANSPORT_LIMIT_FACTOR: usize = 8;
-/// Small initial buffers: most sockets are idle, and memory per idle socket is what limits scale.
-const READ_BUFFER_BYTES: usize = 4096;
-const WRITE_BUFFER_BYTES: usize = 0;
+/// The read buffer is allocated up front for every socket, and most sockets are idle: memory per
+/// idle socket is what limits scale. Client frames are small; a large one just takes more reads.
+const READ_BUFFER_BYTES: usize = 1024;
+/// Frames are buffered up to this much before a write, so a batch (or a replay) goes out in a
+/// few system calls instead of one per frame; the flush after each batch bounds latency. The
+/// buffer grows only while frames are queued, so idle sockets do not pay for it.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 pub async fn upgrade(
     State(state): State<Arc<ServerState>>,
