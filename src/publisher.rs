@@ -1,11 +1,11 @@
 //! The one path every logged event takes: append to the log, make it durable, fan out in id
 //! order, then answer the publisher.
 //!
-//! A single committer task owns the order. It takes every publish queued while the previous
+//! A single committer thread owns the order. It takes every publish queued while the previous
 //! flush ran and commits them together (group commit): one `append`, one fsync, however many
 //! publishers were waiting. Fan-out happens after the flush, so anything a subscriber sees is in
-//! the log, and happens from this one task, so every channel's subscribers get its events in id
-//! order.
+//! the log (and on disk, with sync durability), and happens from this one thread, so every
+//! channel's subscribers get its events in id order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,16 +56,16 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<EventId>, PublishError>>,
 }
 
-/// A handle to the committer task; cheap to clone.
+/// A handle to the committer; cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
     jobs_tx: mpsc::Sender<Job>,
 }
 
 impl Publisher {
-    /// Starts the committer (and, for buffered durability, the periodic flusher) on `tasks`.
-    /// The committer stops once every `Publisher` is dropped and the queue is drained, so the
-    /// server waits for `tasks` only after it dropped its own handles.
+    /// Starts the committer thread (and, for buffered durability, the periodic flusher task);
+    /// `tasks` lets the server wait for both. The committer stops once every `Publisher` is
+    /// dropped and the queue is drained, so the server waits only after dropping its own.
     pub fn start(
         log: Arc<dyn EventLog>,
         durability: Durability,
