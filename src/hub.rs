@@ -172,7 +172,10 @@ impl Default for AppHub {
 
 impl AppHub {
     // Every lock below is a std Mutex on purpose: sections are short, never await, and never
-    // take a second shard lock, so they cannot deadlock and need no async mutex.
+    // take a second shard lock, so they cannot deadlock and need no async mutex. One section
+    // reaches outside: the first touch of a channel reads the log's head (the storage's own
+    // mutex, and sled if not cached) under the shard lock, so that no publish can begin between
+    // that read and the registration. The storage never calls back into the hub.
     fn shard(&self, channel: &str) -> std::sync::MutexGuard<'_, HashMap<String, Channel>> {
         let index = usize::try_from(self.hasher.hash_one(channel) % SHARDS as u64).expect("shard index < SHARDS");
         self.shards[index].lock().expect("hub lock poisoned: a panic while fanning out")
