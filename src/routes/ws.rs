@@ -20,8 +20,9 @@ const TRANSPORT_LIMIT_FACTOR: usize = 8;
 const READ_BUFFER_BYTES: usize = 1024;
 /// Frames are buffered up to this much before a write, so a batch (or a replay) goes out in a
 /// few system calls instead of one per frame; the flush after each batch bounds latency. The
-/// buffer grows only while frames are queued, so idle sockets do not pay for it.
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+/// buffer starts empty, but tungstenite never shrinks it: a socket keeps the capacity of its
+/// largest burst (this much plus one frame), so it is kept small enough for 10,000s of sockets.
+const WRITE_BUFFER_BYTES: usize = 4 * 1024;
 
 pub async fn upgrade(
     State(state): State<Arc<ServerState>>,

@@ -59,6 +59,12 @@ pub struct SledLog {
     /// a channel absent from the map has not been appended to or compacted since open.
     cache: Mutex<HashMap<LogKey, ChannelState>>,
     clock: Clock,
+    /// sled's log file, fsynced after sled's own flush. On Linux sled 0.34 flushes with
+    /// `sync_file_range`, which writes the pages but neither syncs the file's metadata nor asks
+    /// the drive to empty its write cache: enough for `kill -9`, not for a power cut. One
+    /// `fdatasync` per flush (a flush covers a whole group of commits) closes that gap.
+    /// None for a temporary log.
+    log_file: Option<std::fs::File>,
 }
 
 impl SledLog {
@@ -83,7 +89,13 @@ impl SledLog {
                 Err(error) if is_lock_contention(&error) && Instant::now() < deadline => {
                     std::thread::sleep(OPEN_LOCK_RETRY_INTERVAL);
                 }
-                result => return Self::from_db(result.map_err(StorageError::from_sled)?),
+                result => {
+                    let mut log = Self::from_db(result.map_err(StorageError::from_sled)?)?;
+                    // sled keeps its log in the file `db` of its directory.
+                    let file = std::fs::File::open(path.join("db")).map_err(|e| StorageError::Backend(e.to_string()))?;
+                    log.log_file = Some(file);
+                    return Ok(log);
+                }
             }
         }
     }
@@ -103,7 +115,7 @@ impl SledLog {
     fn from_db(db: sled::Db) -> Result<Self, StorageError> {
         let channels = db.open_tree(CHANNELS_TREE).map_err(StorageError::from_sled)?;
         let events = db.open_tree(EVENTS_TREE).map_err(StorageError::from_sled)?;
-        Ok(SledLog { db, channels, events, cache: Mutex::new(HashMap::new()), clock: system_clock() })
+        Ok(SledLog { db, channels, events, cache: Mutex::new(HashMap::new()), clock: system_clock(), log_file: None })
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<LogKey, ChannelState>> {
@@ -234,8 +246,12 @@ impl EventLog for SledLog {
     }
 
     fn flush(&self) -> Result<(), StorageError> {
-        // Both trees share the Db's page cache and log, so this one fsync covers them.
-        self.db.flush().map(drop).map_err(StorageError::from_sled)
+        // Both trees share the Db's page cache and log, so this one flush covers them.
+        self.db.flush().map_err(StorageError::from_sled)?;
+        if let Some(file) = &self.log_file {
+            file.sync_data().map_err(|e| StorageError::Backend(format!("fdatasync of the log failed: {e}")))?;
+        }
+        Ok(())
     }
 
     fn read(&self, key: &LogKey, cursor: Cursor, limit: usize) -> Result<ReadOutcome, StorageError> {
