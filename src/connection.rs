@@ -5,7 +5,7 @@
 //! per batch), pings an idle client, and closes when asked to (slow consumer, terminate,
 //! shutdown). Everything it does to other sockets goes through the hub without waiting.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,6 @@ use reprise_api::presence::PresenceMember;
 use reprise_api::{ChannelName, ErrorCode, EventId, signature};
 use reprise_storage::{Cursor, EventLog, LogKey};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -26,8 +25,8 @@ use crate::config::ClientEventsFrom;
 use crate::hub::{Frame, Socket};
 use crate::publisher::{PublishError, PublishItem};
 
-/// Most queued frames written before one flush: bounds the time between flushes under load.
-const WRITE_BATCH_FRAMES: usize = 64;
+/// The batch buffer's capacity kept between writes; above it, it is given back after a burst.
+const BATCH_CAPACITY_KEPT: usize = 64;
 /// How long one batch may take to reach the kernel. A client that stopped reading (or vanished
 /// without a FIN) would otherwise park this task, its outbox and its ping timer until TCP gives
 /// up, minutes later. The client resumes from the log when it comes back.
@@ -91,28 +90,31 @@ fn new_socket_id() -> String {
 }
 
 /// Serves an accepted connection until it closes.
-pub async fn run(ws: WebSocket, app: Arc<App>, state: Arc<ServerState>, slot: ConnectionSlot) {
+///
+/// Not an `async fn`: the connection is assembled here, synchronously, so the task's future holds
+/// the socket once (inside `Connection`) rather than also keeping the moved-from arguments, which
+/// an idle socket would pay for in memory.
+pub fn run(
+    ws: WebSocket,
+    app: Arc<App>,
+    state: Arc<ServerState>,
+    slot: ConnectionSlot,
+) -> impl Future<Output = ()> + Send {
     let socket_id = new_socket_id();
     let span = tracing::info_span!("connection", socket_id = %socket_id, app = %app.config.id);
-    async move {
-        let _slot = slot;
-        let (outbox_tx, outbox_rx) = mpsc::channel(state.config.server.outbox_frames);
-        let socket = Socket::new(socket_id, outbox_tx);
-        let mut connection = Connection {
-            ws,
-            app,
-            state,
-            socket,
-            subscriptions: HashSet::new(),
-            replay_watermarks: HashMap::new(),
-            client_event_budget: ClientEventBudget::default(),
-        };
-        let reason = connection.serve(outbox_rx).await;
-        tracing::debug!(?reason, "connection closed");
-        connection.leave_all_channels();
-    }
-    .instrument(span)
-    .await;
+    let outbox_frames = state.config.server.outbox_frames;
+    let connection = Connection {
+        ws,
+        app,
+        state,
+        socket: Socket::new(socket_id, outbox_frames),
+        batch: VecDeque::new(),
+        subscriptions: HashSet::new(),
+        replay_watermarks: HashMap::new(),
+        client_event_budget: ClientEventBudget::default(),
+        _slot: slot,
+    };
+    connection.run().instrument(span)
 }
 
 /// Why a connection ended.
@@ -128,15 +130,26 @@ struct Connection {
     app: Arc<App>,
     state: Arc<ServerState>,
     socket: Arc<Socket>,
+    /// The frames taken from the outbox for the write in progress (kept to reuse its memory).
+    batch: VecDeque<Arc<Frame>>,
     subscriptions: HashSet<String>,
     /// Per channel, the last sequence already sent by a replay: live copies at or below it are
     /// dropped. An entry goes away at the first live event above it, so this is usually empty.
     replay_watermarks: HashMap<String, u64>,
     client_event_budget: ClientEventBudget,
+    /// Held for the connection's life: dropping it gives the app's connection slot back.
+    _slot: ConnectionSlot,
 }
 
 impl Connection {
-    async fn serve(&mut self, mut outbox_rx: mpsc::Receiver<Arc<Frame>>) -> Ended {
+    async fn run(mut self) {
+        let reason = self.serve().await;
+        tracing::debug!(?reason, "connection closed");
+        self.socket.close_outbox();
+        self.leave_all_channels();
+    }
+
+    async fn serve(&mut self) -> Ended {
         let config = &self.app.config;
         let activity_timeout = config.activity_timeout_secs;
         let ping_interval = Duration::from_secs(config.ping_interval_secs);
@@ -153,7 +166,8 @@ impl Connection {
         let close = socket.close_requested();
         let cancelled = shutdown.cancelled();
         let ping = tokio::time::sleep(ping_interval);
-        tokio::pin!(close, cancelled, ping);
+        let queued = socket.frames_queued();
+        tokio::pin!(close, cancelled, ping, queued);
         // The ping timer is not moved on every frame received: when it fires, it checks
         // `last_activity` and sleeps again if the client was heard from meanwhile.
         let mut last_activity = Instant::now();
@@ -188,11 +202,17 @@ impl Connection {
                         Some(Err(_)) => return Ended::Transport,
                     }
                 }
-                Some(frame) = outbox_rx.recv() => {
+                () = &mut queued => {
+                    // Re-armed before taking the frames: a frame queued after the take wakes it.
+                    queued.set(socket.frames_queued());
+                    socket.take_frames(&mut self.batch);
+                    if self.batch.is_empty() {
+                        continue; // woken for frames an earlier take already wrote
+                    }
                     // A client that stopped reading stalls this write while its outbox fills:
                     // the close request must still be heard here.
                     let written = tokio::select! {
-                        written = tokio::time::timeout(WRITE_STALL_TIMEOUT, self.write_batch(frame, &mut outbox_rx)) => written,
+                        written = tokio::time::timeout(WRITE_STALL_TIMEOUT, self.write_batch()) => written,
                         code = &mut close => return Box::pin(self.close_requested(code)).await,
                         () = &mut cancelled => {
                             return Box::pin(self.close(ErrorCode::Reconnect.as_u16(), "Server shutting down")).await;
@@ -254,17 +274,16 @@ impl Connection {
         self.ws.send(Message::Text(text.into())).await.is_ok()
     }
 
-    /// Writes `first` and whatever else is queued (up to a batch), then flushes once.
-    async fn write_batch(&mut self, first: Arc<Frame>, outbox_rx: &mut mpsc::Receiver<Arc<Frame>>) -> bool {
-        let mut frame = first;
-        for _ in 0..WRITE_BATCH_FRAMES {
+    /// Writes the frames taken from the outbox, then flushes once.
+    async fn write_batch(&mut self) -> bool {
+        while let Some(frame) = self.batch.pop_front() {
             if !self.is_replayed_already(&frame) && self.ws.feed(Message::Text(frame.text.clone())).await.is_err() {
                 return false;
             }
-            match outbox_rx.try_recv() {
-                Ok(next) => frame = next,
-                Err(_) => break,
-            }
+        }
+        // A burst grew the buffer; an idle socket should not keep it.
+        if self.batch.capacity() > BATCH_CAPACITY_KEPT {
+            self.batch = VecDeque::new();
         }
         self.ws.flush().await.is_ok()
     }

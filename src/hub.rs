@@ -11,7 +11,7 @@
 //! is full is marked over capacity and woken; its connection closes it with 4100 and the client
 //! resumes from the log, so nothing is skipped silently.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use axum::extract::ws::Utf8Bytes;
 use reprise_api::presence::PresenceMember;
 use reprise_api::{ChannelName, ErrorCode, EventId, frames};
 use serde_json::Value;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// Channel maps are split in shards so publishes to different channels rarely share a lock.
 const SHARDS: usize = 16;
@@ -42,40 +42,94 @@ impl Frame {
     }
 }
 
-/// What the rest of the server knows of one connection.
+/// What the rest of the server knows of one connection, and its outbox.
+///
+/// The outbox is a bounded queue under a std `Mutex` (held for one push or one swap, never
+/// across an await) rather than a channel: an idle socket's queue is an empty `VecDeque`, which
+/// allocates nothing, where a channel allocates its state and first block up front, and the
+/// connection takes everything queued in one swap.
 #[derive(Debug)]
 pub struct Socket {
     pub id: String,
-    pub outbox: mpsc::Sender<Arc<Frame>>,
+    outbox: Mutex<Outbox>,
+    /// Most frames the outbox holds; one more makes the socket a slow consumer.
+    capacity: usize,
+    /// Wakes the connection when a frame is queued into an empty outbox.
+    frames_queued: Notify,
     /// Set (once) to the close code the connection should close with: 4100 on overflow, or the
-    /// code of a `terminate_connections`. Read by the connection when `wake` fires.
+    /// code of a `terminate_connections`. Read by the connection when `close_wake` fires.
     close_code: AtomicU16,
-    wake: Notify,
+    close_wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    frames: VecDeque<Arc<Frame>>,
+    /// The connection is gone: nothing more is queued.
+    closed: bool,
 }
 
 impl Socket {
-    pub fn new(id: String, outbox: mpsc::Sender<Arc<Frame>>) -> Arc<Socket> {
-        Arc::new(Socket { id, outbox, close_code: AtomicU16::new(0), wake: Notify::new() })
+    pub fn new(id: String, capacity: usize) -> Arc<Socket> {
+        Arc::new(Socket {
+            id,
+            outbox: Mutex::new(Outbox::default()),
+            capacity,
+            frames_queued: Notify::new(),
+            close_code: AtomicU16::new(0),
+            close_wake: Notify::new(),
+        })
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        // A panic while holding this lock cannot leave the queue half-updated (push and swap).
+        self.outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Queues a frame without waiting; a full outbox marks the socket as a slow consumer.
     /// Returns false if the frame was not queued.
     pub fn send(&self, frame: &Arc<Frame>) -> bool {
-        match self.outbox.try_send(Arc::clone(frame)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(ErrorCode::OverCapacity.as_u16());
-                false
-            }
-            // The connection is gone; it removes its own subscriptions.
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        let mut outbox = self.outbox();
+        if outbox.closed {
+            return false; // The connection is gone; it removes its own subscriptions.
         }
+        if outbox.frames.len() >= self.capacity {
+            drop(outbox);
+            self.close(ErrorCode::OverCapacity.as_u16());
+            return false;
+        }
+        outbox.frames.push_back(Arc::clone(frame));
+        let was_empty = outbox.frames.len() == 1;
+        drop(outbox);
+        // Only the first frame of a batch needs to wake the connection: it takes them all.
+        if was_empty {
+            self.frames_queued.notify_one();
+        }
+        true
+    }
+
+    /// Completes when a frame was queued into an empty outbox (or was, before this was
+    /// created: the wake-up is kept). It may complete with nothing left to take.
+    pub fn frames_queued(&self) -> tokio::sync::futures::Notified<'_> {
+        self.frames_queued.notified()
+    }
+
+    /// Moves every queued frame into `batch` (empty), in order.
+    pub fn take_frames(&self, batch: &mut VecDeque<Arc<Frame>>) {
+        std::mem::swap(&mut self.outbox().frames, batch);
+    }
+
+    /// Marks the outbox closed and drops what it holds: the connection has ended.
+    pub fn close_outbox(&self) {
+        let mut outbox = self.outbox();
+        outbox.closed = true;
+        outbox.frames = VecDeque::new();
     }
 
     /// Asks the connection to close with `code` (the first request wins).
     pub fn close(&self, code: u16) {
         if self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            self.wake.notify_one();
+            self.close_wake.notify_one();
         }
     }
 
@@ -86,7 +140,7 @@ impl Socket {
             if code != 0 {
                 return code;
             }
-            self.wake.notified().await;
+            self.close_wake.notified().await;
         }
     }
 }
@@ -367,9 +421,18 @@ impl AppHub {
 mod tests {
     use super::*;
 
-    fn socket(id: &str, capacity: usize) -> (Arc<Socket>, mpsc::Receiver<Arc<Frame>>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (Socket::new(id.to_owned(), tx), rx)
+    /// A socket and a way to read its outbox, as the connection would.
+    fn socket(id: &str, capacity: usize) -> (Arc<Socket>, Reader) {
+        let socket = Socket::new(id.to_owned(), capacity);
+        (Arc::clone(&socket), Reader(socket))
+    }
+
+    struct Reader(Arc<Socket>);
+
+    impl Reader {
+        fn try_recv(&mut self) -> Result<Arc<Frame>, ()> {
+            self.0.outbox().frames.pop_front().ok_or(())
+        }
     }
 
     fn name(n: &str) -> ChannelName {
