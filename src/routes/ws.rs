@@ -17,7 +17,7 @@ use crate::connection::{self, Refusal};
 const TRANSPORT_LIMIT_FACTOR: usize = 8;
 /// The read buffer is allocated up front for every socket, and most sockets are idle: memory per
 /// idle socket is what limits scale. Client frames are small; a large one just takes more reads.
-const READ_BUFFER_BYTES: usize = 1024;
+const READ_BUFFER_BYTES: usize = 512;
 /// Frames are buffered up to this much before a write, so a batch (or a replay) goes out in a
 /// few system calls instead of one per frame; the flush after each batch bounds latency. The
 /// buffer starts empty, but tungstenite never shrinks it: a socket keeps the capacity of its
