@@ -43,9 +43,13 @@ pub async fn verify(state: &ServerState, app_id: &str, request: Request) -> Resu
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
     let limit = app.config.max_request_size_bytes;
-    let body = Bytes::from_request(request, &())
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge(limit.min(MAX_ANY_REQUEST_BYTES)))?;
+    let body = Bytes::from_request(request, &()).await.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(limit.min(MAX_ANY_REQUEST_BYTES))
+        } else {
+            ApiError::BadRequest(format!("cannot read the request body: {}", rejection.body_text()))
+        }
+    })?;
     if body.len() > limit {
         return Err(ApiError::PayloadTooLarge(limit));
     }
