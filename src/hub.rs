@@ -6,7 +6,7 @@
 //! subscribes in between must start after the published head, not the log's head, or it would
 //! neither get that event live (its watermark says it has it) nor in a replay.
 //!
-//! Fan-out never waits: each socket has a bounded outbox and a publish `try_send`s one shared,
+//! Fan-out never waits: each socket has a bounded outbox and a publish queues one shared,
 //! already-serialised frame (a refcount, not a copy) to every subscriber. A socket whose outbox
 //! is full is marked over capacity and woken; its connection closes it with 4100 and the client
 //! resumes from the log, so nothing is skipped silently.
