@@ -112,6 +112,7 @@ pub fn run(
         subscriptions: HashSet::new(),
         replay_watermarks: HashMap::new(),
         client_event_budget: ClientEventBudget::default(),
+        user_id: None,
         _slot: slot,
     };
     connection.run().instrument(span)
@@ -137,6 +138,8 @@ struct Connection {
     /// dropped. An entry goes away at the first live event above it, so this is usually empty.
     replay_watermarks: HashMap<String, u64>,
     client_event_budget: ClientEventBudget,
+    /// The user this socket signed in as (`pusher:signin`), if any.
+    user_id: Option<String>,
     /// Held for the connection's life: dropping it gives the app's connection slot back.
     _slot: ConnectionSlot,
 }
@@ -318,6 +321,7 @@ impl Connection {
                 true
             }
             Ok(ClientMessage::ClientEvent { event, channel, data }) => self.client_event(event, channel, data).await,
+            Ok(ClientMessage::Signin { auth, user_data }) => self.sign_in(&auth, &user_data).await,
             Err(error) => {
                 tracing::info!(%error, "bad client frame");
                 let code = match error {
@@ -506,9 +510,32 @@ impl Connection {
         true
     }
 
+    /// `pusher:signin`: checks the user signature and remembers the user for
+    /// `terminate_connections`. A refusal is `pusher:error` 4009; the socket stays open.
+    async fn sign_in(&mut self, auth: &str, user_data: &str) -> bool {
+        let config = &self.app.config;
+        if !signature::verify_user_auth(&config.key, &config.secret, &self.socket.id, user_data, auth) {
+            tracing::info!("signin refused: invalid signature");
+            return self.write(frames::error(Some(ErrorCode::Unauthorized), "Invalid signin signature")).await;
+        }
+        let user_id = serde_json::from_str::<Value>(user_data)
+            .ok()
+            .and_then(|data| data.get("id").and_then(Value::as_str).filter(|id| !id.is_empty()).map(str::to_owned));
+        let Some(user_id) = user_id else {
+            let message = "user_data must be a JSON object with a non-empty string id";
+            return self.write(frames::error(Some(ErrorCode::Unauthorized), message)).await;
+        };
+        self.app.hub.sign_in(&user_id, &self.socket, self.user_id.as_deref());
+        self.user_id = Some(user_id);
+        self.write(frames::signin_success(user_data)).await
+    }
+
     fn leave_all_channels(&mut self) {
         for channel in self.subscriptions.drain() {
             self.app.hub.unsubscribe(&channel, &self.socket.id);
+        }
+        if let Some(user_id) = self.user_id.take() {
+            self.app.hub.sign_out(&user_id, &self.socket.id);
         }
     }
 }

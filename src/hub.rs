@@ -211,6 +211,9 @@ pub struct AppHub {
     pub connections: AtomicUsize,
     /// Sockets closed because their outbox overflowed.
     pub slow_consumers: AtomicU64,
+    /// Sockets that signed in (`pusher:signin`), by user id, for `terminate_connections`.
+    /// A std Mutex: held for one insert, remove or lookup.
+    signed_in: Mutex<HashMap<String, HashMap<String, Arc<Socket>>>>,
 }
 
 impl Default for AppHub {
@@ -220,6 +223,7 @@ impl Default for AppHub {
             hasher: RandomState::new(),
             connections: AtomicUsize::new(0),
             slow_consumers: AtomicU64::new(0),
+            signed_in: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -396,10 +400,29 @@ impl AppHub {
         shard.get(channel).map(|state| state.members.keys().cloned().collect()).unwrap_or_default()
     }
 
-    /// Asks every socket that joined a presence channel as `user_id` to close with `code`.
-    /// Returns how many sockets that was.
+    fn signed_in(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, Arc<Socket>>>> {
+        self.signed_in.lock().expect("signed-in lock poisoned: a panic during a map operation")
+    }
+
+    /// Records that `socket` signed in as `user_id` (replacing an earlier signin of it).
+    pub fn sign_in(&self, user_id: &str, socket: &Arc<Socket>, previous: Option<&str>) {
+        let mut users = self.signed_in();
+        if let Some(previous) = previous {
+            remove_signed_in(&mut users, previous, &socket.id);
+        }
+        users.entry(user_id.to_owned()).or_default().insert(socket.id.clone(), Arc::clone(socket));
+    }
+
+    /// Forgets a signin when its socket goes away.
+    pub fn sign_out(&self, user_id: &str, socket_id: &str) {
+        remove_signed_in(&mut self.signed_in(), user_id, socket_id);
+    }
+
+    /// Asks every socket of `user_id` (signed in as that user, or joined to a presence channel as
+    /// that member) to close with `code`. Returns how many sockets that was.
     pub fn terminate_user(&self, user_id: &str, code: u16) -> usize {
-        let mut sockets: HashMap<String, Arc<Socket>> = HashMap::new();
+        let mut sockets: HashMap<String, Arc<Socket>> =
+            self.signed_in().get(user_id).cloned().unwrap_or_default();
         for shard in self.shards.iter() {
             let shard = shard.lock().expect("hub lock poisoned: a panic while fanning out");
             for state in shard.values() {
@@ -414,6 +437,15 @@ impl AppHub {
             socket.close(code);
         }
         sockets.len()
+    }
+}
+
+fn remove_signed_in(users: &mut HashMap<String, HashMap<String, Arc<Socket>>>, user_id: &str, socket_id: &str) {
+    if let Some(sockets) = users.get_mut(user_id) {
+        sockets.remove(socket_id);
+        if sockets.is_empty() {
+            users.remove(user_id);
+        }
     }
 }
 

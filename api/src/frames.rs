@@ -19,6 +19,8 @@ pub enum ClientMessage {
     },
     Ping,
     Pong,
+    /// User authentication (`pusher.signin()`): `auth` signs `socket_id::user::user_data`.
+    Signin { auth: String, user_data: String },
     /// A `client-*` event to relay to the channel's other members.
     ClientEvent {
         event: String,
@@ -82,6 +84,16 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, FrameError> {
             serde_json::from_value::<Unsubscribe>(data)
                 .map(|u| ClientMessage::Unsubscribe { channel: u.channel })
                 .map_err(|_| FrameError::InvalidData("pusher:unsubscribe"))
+        }
+        "pusher:signin" => {
+            #[derive(Deserialize)]
+            struct Signin {
+                auth: String,
+                user_data: String,
+            }
+            serde_json::from_value::<Signin>(data)
+                .map(|s| ClientMessage::Signin { auth: s.auth, user_data: s.user_data })
+                .map_err(|_| FrameError::InvalidData("pusher:signin"))
         }
         "pusher:ping" => Ok(ClientMessage::Ping),
         "pusher:pong" => Ok(ClientMessage::Pong),
@@ -168,6 +180,12 @@ pub fn subscription_error(channel: &str, kind: &str, message: &str, status: u16)
     frame("pusher:subscription_error", Some(channel), Some(&data.to_string()))
 }
 
+/// The answer to a valid `pusher:signin`: the signed `user_data`, as pusher-js expects it.
+pub fn signin_success(user_data: &str) -> String {
+    let data = serde_json::json!({ "user_data": user_data });
+    frame("pusher:signin_success", None, Some(&data.to_string()))
+}
+
 pub fn cache_miss(channel: &str) -> String {
     frame("pusher:cache_miss", Some(channel), None)
 }
@@ -195,6 +213,21 @@ mod tests {
         assert_eq!(req.auth.as_deref(), Some("k:s"));
         assert_eq!(req.since.as_deref(), Some("01"));
         assert_eq!(req.channel_data, None);
+    }
+
+    #[test]
+    fn parses_signin() {
+        let text = r#"{"event":"pusher:signin","data":{"auth":"k:s","user_data":"{\"id\":\"1\"}"}}"#;
+        let message = parse_client_message(text).unwrap();
+        assert_eq!(message, ClientMessage::Signin { auth: "k:s".into(), user_data: r#"{"id":"1"}"#.into() });
+        assert_eq!(
+            parse_client_message(r#"{"event":"pusher:signin","data":{"auth":"k:s"}}"#),
+            Err(FrameError::InvalidData("pusher:signin"))
+        );
+        let success: Value = serde_json::from_str(&signin_success(r#"{"id":"1"}"#)).unwrap();
+        assert_eq!(success["event"], "pusher:signin_success");
+        let data: Value = serde_json::from_str(success["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data, json!({"user_data": r#"{"id":"1"}"#}));
     }
 
     #[test]

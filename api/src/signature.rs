@@ -66,6 +66,25 @@ pub fn verify_socket_auth(
     key_matches & signature_matches
 }
 
+/// What a socket signs to authenticate as a user (`pusher:signin`).
+pub fn user_auth_message(socket_id: &str, user_data: &str) -> String {
+    format!("{socket_id}::user::{user_data}")
+}
+
+/// The `auth` a backend's user-authentication endpoint returns for this socket and user.
+pub fn user_auth(key: &str, secret: &str, socket_id: &str, user_data: &str) -> String {
+    format!("{key}:{}", sign(secret, &user_auth_message(socket_id, user_data)))
+}
+
+/// Verifies a signin's `auth` (`key:signature`) for this app, socket and user data.
+pub fn verify_user_auth(key: &str, secret: &str, socket_id: &str, user_data: &str, auth: &str) -> bool {
+    let Some((auth_key, signature)) = auth.split_once(':') else {
+        return false;
+    };
+    let key_matches: bool = auth_key.as_bytes().ct_eq(key.as_bytes()).into();
+    key_matches & verify(secret, &user_auth_message(socket_id, user_data), signature)
+}
+
 /// Hex MD5 of a request body (`body_md5`).
 pub fn body_md5(body: &[u8]) -> String {
     hex::encode(Md5::digest(body))
@@ -215,6 +234,15 @@ mod tests {
         let presence = socket_auth("key", "secret", "1.1", "presence-a", Some(r#"{"user_id":1}"#));
         assert!(verify_socket_auth("key", "secret", "1.1", "presence-a", Some(r#"{"user_id":1}"#), &presence));
         assert!(!verify_socket_auth("key", "secret", "1.1", "presence-a", Some(r#"{"user_id":2}"#), &presence));
+    }
+
+    #[test]
+    fn user_auth_signs_socket_and_user_data() {
+        let auth = user_auth("key", "secret", "1.1", r#"{"id":"7"}"#);
+        assert!(verify_user_auth("key", "secret", "1.1", r#"{"id":"7"}"#, &auth));
+        assert!(!verify_user_auth("key", "secret", "1.2", r#"{"id":"7"}"#, &auth));
+        assert!(!verify_user_auth("key", "secret", "1.1", r#"{"id":"8"}"#, &auth));
+        assert!(!verify_user_auth("other", "secret", "1.1", r#"{"id":"7"}"#, &auth));
     }
 
     /// Pusher's documented REST example: POST /apps/3/events with a known body and timestamp.

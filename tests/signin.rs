@@ -1,0 +1,71 @@
+//! User authentication (`pusher.signin()`): a signed `user_data` names the socket's user, and
+//! `terminate_connections` reaches that user's sockets.
+
+mod support;
+
+use reprise_api::signature;
+use serde_json::json;
+use support::{APP_KEY, APP_SECRET, TestServer, WsClient, data_of};
+
+async fn sign_in(client: &mut WsClient, user_data: &str, auth: &str) -> serde_json::Value {
+    client.send_json(json!({"event":"pusher:signin","data":{"auth": auth, "user_data": user_data}})).await;
+    client.recv().await
+}
+
+fn valid_auth(client: &WsClient, user_data: &str) -> String {
+    signature::user_auth(APP_KEY, APP_SECRET, &client.socket_id, user_data)
+}
+
+/// A valid signin is answered `pusher:signin_success` with the user data (what pusher-js reads),
+/// and `terminate_connections` then closes that user's socket with 4200, and no other.
+#[tokio::test]
+async fn signed_in_users_can_be_terminated() {
+    let server = TestServer::start().await;
+    let mut ann = server.client().await;
+    let ann_data = r#"{"id":"ann","user_info":{"name":"Ann"}}"#;
+    let auth = valid_auth(&ann, ann_data);
+    let success = sign_in(&mut ann, ann_data, &auth).await;
+    assert_eq!(success["event"], "pusher:signin_success", "{success}");
+    assert_eq!(data_of(&success), json!({"user_data": ann_data}));
+
+    let mut bob = server.client().await;
+    let bob_data = r#"{"id":"bob"}"#;
+    let auth = valid_auth(&bob, bob_data);
+    assert_eq!(sign_in(&mut bob, bob_data, &auth).await["event"], "pusher:signin_success");
+
+    let rest = server.rest();
+    let (status, body) = rest.call("POST", &rest.path("/users/ann/terminate_connections"), &[], Some(&json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ann.expect_close().await, 4200);
+    bob.send_json(json!({"event":"pusher:ping","data":{}})).await;
+    assert_eq!(bob.expect_event("pusher:pong").await["event"], "pusher:pong", "bob is still connected");
+}
+
+/// A signin signed for another socket, or with the wrong secret, or without a user id, is
+/// refused with `pusher:error` 4009; the socket stays usable and is not signed in.
+#[tokio::test]
+async fn forged_or_invalid_signins_are_refused() {
+    let server = TestServer::start().await;
+    let mut mallory = server.client().await;
+    let other = server.client().await;
+    let user_data = r#"{"id":"ann"}"#;
+    let cases = [
+        (
+            "signed for another socket",
+            user_data,
+            signature::user_auth(APP_KEY, APP_SECRET, &other.socket_id, user_data),
+        ),
+        ("wrong secret", user_data, signature::user_auth(APP_KEY, "guess", &mallory.socket_id, user_data)),
+        ("no user id", r#"{"name":"x"}"#, valid_auth(&mallory, r#"{"name":"x"}"#)),
+    ];
+    for (case, data, auth) in cases {
+        let refused = sign_in(&mut mallory, data, &auth).await;
+        assert_eq!(refused["event"], "pusher:error", "{case}: {refused}");
+        assert_eq!(data_of(&refused)["code"], 4009, "{case}: {refused}");
+    }
+    // Not signed in as ann: terminating ann leaves this socket open.
+    let rest = server.rest();
+    rest.call("POST", &rest.path("/users/ann/terminate_connections"), &[], Some(&json!({}))).await;
+    mallory.send_json(json!({"event":"pusher:ping","data":{}})).await;
+    assert_eq!(mallory.expect_event("pusher:pong").await["event"], "pusher:pong");
+}
