@@ -363,6 +363,12 @@ impl Connection {
                 return self.subscription_error(channel.as_str(), "AuthError", message, 401).await;
             }
         }
+        if let Some(owner) = channel.server_to_user_id() {
+            if self.user_id.as_deref() != Some(owner) {
+                let message = "Only a socket signed in as this user may subscribe to its channel";
+                return self.subscription_error(channel.as_str(), "AuthError", message, 403).await;
+            }
+        }
         let member = if channel.is_presence() {
             match request.channel_data.as_deref().map(PresenceMember::parse) {
                 Some(Ok(member)) => Some(member),

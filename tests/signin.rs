@@ -69,3 +69,28 @@ async fn forged_or_invalid_signins_are_refused() {
     mallory.send_json(json!({"event":"pusher:ping","data":{}})).await;
     assert_eq!(mallory.expect_event("pusher:pong").await["event"], "pusher:pong");
 }
+
+/// After a signin, the socket may subscribe to its own `#server-to-user-{id}` channel (pusher-js
+/// does so itself) and receives what the backend sends that user (`sendToUser` publishes there);
+/// another socket may not subscribe to it.
+#[tokio::test]
+async fn a_signed_in_user_receives_events_sent_to_it() {
+    let server = TestServer::start().await;
+    let mut ann = server.client().await;
+    let user_data = r#"{"id":"ann"}"#;
+    let auth = valid_auth(&ann, user_data);
+    assert_eq!(sign_in(&mut ann, user_data, &auth).await["event"], "pusher:signin_success");
+    ann.subscribe("#server-to-user-ann").await;
+
+    let mut bob = server.client().await;
+    bob.send_subscribe(json!({"channel": "#server-to-user-ann"})).await;
+    let refused = bob.recv().await;
+    assert_eq!(refused["event"], "pusher:subscription_error", "{refused}");
+    assert_eq!(data_of(&refused)["status"], 403, "{refused}");
+
+    server.rest().trigger("#server-to-user-ann", "notice", r#"{"text":"hi"}"#).await;
+    let event = ann.expect_event("notice").await;
+    assert_eq!(event["channel"], "#server-to-user-ann");
+    assert_eq!(event["data"], r#"{"text":"hi"}"#);
+    bob.expect_silence(std::time::Duration::from_millis(200)).await;
+}

@@ -15,7 +15,13 @@ pub enum ChannelKind {
     PrivateEncrypted,
     /// `presence-`: like private, plus `channel_data` naming the member.
     Presence,
+    /// `#server-to-user-{user id}`: events sent to one signed-in user (`sendToUser`); only a
+    /// socket signed in as that user may subscribe.
+    ServerToUser,
 }
+
+/// The prefix of the channel pusher-js subscribes to after `signin()`.
+pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
 
 /// A channel name that passed validation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,7 +48,9 @@ impl ChannelName {
             return Err(ChannelNameError::TooLong);
         }
         let allowed = |b: u8| b.is_ascii_alphanumeric() || b"_-=@,.;".contains(&b);
-        if !name.bytes().all(allowed) {
+        // The one name outside the character set: Pusher's reserved per-user channel.
+        let checked = name.strip_prefix(SERVER_TO_USER_PREFIX).unwrap_or(name);
+        if checked.is_empty() || !checked.bytes().all(allowed) {
             return Err(ChannelNameError::InvalidCharacter);
         }
         Ok(ChannelName(name.to_owned()))
@@ -54,7 +62,9 @@ impl ChannelName {
 
     pub fn kind(&self) -> ChannelKind {
         let name = self.0.as_str();
-        if name.starts_with("private-encrypted-") {
+        if name.starts_with(SERVER_TO_USER_PREFIX) {
+            ChannelKind::ServerToUser
+        } else if name.starts_with("private-encrypted-") {
             ChannelKind::PrivateEncrypted
         } else if name.starts_with("private-") {
             ChannelKind::Private
@@ -73,8 +83,19 @@ impl ChannelName {
     }
 
     /// Private, encrypted and presence channels are served only after a valid signature.
+    /// (A server-to-user channel needs a signin instead.)
     pub fn requires_auth(&self) -> bool {
-        self.kind() != ChannelKind::Public
+        matches!(self.kind(), ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence)
+    }
+
+    /// The user a `#server-to-user-` channel belongs to.
+    pub fn server_to_user_id(&self) -> Option<&str> {
+        self.0.strip_prefix(SERVER_TO_USER_PREFIX)
+    }
+
+    /// The per-user channel of `user_id`, if the id fits in a channel name.
+    pub fn for_user(user_id: &str) -> Result<Self, ChannelNameError> {
+        ChannelName::parse(&format!("{SERVER_TO_USER_PREFIX}{user_id}"))
     }
 
     pub fn is_presence(&self) -> bool {
@@ -137,5 +158,13 @@ mod tests {
         assert_eq!(ChannelName::parse(&"a".repeat(165)), Err(ChannelNameError::TooLong));
         assert!(ChannelName::parse("private-App.Models.User.1").is_ok());
         assert!(ChannelName::parse("a_-=@,.;Z9").is_ok());
+        assert_eq!(ChannelName::parse("#a"), Err(ChannelNameError::InvalidCharacter));
+        assert_eq!(ChannelName::parse("#server-to-user-"), Err(ChannelNameError::InvalidCharacter));
+        assert_eq!(ChannelName::parse("#server-to-user-a#b"), Err(ChannelNameError::InvalidCharacter));
+        let user = ChannelName::for_user("42").unwrap();
+        assert_eq!(user.as_str(), "#server-to-user-42");
+        assert_eq!(user.kind(), ChannelKind::ServerToUser);
+        assert_eq!(user.server_to_user_id(), Some("42"));
+        assert!(!user.requires_auth() && !user.allows_client_events());
     }
 }
