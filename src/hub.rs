@@ -11,8 +11,8 @@
 //! is full is marked over capacity and woken; its connection closes it with 4100 and the client
 //! resumes from the log, so nothing is skipped silently.
 
-use std::collections::{HashMap, VecDeque};
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -421,8 +421,7 @@ impl AppHub {
     /// Asks every socket of `user_id` (signed in as that user, or joined to a presence channel as
     /// that member) to close with `code`. Returns how many sockets that was.
     pub fn terminate_user(&self, user_id: &str, code: u16) -> usize {
-        let mut sockets: HashMap<String, Arc<Socket>> =
-            self.signed_in().get(user_id).cloned().unwrap_or_default();
+        let mut sockets: HashMap<String, Arc<Socket>> = self.signed_in().get(user_id).cloned().unwrap_or_default();
         for shard in self.shards.iter() {
             let shard = shard.lock().expect("hub lock poisoned: a panic while fanning out");
             for state in shard.values() {

@@ -20,7 +20,10 @@ pub enum ClientMessage {
     Ping,
     Pong,
     /// User authentication (`pusher.signin()`): `auth` signs `socket_id::user::user_data`.
-    Signin { auth: String, user_data: String },
+    Signin {
+        auth: String,
+        user_data: String,
+    },
     /// A `client-*` event to relay to the channel's other members.
     ClientEvent {
         event: String,

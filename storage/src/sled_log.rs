@@ -92,7 +92,8 @@ impl SledLog {
                 result => {
                     let mut log = Self::from_db(result.map_err(StorageError::from_sled)?)?;
                     // sled keeps its log in the file `db` of its directory.
-                    let file = std::fs::File::open(path.join("db")).map_err(|e| StorageError::Backend(e.to_string()))?;
+                    let file =
+                        std::fs::File::open(path.join("db")).map_err(|e| StorageError::Backend(e.to_string()))?;
                     log.log_file = Some(file);
                     return Ok(log);
                 }
