@@ -184,7 +184,8 @@ impl Connection {
                             if text.len() > max_message_bytes {
                                 tracing::info!(bytes = text.len(), "message over max_message_size refused");
                                 let message = format!("Message too large: the limit is {max_message_bytes} bytes");
-                                if !self.write(frames::error(None, &message)).await { return Ended::Transport; }
+                                let answered = tokio::time::timeout(WRITE_STALL_TIMEOUT, self.write(frames::error(None, &message))).await;
+                                if !matches!(answered, Ok(true)) { return Ended::Transport; }
                                 continue;
                             }
                             // Boxed: subscribing (with a replay) is the largest state of this task,
