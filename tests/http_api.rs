@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reprise_api::{EventId, signature};
 use serde_json::{Value, json};
-use support::{APP_KEY, APP_SECRET, RestClient, TestServer, unix_now};
+use support::{APP_KEY, APP_SECRET, RestClient, TestServer, WsClient, unix_now};
 
 const SILENCE: Duration = Duration::from_millis(300);
 
@@ -313,18 +313,24 @@ async fn channels_lists_occupied_channels() {
     assert_error(status, &body, 400);
 }
 
-/// `GET /channels/{name}`: `occupied`, and on request `subscription_count` and (presence only)
-/// `user_count`, which counts users, not sockets.
-#[tokio::test]
-async fn channel_info_reports_occupancy_and_counts() {
-    let server = TestServer::start().await;
-    let rest = server.rest();
+/// Three sockets in `presence-room`: two of user `ann` (tabs), one of `bob`: 3 subscriptions, 2 users.
+async fn ann_in_two_tabs_and_bob(server: &TestServer) -> [WsClient; 3] {
     let mut tab1 = server.client().await;
     tab1.subscribe_presence("presence-room", "ann", json!({})).await;
     let mut tab2 = server.client().await;
     tab2.subscribe_presence("presence-room", "ann", json!({})).await;
     let mut bob = server.client().await;
     bob.subscribe_presence("presence-room", "bob", json!({})).await;
+    [tab1, tab2, bob]
+}
+
+/// `GET /channels/{name}`: `occupied`, and on request `subscription_count` and (presence only)
+/// `user_count`, which counts users, not sockets.
+#[tokio::test]
+async fn channel_info_reports_occupancy_and_counts() {
+    let server = TestServer::start().await;
+    let rest = server.rest();
+    let [_tab1, _tab2, mut bob] = ann_in_two_tabs_and_bob(&server).await;
     bob.subscribe("news").await;
 
     let params = [("info", "user_count,subscription_count")];
@@ -350,12 +356,7 @@ async fn channel_info_reports_occupancy_and_counts() {
 async fn users_lists_presence_members() {
     let server = TestServer::start().await;
     let rest = server.rest();
-    let mut tab1 = server.client().await;
-    tab1.subscribe_presence("presence-room", "ann", json!({})).await;
-    let mut tab2 = server.client().await;
-    tab2.subscribe_presence("presence-room", "ann", json!({})).await;
-    let mut bob = server.client().await;
-    bob.subscribe_presence("presence-room", "bob", json!({})).await;
+    let _room = ann_in_two_tabs_and_bob(&server).await;
 
     let (status, body) = get(&rest, "/channels/presence-room/users", &[]).await;
     assert_eq!(status, 200, "{body}");
