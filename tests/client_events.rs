@@ -30,10 +30,7 @@ async fn client_event_on_private_channel_reaches_others_not_the_sender() {
     let channel = "private-chat";
     let mut sender = server.client().await;
     sender.subscribe_private(channel).await;
-    let mut a = server.client().await;
-    a.subscribe_private(channel).await;
-    let mut b = server.client().await;
-    b.subscribe_private(channel).await;
+    let (mut a, mut b) = two_members(&server, channel).await;
 
     whisper(&mut sender, channel, "client-typing", json!({"who":"ann"})).await;
     for receiver in [&mut a, &mut b] {
@@ -83,10 +80,7 @@ async fn client_event_on_public_channel_is_refused() {
 async fn client_event_on_encrypted_channel_is_refused() {
     let server = TestServer::start().await;
     let channel = "private-encrypted-vault";
-    let mut sender = server.client().await;
-    sender.subscribe_private(channel).await;
-    let mut other = server.client().await;
-    other.subscribe_private(channel).await;
+    let (mut sender, mut other) = two_members(&server, channel).await;
     whisper(&mut sender, channel, "client-x", json!({})).await;
     assert_eq!(expect_error_code(&mut sender).await, 4009);
     other.expect_silence(SILENCE).await;
@@ -129,10 +123,7 @@ async fn client_events_disabled_for_the_app_are_refused() {
     let server =
         TestServer::start_with(|config| config.apps[0].accept_client_events_from = ClientEventsFrom::None).await;
     let channel = "private-chat";
-    let mut sender = server.client().await;
-    sender.subscribe_private(channel).await;
-    let mut other = server.client().await;
-    other.subscribe_private(channel).await;
+    let (mut sender, mut other) = two_members(&server, channel).await;
     whisper(&mut sender, channel, "client-typing", json!({})).await;
     assert_eq!(expect_error_code(&mut sender).await, 4009);
     other.expect_silence(SILENCE).await;
@@ -143,10 +134,7 @@ async fn client_events_disabled_for_the_app_are_refused() {
 async fn client_events_over_the_rate_are_refused_with_4301() {
     let server = TestServer::start_with(|config| config.apps[0].client_events_per_sec = 2).await;
     let channel = "private-chat";
-    let mut sender = server.client().await;
-    sender.subscribe_private(channel).await;
-    let mut receiver = server.client().await;
-    receiver.subscribe_private(channel).await;
+    let (mut sender, mut receiver) = two_members(&server, channel).await;
 
     for n in 0..5 {
         whisper(&mut sender, channel, "client-burst", json!({"n": n})).await;
@@ -182,10 +170,7 @@ async fn client_events_over_the_rate_are_refused_with_4301() {
 async fn relayed_data_is_a_json_string() {
     let server = TestServer::start().await;
     let channel = "private-chat";
-    let mut sender = server.client().await;
-    sender.subscribe_private(channel).await;
-    let mut receiver = server.client().await;
-    receiver.subscribe_private(channel).await;
+    let (mut sender, mut receiver) = two_members(&server, channel).await;
 
     whisper(&mut sender, channel, "client-obj", json!({"a":[1,2],"b":"é"})).await;
     let frame = receiver.recv().await;
@@ -225,4 +210,13 @@ async fn logged_client_events_are_relayed_and_kept() {
     assert_eq!(status, 200, "{history}");
     assert_eq!(history["events"][0]["id"], id, "{history}");
     assert_eq!(history["events"][0]["data"], r#"{"text":"hi"}"#, "{history}");
+}
+
+/// Two sockets subscribed (with valid signatures) to the private `channel`.
+async fn two_members(server: &TestServer, channel: &str) -> (WsClient, WsClient) {
+    let mut first = server.client().await;
+    first.subscribe_private(channel).await;
+    let mut second = server.client().await;
+    second.subscribe_private(channel).await;
+    (first, second)
 }
