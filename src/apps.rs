@@ -3,6 +3,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use reprise_api::ChannelName;
+use reprise_storage::LogKey;
+
 use crate::config::AppConfig;
 use crate::hub::AppHub;
 
@@ -10,6 +13,13 @@ use crate::hub::AppHub;
 pub struct App {
     pub config: AppConfig,
     pub hub: Arc<AppHub>,
+}
+
+impl App {
+    /// The log that holds `channel`'s events for this app.
+    pub fn log_key(&self, channel: &ChannelName) -> LogKey {
+        LogKey::new(self.config.id.as_str(), channel.as_str())
+    }
 }
 
 pub struct Apps {

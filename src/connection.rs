@@ -399,7 +399,7 @@ impl Connection {
 
         // Subscribe, then read: live events from here on queue in the outbox while the log is
         // read, and the watermark drops the ones the replay already contains. No gap, no duplicate.
-        let key = LogKey { app: self.app.config.id.clone(), channel: channel.as_str().to_owned() };
+        let key = self.app.log_key(&channel);
         let log = Arc::clone(&self.state.log);
         let subscribed = match self.app.hub.subscribe(&channel, &self.socket, member, || log.head(&key).map(|h| h.head))
         {
@@ -460,7 +460,7 @@ impl Connection {
         published_head: Option<EventId>,
     ) -> Result<Replay, ()> {
         let log: Arc<dyn EventLog> = Arc::clone(&self.state.log);
-        let key = LogKey { app: self.app.config.id.clone(), channel: channel.as_str().to_owned() };
+        let key = self.app.log_key(channel);
         let cap = self.state.config.server.replay_cap_events;
         let is_cache = channel.is_cache();
         let read =

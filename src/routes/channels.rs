@@ -13,7 +13,6 @@ use crate::ServerState;
 use crate::error::ApiError;
 use crate::routes::history::blocking;
 use crate::routes::signed::{self, Signed};
-use reprise_storage::LogKey;
 
 pub async fn list(
     State(state): State<Arc<ServerState>>,
@@ -61,7 +60,7 @@ async fn cached_event(
     signed: &Signed,
     channel: &ChannelName,
 ) -> Result<Option<CachedEvent>, ApiError> {
-    let key = LogKey { app: signed.app.config.id.clone(), channel: channel.as_str().to_owned() };
+    let key = signed.app.log_key(channel);
     let hub = Arc::clone(&signed.app.hub);
     let name = channel.as_str().to_owned();
     // The published head, not the log's: an event still being committed is not shown yet.

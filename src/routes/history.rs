@@ -68,7 +68,7 @@ pub async fn events(
     let channel = parse_channel(&channel)?;
     let cursor = parse_cursor(signed.param("since"))?;
     let limit = parse_limit(signed.param("limit"))?;
-    let key = LogKey { app: signed.app.config.id.clone(), channel: channel.as_str().to_owned() };
+    let key = signed.app.log_key(&channel);
     // The read stops at the published head: events after it may not be durable yet (with sync
     // durability) and are left for the next page, as they are left out of a replay.
     let hub = Arc::clone(&signed.app.hub);
