@@ -96,7 +96,7 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
     });
-    let app = routes::router(Arc::clone(&state)).layer(DefaultBodyLimit::max(routes::signed::body_limit()));
+    let app = routes::router(Arc::clone(&state)).layer(DefaultBodyLimit::max(routes::signed::MAX_ANY_REQUEST_BYTES));
     tracing::info!(address = %listener.local_addr()?, "reprise listening");
     // No Nagle: a frame must not wait for the ACK of the previous one (up to 40 ms with delayed
     // ACKs). Batching is done above TCP, one write per batch of queued frames.

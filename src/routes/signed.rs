@@ -14,7 +14,7 @@ use crate::error::ApiError;
 
 /// Hard ceiling on any request body read, whatever an app allows: the body is read before the
 /// app's own limit can be checked, so this stops a huge upload early.
-const MAX_ANY_REQUEST_BYTES: usize = 1024 * 1024;
+pub const MAX_ANY_REQUEST_BYTES: usize = 1024 * 1024;
 
 /// A call whose signature checked out: the app, the decoded query, and the body.
 pub struct Signed {
@@ -105,10 +105,6 @@ fn percent_decode(text: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-pub fn body_limit() -> usize {
-    MAX_ANY_REQUEST_BYTES
 }
 
 #[cfg(test)]
