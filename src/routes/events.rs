@@ -40,12 +40,14 @@ pub async fn trigger(
         items.push(item(&signed.app, name, &body.name, &body.data, body.socket_id.as_deref())?);
     }
     let info = InfoRequest::parse(body.info.as_deref());
-    let ids = publish(&state, &signed.app, items.clone()).await?;
+    // The answer needs only the channels; the payloads move to the publisher.
+    let channels: Vec<ChannelName> = items.iter().map(|item| item.channel.clone()).collect();
+    let ids = publish(&state, &signed.app, items).await?;
     let mut response = TriggerResponse::default();
-    for (item, id) in items.iter().zip(ids) {
-        response.ids.insert(item.channel.to_string(), id);
+    for (channel, id) in channels.iter().zip(ids) {
+        response.ids.insert(channel.to_string(), id);
         if info != InfoRequest::default() {
-            response.channels.insert(item.channel.to_string(), channel_info(&signed.app, &item.channel, info));
+            response.channels.insert(channel.to_string(), channel_info(&signed.app, channel, info));
         }
     }
     Ok(Json(response))
@@ -66,14 +68,15 @@ pub async fn batch(
         .iter()
         .map(|event| item(&signed.app, &event.channel, &event.name, &event.data, event.socket_id.as_deref()))
         .collect::<Result<Vec<_>, _>>()?;
-    let ids = publish(&state, &signed.app, items.clone()).await?;
+    let channels: Vec<ChannelName> = items.iter().map(|item| item.channel.clone()).collect();
+    let ids = publish(&state, &signed.app, items).await?;
     let batch = body
         .batch
         .iter()
-        .zip(items.iter().zip(ids))
-        .map(|(event, (item, id))| BatchItemResponse {
-            info: channel_info(&signed.app, &item.channel, InfoRequest::parse(event.info.as_deref())),
-            ids: BTreeMap::from([(item.channel.to_string(), id)]),
+        .zip(channels.iter().zip(ids))
+        .map(|(event, (channel, id))| BatchItemResponse {
+            info: channel_info(&signed.app, channel, InfoRequest::parse(event.info.as_deref())),
+            ids: BTreeMap::from([(channel.to_string(), id)]),
         })
         .collect();
     Ok(Json(BatchResponse { batch }))
