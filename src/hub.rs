@@ -42,6 +42,53 @@ impl Frame {
     }
 }
 
+/// A Pusher socket id: two random numbers joined by a dot ("123.456"), kept inline. Each number
+/// is below 10^9, so the id takes at most 19 bytes; a `String` would add a heap block to every
+/// socket, idle ones included.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SocketId {
+    len: u8,
+    bytes: [u8; SocketId::MAX_LEN],
+}
+
+impl SocketId {
+    const MAX_LEN: usize = 19;
+
+    pub fn random() -> SocketId {
+        use std::io::Write;
+        let (a, b) = (rand::random_range(1..1_000_000_000u32), rand::random_range(1..1_000_000_000u32));
+        let mut bytes = [0; SocketId::MAX_LEN];
+        let mut cursor = std::io::Cursor::new(&mut bytes[..]);
+        write!(cursor, "{a}.{b}").expect("two numbers below 10^9 and a dot fit in 19 bytes");
+        let len = u8::try_from(cursor.position()).expect("at most 19");
+        SocketId { len, bytes }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("digits and a dot are UTF-8")
+    }
+}
+
+impl std::ops::Deref for SocketId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for SocketId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for SocketId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// What the rest of the server knows of one connection, and its outbox.
 ///
 /// The outbox is a bounded queue under a std `Mutex` (held for one push or one swap, never
@@ -50,16 +97,19 @@ impl Frame {
 /// connection takes everything queued in one swap.
 #[derive(Debug)]
 pub struct Socket {
-    pub id: String,
+    pub id: SocketId,
+    /// Unique for the server's life: the key of this socket in channel maps (a number, where the
+    /// Pusher id is a string that each map entry would have to copy).
+    serial: u64,
     outbox: Mutex<Outbox>,
     /// Most frames the outbox holds; one more makes the socket a slow consumer.
     capacity: usize,
-    /// Wakes the connection when a frame is queued into an empty outbox.
-    frames_queued: Notify,
+    /// Wakes the connection when a frame is queued into an empty outbox, or a close is asked.
+    /// One waiter for both: an idle socket's task keeps every waiter it polls.
+    wake: Notify,
     /// Set (once) to the close code the connection should close with: 4100 on overflow, or the
-    /// code of a `terminate_connections`. Read by the connection when `close_wake` fires.
+    /// code of a `terminate_connections`. Read by the connection when it wakes.
     close_code: AtomicU16,
-    close_wake: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -70,14 +120,15 @@ struct Outbox {
 }
 
 impl Socket {
-    pub fn new(id: String, capacity: usize) -> Arc<Socket> {
+    pub fn new(id: SocketId, capacity: usize) -> Arc<Socket> {
+        static NEXT_SERIAL: AtomicU64 = AtomicU64::new(0);
         Arc::new(Socket {
             id,
+            serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
             outbox: Mutex::new(Outbox::default()),
             capacity,
-            frames_queued: Notify::new(),
+            wake: Notify::new(),
             close_code: AtomicU16::new(0),
-            close_wake: Notify::new(),
         })
     }
 
@@ -103,15 +154,20 @@ impl Socket {
         drop(outbox);
         // Only the first frame of a batch needs to wake the connection: it takes them all.
         if was_empty {
-            self.frames_queued.notify_one();
+            self.wake();
         }
         true
     }
 
-    /// Completes when a frame was queued into an empty outbox (or was, before this was
-    /// created: the wake-up is kept). It may complete with nothing left to take.
-    pub fn frames_queued(&self) -> tokio::sync::futures::Notified<'_> {
-        self.frames_queued.notified()
+    /// Completes when a frame was queued into an empty outbox or a close was asked (or was,
+    /// before this was created: the wake-up is kept). It may complete with nothing to do.
+    pub fn woken(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
+    /// Wakes the connection (once, however many times this is called before it looks).
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// Moves every queued frame into `batch` (empty), in order.
@@ -129,19 +185,13 @@ impl Socket {
     /// Asks the connection to close with `code` (the first request wins).
     pub fn close(&self, code: u16) {
         if self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            self.close_wake.notify_one();
+            self.wake();
         }
     }
 
-    /// Waits until someone asks this socket to close; returns the code.
-    pub async fn close_requested(&self) -> u16 {
-        loop {
-            let code = self.close_code.load(Ordering::Acquire);
-            if code != 0 {
-                return code;
-            }
-            self.close_wake.notified().await;
-        }
+    /// The code the socket was asked to close with, or 0 if it was not.
+    pub fn close_code(&self) -> u16 {
+        self.close_code.load(Ordering::Acquire)
     }
 }
 
@@ -157,7 +207,8 @@ struct Member {
 }
 
 struct Channel {
-    subscribers: HashMap<String, Subscriber>,
+    /// By `Socket::serial`.
+    subscribers: HashMap<u64, Subscriber>,
     members: HashMap<String, Member>,
     /// The last logged event fanned out on this channel.
     published_head: Option<EventId>,
@@ -176,14 +227,19 @@ impl Channel {
         self.subscribers.is_empty() && self.in_flight == 0
     }
 
-    fn send_to_all(&self, frame: &Arc<Frame>, except: Option<&str>) -> usize {
+    /// Queues `frame` for every subscriber but the socket whose id is `except`. Returns how many
+    /// sockets it was queued for, and the excluded socket if it is subscribed here.
+    fn send_to_all(&self, frame: &Arc<Frame>, except: Option<&str>) -> (usize, Option<&Arc<Socket>>) {
         let mut sent = 0;
-        for (socket_id, subscriber) in &self.subscribers {
-            if Some(socket_id.as_str()) != except && subscriber.socket.send(frame) {
+        let mut excluded = None;
+        for subscriber in self.subscribers.values() {
+            if except.is_some_and(|id| subscriber.socket.id.as_str() == id) {
+                excluded = Some(&subscriber.socket);
+            } else if subscriber.socket.send(frame) {
                 sent += 1;
             }
         }
-        sent
+        (sent, excluded)
     }
 }
 
@@ -259,7 +315,7 @@ impl AppHub {
         let user_id = member.as_ref().map(|m| m.user_id.clone());
         let previous = state
             .subscribers
-            .insert(socket.id.clone(), Subscriber { socket: Arc::clone(socket), user_id: user_id.clone() });
+            .insert(socket.serial, Subscriber { socket: Arc::clone(socket), user_id: user_id.clone() });
         if let (Some(member), None) = (member, previous) {
             match state.members.entry(member.user_id.clone()) {
                 Entry::Occupied(mut joined) => joined.get_mut().sockets += 1,
@@ -279,10 +335,10 @@ impl AppHub {
 
     /// Removes `socket` from `channel`; on presence channels the last socket of a user leaves
     /// the roster and the others get `member_removed`. Returns whether it was subscribed.
-    pub fn unsubscribe(&self, channel: &str, socket_id: &str) -> bool {
+    pub fn unsubscribe(&self, channel: &str, socket: &Socket) -> bool {
         let mut shard = self.shard(channel);
         let Some(state) = shard.get_mut(channel) else { return false };
-        let Some(removed) = state.subscribers.remove(socket_id) else { return false };
+        let Some(removed) = state.subscribers.remove(&socket.serial) else { return false };
         if let Some(user_id) = removed.user_id {
             if let Entry::Occupied(mut member) = state.members.entry(user_id.clone()) {
                 member.get_mut().sockets -= 1;
@@ -321,10 +377,9 @@ impl AppHub {
         let Some(state) = shard.get_mut(channel.as_str()) else { return };
         state.in_flight = state.in_flight.saturating_sub(1);
         if let Some((id, frame)) = appended {
-            state.send_to_all(frame, except);
-            if let Some(excluded) = except.and_then(|socket_id| state.subscribers.get(socket_id)) {
+            if let (_, Some(excluded)) = state.send_to_all(frame, except) {
                 let text = frames::skipped(channel.as_str(), id);
-                excluded.socket.send(&Arc::new(Frame { text: text.into(), logged: Some((channel.clone(), id.seq())) }));
+                excluded.send(&Arc::new(Frame { text: text.into(), logged: Some((channel.clone(), id.seq())) }));
             }
             state.published_head = Some(id);
         }
@@ -337,7 +392,7 @@ impl AppHub {
     /// Returns how many sockets it was queued for.
     pub fn publish(&self, channel: &ChannelName, frame: &Arc<Frame>, except: Option<&str>) -> usize {
         let shard = self.shard(channel.as_str());
-        shard.get(channel.as_str()).map_or(0, |state| state.send_to_all(frame, except))
+        shard.get(channel.as_str()).map_or(0, |state| state.send_to_all(frame, except).0)
     }
 
     /// The channel's published head. `log_head` is asked (under the channel's lock, so no
@@ -365,10 +420,10 @@ impl AppHub {
         Subscribed { roster, published_head: state.and_then(|s| s.published_head) }
     }
 
-    /// Whether `socket_id` is subscribed to `channel`, and with which presence user id.
-    pub fn subscription(&self, channel: &str, socket_id: &str) -> Option<Option<String>> {
+    /// Whether `socket` is subscribed to `channel`, and with which presence user id.
+    pub fn subscription(&self, channel: &str, socket: &Socket) -> Option<Option<String>> {
         let shard = self.shard(channel);
-        shard.get(channel)?.subscribers.get(socket_id).map(|s| s.user_id.clone())
+        shard.get(channel)?.subscribers.get(&socket.serial).map(|s| s.user_id.clone())
     }
 
     pub fn counts(&self, channel: &str) -> ChannelCounts {
@@ -410,7 +465,7 @@ impl AppHub {
         if let Some(previous) = previous {
             remove_signed_in(&mut users, previous, &socket.id);
         }
-        users.entry(user_id.to_owned()).or_default().insert(socket.id.clone(), Arc::clone(socket));
+        users.entry(user_id.to_owned()).or_default().insert(socket.id.to_string(), Arc::clone(socket));
     }
 
     /// Forgets a signin when its socket goes away.
@@ -427,7 +482,7 @@ impl AppHub {
             for state in shard.values() {
                 for subscriber in state.subscribers.values() {
                     if subscriber.user_id.as_deref() == Some(user_id) {
-                        sockets.insert(subscriber.socket.id.clone(), Arc::clone(&subscriber.socket));
+                        sockets.insert(subscriber.socket.id.to_string(), Arc::clone(&subscriber.socket));
                     }
                 }
             }
@@ -454,7 +509,9 @@ mod tests {
 
     /// A socket and a way to read its outbox, as the connection would.
     fn socket(id: &str, capacity: usize) -> (Arc<Socket>, Reader) {
-        let socket = Socket::new(id.to_owned(), capacity);
+        let mut bytes = [0; SocketId::MAX_LEN];
+        bytes[..id.len()].copy_from_slice(id.as_bytes());
+        let socket = Socket::new(SocketId { len: u8::try_from(id.len()).unwrap(), bytes }, capacity);
         (Arc::clone(&socket), Reader(socket))
     }
 
@@ -479,6 +536,18 @@ mod tests {
     }
 
     #[test]
+    fn socket_ids_are_two_numbers_joined_by_a_dot() {
+        for _ in 0..1000 {
+            let id = SocketId::random();
+            let (a, b) = id.split_once('.').expect("a dot");
+            for number in [a, b] {
+                assert!(!number.is_empty() && !number.starts_with('0'), "{id}");
+                assert!(number.parse::<u32>().is_ok_and(|n| n < 1_000_000_000), "{id}");
+            }
+        }
+    }
+
+    #[test]
     fn a_user_with_two_sockets_joins_once_and_leaves_with_the_last() {
         let hub = AppHub::default();
         let channel = name("presence-room");
@@ -492,9 +561,9 @@ mod tests {
         assert_eq!(joined.len(), 1, "one member_added for two tabs");
         assert!(joined[0].text.contains("member_added"));
         assert_eq!(hub.counts("presence-room"), ChannelCounts { subscriptions: 3, users: 2 });
-        hub.unsubscribe("presence-room", "1.1");
+        hub.unsubscribe("presence-room", &tab1);
         assert!(watcher_rx.try_recv().is_err(), "still present through the second tab");
-        hub.unsubscribe("presence-room", "1.2");
+        hub.unsubscribe("presence-room", &tab2);
         assert!(watcher_rx.try_recv().unwrap().text.contains("member_removed"));
         assert_eq!(hub.users("presence-room"), vec!["w".to_owned()]);
     }
@@ -539,7 +608,7 @@ mod tests {
         assert_eq!(subscribed.published_head, Some(before));
         hub.end_logged(&channel, Some((in_flight, &Frame::plain("n".into()))), None);
         assert_eq!(late_rx.try_recv().unwrap().text.as_str(), "n");
-        hub.unsubscribe("orders", "1.1");
+        hub.unsubscribe("orders", &late);
         assert_eq!(hub.counts("orders"), ChannelCounts::default());
     }
 }

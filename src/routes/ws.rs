@@ -17,7 +17,7 @@ use crate::connection::{self, Refusal};
 const TRANSPORT_LIMIT_FACTOR: usize = 8;
 /// The read buffer is allocated up front for every socket, and most sockets are idle: memory per
 /// idle socket is what limits scale. Client frames are small; a large one just takes more reads.
-const READ_BUFFER_BYTES: usize = 512;
+const READ_BUFFER_BYTES: usize = 256;
 /// Frames are buffered up to this much before a write, so a batch (or a replay) goes out in a
 /// few system calls instead of one per frame; the flush after each batch bounds latency. The
 /// buffer starts empty, but tungstenite never shrinks it: a socket keeps the capacity of its
@@ -42,12 +42,17 @@ pub async fn upgrade(
     };
     let limit = app.config.max_message_size_bytes.saturating_mul(TRANSPORT_LIMIT_FACTOR);
     // The tracker keeps shutdown waiting for this socket: axum does not track upgraded sockets.
+    // The connection gets a task of its own rather than running inside axum's upgrade task,
+    // which would keep the upgrade's arguments beside it for the socket's whole life.
     let tracker = state.tracker.clone();
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .on_upgrade(move |socket| tracker.track_future(connection::run(socket, app, state, slot)))
+        .on_upgrade(move |socket| {
+            tracker.spawn(connection::run(socket, app, state, slot));
+            std::future::ready(())
+        })
 }
 
 /// Reverb's rule: `*` allows all; otherwise the Origin's host must match one pattern (`*` wildcards).
