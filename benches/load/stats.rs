@@ -117,7 +117,11 @@ impl Percentiles {
 /// A reading of a process's CPU time and resident memory.
 #[derive(Debug, Clone, Copy)]
 pub struct ProcSample {
+    /// User and system time.
     pub cpu_us: u64,
+    /// System time alone: the kernel working for the process (system calls, and on loopback
+    /// the receiver's side of every send, see docs/benchmarks.md).
+    pub system_us: u64,
     pub rss_bytes: u64,
 }
 
@@ -131,9 +135,11 @@ pub fn sample(pid: &str) -> anyhow::Result<ProcSample> {
     let ticks = |index: usize| -> anyhow::Result<u64> {
         Ok(fields.get(index).ok_or_else(|| anyhow::anyhow!("short /proc/{pid}/stat"))?.parse()?)
     };
-    let cpu_ticks = ticks(11)? + ticks(12)?;
-    let ticks_per_sec = rustix::param::clock_ticks_per_second();
-    let cpu_us = cpu_ticks.saturating_mul(1_000_000) / ticks_per_sec.max(1);
+    let ticks_per_sec = rustix::param::clock_ticks_per_second().max(1);
+    let to_us = |ticks: u64| ticks.saturating_mul(1_000_000) / ticks_per_sec;
+    let system_ticks = ticks(12)?;
+    let cpu_us = to_us(ticks(11)? + system_ticks);
+    let system_us = to_us(system_ticks);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let rss_kib: u64 = status
         .lines()
@@ -141,7 +147,7 @@ pub fn sample(pid: &str) -> anyhow::Result<ProcSample> {
         .and_then(|value| value.split_whitespace().next())
         .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))?
         .parse()?;
-    Ok(ProcSample { cpu_us, rss_bytes: rss_kib * 1024 })
+    Ok(ProcSample { cpu_us, system_us, rss_bytes: rss_kib * 1024 })
 }
 
 /// CPU time the whole machine spent busy (all CPUs, from the first line of /proc/stat), in us.
@@ -177,6 +183,11 @@ impl Usage {
         let others = busy.saturating_sub(server_us? + client_us);
         let wall_us = u64::try_from(later.at.duration_since(self.at).as_micros()).ok()?;
         per(others * 100, wall_us)
+    }
+
+    /// The server's system (kernel) time between `self` and `later`, in us.
+    pub fn server_system_since(&self, later: &Usage) -> Option<u64> {
+        self.server.zip(later.server).map(|(a, b)| b.system_us.saturating_sub(a.system_us))
     }
 
     /// CPU used between `self` and `later`: (server us, load generator us).

@@ -36,6 +36,11 @@ pub fn add_cpu(report: &mut Report, from: &Usage, to: &Usage, units: u64, unit: 
         server_us.and_then(|us| stats::per(us, units)),
     );
     report.maybe(
+        &format!("  of which in the kernel, us per {unit}"),
+        &format!("server_kernel_cpu_us_per_{unit}"),
+        from.server_system_since(to).and_then(|us| stats::per(us, units)),
+    );
+    report.maybe(
         "server CPU (% of one core)",
         "server_cpu_percent",
         server_us.and_then(|us| stats::per(us * 100, wall_us)),
