@@ -44,20 +44,72 @@ struct ChannelState {
     compacted_through: Option<EventId>,
 }
 
+/// The states of recently used channels, so appends compute ids without reading sled.
+///
+/// Bounded: an app with a private channel per user touches a channel per user, and a server runs
+/// for months. Past `capacity`, a sweep drops every channel not used since the previous sweep
+/// (a clock algorithm); a dropped channel is read back from sled when next touched (one key
+/// lookup and one seek).
+struct StateCache {
+    states: HashMap<LogKey, CachedState>,
+    capacity: usize,
+    /// Counts sweeps. A state read from sled without the lock may be cached only if no sweep ran
+    /// since the read began: an append could have landed in between and been swept out, and the
+    /// older state would hand out its ids a second time. Without a sweep, entries only change
+    /// under the lock, so a channel still missing was not appended to meanwhile.
+    sweeps: u64,
+}
+
+#[derive(Clone, Copy)]
+struct CachedState {
+    state: ChannelState,
+    used_since_sweep: bool,
+}
+
+impl StateCache {
+    fn new(capacity: usize) -> Self {
+        StateCache { states: HashMap::new(), capacity, sweeps: 0 }
+    }
+
+    fn get(&mut self, key: &LogKey) -> Option<ChannelState> {
+        let cached = self.states.get_mut(key)?;
+        cached.used_since_sweep = true;
+        Some(cached.state)
+    }
+
+    fn set(&mut self, key: &LogKey, state: ChannelState) {
+        match self.states.get_mut(key) {
+            Some(cached) => *cached = CachedState { state, used_since_sweep: true },
+            None => {
+                self.states.insert(key.clone(), CachedState { state, used_since_sweep: true });
+            }
+        }
+    }
+
+    /// Over capacity, drops the channels not used since the last sweep. Called last in every
+    /// operation that may have added entries, so none disappears while an operation uses it.
+    fn sweep_if_full(&mut self) {
+        if self.states.len() > self.capacity {
+            self.states.retain(|_, cached| std::mem::take(&mut cached.used_since_sweep));
+            self.sweeps += 1;
+        }
+    }
+}
+
 /// The embedded event log. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct SledLog {
     db: sled::Db,
     channels: sled::Tree,
     events: sled::Tree,
-    /// The state of every channel touched since open, so appends compute ids without reading sled.
-    /// Appends serialise on this lock: it orders id assignment and the batch insert, so ids hit the
-    /// tree in order and readers never see seq n+1 without n.
+    /// The states of recently used channels. Appends serialise on this lock: it orders id
+    /// assignment and the batch insert, so ids hit the tree in order and readers never see seq
+    /// n+1 without n.
     ///
     /// A std `Mutex` on purpose: it is never held across an await or a disk wait, only around map
-    /// lookups, id arithmetic and sled's in-memory inserts. Loading a channel from sled happens
-    /// outside it (see [`SledLog::state`]), which is race-free because entries are never evicted:
-    /// a channel absent from the map has not been appended to or compacted since open.
-    cache: Mutex<HashMap<LogKey, ChannelState>>,
+    /// lookups, id arithmetic and sled's in-memory operations. Readers load a channel from sled
+    /// outside it (see [`SledLog::state`] and `StateCache::sweeps`); an append that finds a
+    /// channel swept meanwhile reads it again under the lock, so it never creates a channel twice.
+    cache: Mutex<StateCache>,
     clock: Clock,
     /// sled's log file, fsynced after sled's own flush. On Linux sled 0.34 flushes with
     /// `sync_file_range`, which writes the pages but neither syncs the file's metadata nor asks
@@ -68,6 +120,10 @@ pub struct SledLog {
 }
 
 impl SledLog {
+    /// How many channels' states are kept in memory unless [`SledLog::with_cached_channels`]
+    /// says otherwise: about 20 MB of them.
+    pub const DEFAULT_CACHED_CHANNELS: usize = 100_000;
+
     /// How long [`SledLog::open`] waits for a file lock that a just-dropped log may still hold. Long
     /// enough for sled's background threads to let go, short enough that opening a directory
     /// another process really uses fails promptly.
@@ -113,29 +169,49 @@ impl SledLog {
         self
     }
 
+    /// Keeps the states of at most about `channels` channels in memory (see `StateCache`).
+    #[must_use]
+    pub fn with_cached_channels(self, channels: usize) -> Self {
+        self.lock().capacity = channels;
+        self
+    }
+
     fn from_db(db: sled::Db) -> Result<Self, StorageError> {
         let channels = db.open_tree(CHANNELS_TREE).map_err(StorageError::from_sled)?;
         let events = db.open_tree(EVENTS_TREE).map_err(StorageError::from_sled)?;
-        Ok(SledLog { db, channels, events, cache: Mutex::new(HashMap::new()), clock: system_clock(), log_file: None })
+        let cache = Mutex::new(StateCache::new(Self::DEFAULT_CACHED_CHANNELS));
+        Ok(SledLog { db, channels, events, cache, clock: system_clock(), log_file: None })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<LogKey, ChannelState>> {
+    fn lock(&self) -> MutexGuard<'_, StateCache> {
         // Entries change only by whole-value assignment after sled accepted the write, so a panic
         // elsewhere while the lock was held cannot have left one half-updated.
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The channel's state, loading it from sled on first access; None if it does not exist.
+    /// The channel's state, loading it from sled if it is not cached; None if it does not exist.
     fn state(&self, key: &LogKey) -> Result<Option<ChannelState>, StorageError> {
-        if let Some(state) = self.lock().get(key) {
-            return Ok(Some(*state));
-        }
+        let sweeps = {
+            let mut cache = self.lock();
+            if let Some(state) = cache.get(key) {
+                return Ok(Some(state));
+            }
+            cache.sweeps
+        };
         let Some(loaded) = self.load(key)? else {
             // Not cached: an unknown channel must not grow the map (readers name arbitrary ones).
             return Ok(None);
         };
+        let mut cache = self.lock();
         // Someone may have loaded (and since appended to) it meanwhile: theirs wins.
-        Ok(Some(*self.lock().entry(key.clone()).or_insert(loaded)))
+        if let Some(state) = cache.get(key) {
+            return Ok(Some(state));
+        }
+        let state = if cache.sweeps == sweeps { Some(loaded) } else { self.load(key)? };
+        let Some(state) = state else { return Ok(None) };
+        cache.set(key, state);
+        cache.sweep_if_full();
+        Ok(Some(state))
     }
 
     /// Reads a channel's state from sled.
@@ -194,30 +270,36 @@ impl EventLog for SledLog {
         // Everything that does not depend on the ids happens before the lock: encoding the values
         // and loading channels not cached yet (which reads sled).
         let values: Vec<Vec<u8>> = events.iter().map(|event| codec::encode_event(&event.event, &event.data)).collect();
-        let mut missing: Vec<&LogKey> = {
-            let cache = self.lock();
-            events.iter().map(|event| &event.key).filter(|key| !cache.contains_key(*key)).collect()
+        let (mut missing, sweeps): (Vec<&LogKey>, u64) = {
+            let mut cache = self.lock();
+            let missing = events.iter().map(|event| &event.key).filter(|key| cache.get(key).is_none()).collect();
+            (missing, cache.sweeps)
         };
         missing.sort_unstable();
         missing.dedup();
-        let mut loaded = Vec::with_capacity(missing.len());
+        // None: the channel does not exist yet.
+        let mut loaded: Vec<(&LogKey, Option<ChannelState>)> = Vec::with_capacity(missing.len());
         for key in missing {
-            if let Some(state) = self.load(key)? {
-                loaded.push((key, state));
-            }
+            loaded.push((key, self.load(key)?));
         }
         let now_ms = (self.clock)();
 
         let mut cache = self.lock();
-        for (key, state) in loaded {
-            // Someone may have loaded (and since appended to) it meanwhile: theirs wins.
-            cache.entry(key.clone()).or_insert(state);
-        }
+        let no_sweep_since = cache.sweeps == sweeps;
         for event in events {
-            if !cache.contains_key(&event.key) {
-                let state = self.create(&event.key)?;
-                cache.insert(event.key.clone(), state);
+            if cache.get(&event.key).is_some() {
+                continue; // cached all along, or someone loaded (and maybe appended to) it: theirs wins
             }
+            let state = match loaded.iter().find(|(key, _)| *key == &event.key) {
+                Some((_, state)) if no_sweep_since => *state,
+                // Swept since it was looked up: what was read may be stale, so read it again.
+                _ => self.load(&event.key)?,
+            };
+            let state = match state {
+                Some(state) => state,
+                None => self.create(&event.key)?,
+            };
+            cache.set(&event.key, state);
         }
         // New heads go to `next` and reach the cache only once sled accepted the batch, so a failed
         // append leaves no gap in the sequence. Batches name few channels: a Vec beats a map.
@@ -228,7 +310,7 @@ impl EventLog for SledLog {
             let index = match next.iter().position(|(key, _)| *key == &event.key) {
                 Some(index) => index,
                 None => {
-                    let state = *cache.get(&event.key).expect("every key was cached or created above");
+                    let state = cache.get(&event.key).expect("every key was cached or created above");
                     next.push((&event.key, state));
                     next.len() - 1
                 }
@@ -241,8 +323,9 @@ impl EventLog for SledLog {
         }
         self.events.apply_batch(batch).map_err(StorageError::from_sled)?;
         for (key, state) in next {
-            *cache.get_mut(key).expect("entries are never evicted") = state;
+            cache.set(key, state);
         }
+        cache.sweep_if_full();
         Ok(ids)
     }
 
@@ -290,7 +373,7 @@ impl EventLog for SledLog {
 
         // Taken after the scan: a compaction raises the mark before removing anything, so if it
         // removed events under the scan, this sees the raised mark and reports them missing.
-        let compacted = self.lock().get(key).and_then(|state| state.compacted_through);
+        let compacted = self.state(key)?.and_then(|state| state.compacted_through);
         let recovered = match cursor {
             Cursor::Oldest => compacted.is_none(),
             Cursor::FromTime { timestamp_ms } => {
@@ -356,13 +439,18 @@ impl EventLog for SledLog {
 
         {
             let mut cache = self.lock();
-            let state = cache.get_mut(key).expect("cached by `state` above; entries are never evicted");
+            let state = match cache.get(key) {
+                Some(state) => state,
+                // Swept since `state` above: read it again, under the lock this time.
+                None => self.load(key)?.ok_or_else(|| StorageError::Corrupt("a compacted channel vanished".into()))?,
+            };
             let compacted_through = state.compacted_through.max(Some(cut));
             // The head goes with it: the newest event may be among those removed, and the head
             // must survive that and a restart.
             let meta = ChannelMeta { channel_id, compacted_through, head: state.head };
             self.channels.insert(meta_key(key), codec::encode_meta(&meta)).map_err(StorageError::from_sled)?;
-            state.compacted_through = compacted_through;
+            cache.set(key, ChannelState { compacted_through, ..state });
+            cache.sweep_if_full();
         }
 
         // The mark is raised first (see the module docs); `remove` tells which keys were still
@@ -512,7 +600,36 @@ mod tests {
             log.head(&key).unwrap();
             log.compact(&key, CompactRule { keep_last: Some(0), ..CompactRule::default() }).unwrap();
         }
-        assert!(log.lock().is_empty());
+        assert!(log.lock().states.is_empty());
+    }
+
+    /// Many channels through a small cache: the cache stays bounded, and a channel swept out of
+    /// it keeps its id, its sequence and its compaction mark when it comes back.
+    #[test]
+    fn swept_channels_come_back_intact() {
+        let log = SledLog::open_temporary().unwrap().with_cached_channels(4);
+        let keys: Vec<LogKey> = (0..50).map(|n| LogKey::new("app", format!("user-{n}"))).collect();
+        for round in 1..=3u64 {
+            for key in &keys {
+                let ids = log.append(&[new_event("app", &key.channel, "x")]).unwrap();
+                assert_eq!(ids[0].seq(), round, "{key:?}");
+                assert!(log.lock().states.len() <= 5, "the cache is bounded");
+            }
+        }
+        assert_eq!(log.stats().unwrap().channels, 50, "no channel was created twice");
+        let first = &keys[0];
+        log.compact(first, CompactRule { keep_last: Some(1), ..CompactRule::default() }).unwrap();
+        for key in &keys[1..] {
+            log.head(key).unwrap(); // sweeps `first` out again
+        }
+        let head = log.head(first).unwrap();
+        assert_eq!(head.head.map(EventId::seq), Some(3));
+        assert_eq!(head.compacted_through.map(EventId::seq), Some(2));
+        let ids = log.append(&[new_event("app", &first.channel, "x")]).unwrap();
+        assert_eq!(ids[0].seq(), 4);
+        let oldest = log.read(first, Cursor::Oldest, 10).unwrap();
+        assert!(!oldest.recovered, "events 1 and 2 were compacted away");
+        assert_eq!(oldest.events.iter().map(|e| e.id.seq()).collect::<Vec<_>>(), vec![3, 4]);
     }
 
     #[test]
