@@ -22,7 +22,7 @@ mod tests {
     use super::*;
 
     fn append(log: &SledLog, key: &LogKey, data: &str) -> EventId {
-        let event = NewEvent { key: key.clone(), event: "e".into(), data: data.into() };
+        let event = NewEvent { key: key.clone(), event: "e".into(), data: data.into(), user_id: None };
         log.append(&[event]).unwrap()[0]
     }
 

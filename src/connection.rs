@@ -465,7 +465,8 @@ impl Connection {
             return false;
         }
         for event in &replay.events {
-            let frame = frames::event_frame(&event.event, channel.as_str(), &event.data, Some(event.id), None);
+            let user_id = event.user_id.as_deref();
+            let frame = frames::event_frame(&event.event, channel.as_str(), &event.data, Some(event.id), user_id);
             if self.ws.feed(Message::Text(frame.into())).await.is_err() {
                 return false;
             }
@@ -477,7 +478,13 @@ impl Connection {
         // recovered gets the cache channel's last event, as Pusher sends it.
         if channel.is_cache() && !replay.recovered {
             let frame = match &replay.last {
-                Some(last) => frames::event_frame(&last.event, channel.as_str(), &last.data, Some(last.id), None),
+                Some(last) => frames::event_frame(
+                    &last.event,
+                    channel.as_str(),
+                    &last.data,
+                    Some(last.id),
+                    last.user_id.as_deref(),
+                ),
                 None => frames::cache_miss(channel.as_str()),
             };
             if self.ws.feed(Message::Text(frame.into())).await.is_err() {

@@ -146,7 +146,12 @@ fn commit(log: &dyn EventLog, durability: Durability, jobs: &[Job]) -> Outcome {
                 end_all(jobs, None);
                 return Outcome::Failed(error);
             }
-            events.push(NewEvent { key, event: item.event.clone(), data: item.data.clone() });
+            events.push(NewEvent {
+                key,
+                event: item.event.clone(),
+                data: item.data.clone(),
+                user_id: item.user_id.clone(),
+            });
         }
     }
     // `begin_logged` was called once per item, except when it failed part-way (handled above).

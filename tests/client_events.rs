@@ -210,6 +210,16 @@ async fn logged_client_events_are_relayed_and_kept() {
     assert_eq!(status, 200, "{history}");
     assert_eq!(history["events"][0]["id"], id, "{history}");
     assert_eq!(history["events"][0]["data"], r#"{"text":"hi"}"#, "{history}");
+    assert_eq!(history["events"][0]["user_id"], "bob", "{history}");
+
+    // A member resuming from before the event gets it replayed as it was relayed, sender included.
+    let mut carl = server.client().await;
+    let before_everything = reprise_api::EventId::new(0, 0).to_string();
+    carl.send_presence_subscribe(channel, "carl", json!({}), Some(&before_everything)).await;
+    let replay = carl.expect_subscribed(channel).await["replay"].clone();
+    assert_eq!((replay["recovered"].clone(), replay["count"].clone()), (json!(true), json!(1)), "{replay}");
+    let replayed = carl.recv().await;
+    assert_eq!(replayed, frame, "the replayed frame is the live one");
 }
 
 /// Two sockets subscribed (with valid signatures) to the private `channel`.

@@ -393,7 +393,12 @@ async fn retention_loop_trims_channels() {
     let mut events = Vec::new();
     for (app, channel) in [(APP_ID, "a"), (APP_ID, "b"), ("no-retention", "a")] {
         for i in 0..5 {
-            events.push(NewEvent { key: LogKey::new(app, channel), event: "e".into(), data: i.to_string() });
+            events.push(NewEvent {
+                key: LogKey::new(app, channel),
+                event: "e".into(),
+                data: i.to_string(),
+                user_id: None,
+            });
         }
     }
     let ids = log.append(&events).unwrap();

@@ -27,6 +27,9 @@ struct HistoryEvent {
     event: String,
     channel: String,
     data: String,
+    /// The sender of a logged client event on a presence channel, as in its live frame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -83,7 +86,13 @@ pub async fn events(
         .events
         .into_iter()
         .filter(|e| e.id.seq() <= up_to)
-        .map(|e| HistoryEvent { id: e.id, event: e.event, channel: channel.as_str().to_owned(), data: e.data })
+        .map(|e| HistoryEvent {
+            id: e.id,
+            event: e.event,
+            channel: channel.as_str().to_owned(),
+            data: e.data,
+            user_id: e.user_id,
+        })
         .collect();
     Ok(Json(HistoryResponse { events, recovered: outcome.recovered, head }))
 }

@@ -12,7 +12,9 @@ use reprise_storage::{Cursor, EventLog, LogKey, NewEvent, SledLog};
 const DATA: &str = r#"{"order":{"id":12345,"status":"shipped","total":"59.90"},"user":{"id":42,"name":"Ada"}}"#;
 
 fn events(key: &LogKey, n: usize) -> Vec<NewEvent> {
-    (0..n).map(|_| NewEvent { key: key.clone(), event: "order.shipped".into(), data: DATA.into() }).collect()
+    (0..n)
+        .map(|_| NewEvent { key: key.clone(), event: "order.shipped".into(), data: DATA.into(), user_id: None })
+        .collect()
 }
 
 fn append(c: &mut Criterion) {

@@ -69,6 +69,7 @@ pub const CASES: &[Case] = &[
     ("unknown_channel_reads_empty", unknown_channel_reads_empty),
     ("read_after_head_is_empty_and_recovered", read_after_head_is_empty_and_recovered),
     ("read_after_middle_returns_the_rest", read_after_middle_returns_the_rest),
+    ("events_read_back_as_appended", events_read_back_as_appended),
     ("read_after_future_id_is_not_recovered", read_after_future_id_is_not_recovered),
     ("read_after_foreign_id_is_not_recovered", read_after_foreign_id_is_not_recovered),
     ("read_after_seq_zero_means_before_everything", read_after_seq_zero_means_before_everything),
@@ -111,7 +112,7 @@ fn key(app: &str, channel: &str) -> LogKey {
 }
 
 fn event(key: &LogKey, data: impl Into<String>) -> NewEvent {
-    NewEvent { key: key.clone(), event: "message".to_owned(), data: data.into() }
+    NewEvent { key: key.clone(), event: "message".to_owned(), data: data.into(), user_id: None }
 }
 
 /// Appends `n` events one call at a time, with data "0", "1", ...
@@ -354,6 +355,26 @@ pub fn read_after_middle_returns_the_rest(factory: Factory<'_>) {
     let outcome = read(&*log, &k, Cursor::After(ids[0]), 2);
     assert_eq!(ids_of(&outcome), ids[1..3].to_vec());
     assert!(outcome.recovered);
+}
+
+/// Name, data and sender come back exactly as appended (the sender only where there was one).
+pub fn events_read_back_as_appended(factory: Factory<'_>) {
+    let (log, _clock) = open(factory);
+    let k = key("app", "presence-room");
+    let sent = vec![
+        NewEvent {
+            key: k.clone(),
+            event: "client-typing".into(),
+            data: "{\"on\":true}".into(),
+            user_id: Some("42".into()),
+        },
+        NewEvent { key: k.clone(), event: "order.shipped".into(), data: "é \u{1F600}".into(), user_id: None },
+    ];
+    let ids = log.append(&sent).expect("append");
+    let outcome = read(&*log, &k, Cursor::Oldest, ALL);
+    let got: Vec<_> = outcome.events.iter().map(|e| (e.id, &e.event, &e.data, e.user_id.as_deref())).collect();
+    let want: Vec<_> = sent.iter().zip(&ids).map(|(e, id)| (*id, &e.event, &e.data, e.user_id.as_deref())).collect();
+    assert_eq!(got, want);
 }
 
 /// A cursor beyond the head (another log's id, or events lost before a crash) is unrecoverable.

@@ -44,6 +44,9 @@ pub struct NewEvent {
     pub key: LogKey,
     pub event: String,
     pub data: String,
+    /// The sender of a client event on a presence channel (Pusher's `user_id` field), kept so
+    /// that a replay gives it back as live delivery did.
+    pub user_id: Option<String>,
 }
 
 /// One event read back.
@@ -52,6 +55,7 @@ pub struct StoredEvent {
     pub id: EventId,
     pub event: String,
     pub data: String,
+    pub user_id: Option<String>,
 }
 
 /// Where a read starts.

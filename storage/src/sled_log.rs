@@ -269,7 +269,10 @@ impl EventLog for SledLog {
         }
         // Everything that does not depend on the ids happens before the lock: encoding the values
         // and loading channels not cached yet (which reads sled).
-        let values: Vec<Vec<u8>> = events.iter().map(|event| codec::encode_event(&event.event, &event.data)).collect();
+        let values: Vec<Vec<u8>> = events
+            .iter()
+            .map(|event| codec::encode_event(&event.event, &event.data, event.user_id.as_deref()))
+            .collect();
         let (mut missing, sweeps): (Vec<&LogKey>, u64) = {
             let mut cache = self.lock();
             let missing = events.iter().map(|event| &event.key).filter(|key| cache.get(key).is_none()).collect();
@@ -367,8 +370,8 @@ impl EventLog for SledLog {
             if events.len() >= limit {
                 break;
             }
-            let (event, data) = codec::decode_event(&value)?;
-            events.push(StoredEvent { id, event, data });
+            let record = codec::decode_event(&value)?;
+            events.push(StoredEvent { id, event: record.event, data: record.data, user_id: record.user_id });
         }
 
         // Taken after the scan: a compaction raises the mark before removing anything, so if it
@@ -544,7 +547,7 @@ mod tests {
     use super::*;
 
     fn new_event(app: &str, channel: &str, data: &str) -> NewEvent {
-        NewEvent { key: LogKey::new(app, channel), event: "e".to_owned(), data: data.to_owned() }
+        NewEvent { key: LogKey::new(app, channel), event: "e".to_owned(), data: data.to_owned(), user_id: None }
     }
 
     /// Guards the key layout: a channel's events sit under its id prefix, in id order.
@@ -576,7 +579,7 @@ mod tests {
         let key = LogKey::new("app", "ch");
         let ids = log.append(&[new_event("app", "ch", "x")]).unwrap();
         let channel_id = log.state(&key).unwrap().unwrap().channel_id;
-        log.events.insert(event_key(channel_id, ids[0]), &[codec::FORMAT_VERSION, 200][..]).unwrap();
+        log.events.insert(event_key(channel_id, ids[0]), &[codec::EVENT_FORMAT_VERSION, 200][..]).unwrap();
         assert!(matches!(log.read(&key, Cursor::Oldest, 10), Err(StorageError::Corrupt(_))));
     }
 

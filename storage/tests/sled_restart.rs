@@ -17,7 +17,12 @@ fn key(channel: &str) -> LogKey {
 
 fn append(log: &SledLog, key: &LogKey, n: usize) -> Vec<EventId> {
     let events: Vec<NewEvent> = (0..n)
-        .map(|i| NewEvent { key: key.clone(), event: "message".into(), data: format!("{}-{i}", key.channel) })
+        .map(|i| NewEvent {
+            key: key.clone(),
+            event: "message".into(),
+            data: format!("{}-{i}", key.channel),
+            user_id: None,
+        })
         .collect();
     log.append(&events).unwrap()
 }

@@ -227,10 +227,25 @@ impl WsClient {
 
     /// Joins a presence channel as `user_id`.
     pub async fn subscribe_presence(&mut self, channel: &str, user_id: &str, user_info: Value) -> Value {
+        self.send_presence_subscribe(channel, user_id, user_info, None).await;
+        self.expect_subscribed(channel).await
+    }
+
+    /// Sends a signed presence subscribe as `user_id`, resuming after `since` if given.
+    pub async fn send_presence_subscribe(
+        &mut self,
+        channel: &str,
+        user_id: &str,
+        user_info: Value,
+        since: Option<&str>,
+    ) {
         let channel_data = json!({"user_id": user_id, "user_info": user_info}).to_string();
         let auth = signature::socket_auth(APP_KEY, APP_SECRET, &self.socket_id, channel, Some(&channel_data));
-        self.send_subscribe(json!({"channel": channel, "auth": auth, "channel_data": channel_data})).await;
-        self.expect_subscribed(channel).await
+        let mut data = json!({"channel": channel, "auth": auth, "channel_data": channel_data});
+        if let Some(since) = since {
+            data["since"] = json!(since);
+        }
+        self.send_subscribe(data).await;
     }
 
     /// Waits for `subscription_succeeded` on `channel` and returns its parsed `data`.
