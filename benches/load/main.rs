@@ -150,6 +150,10 @@ fn main() -> anyhow::Result<()> {
     })?;
     // Subscriber tasks may still hold sockets; do not wait for them to notice.
     runtime.shutdown_background();
+    let reconnects = rest::RECONNECTS.load(std::sync::atomic::Ordering::Relaxed);
+    if reconnects > 0 {
+        eprintln!("note: the server closed the HTTP API connection {reconnects} times (Connection: close)");
+    }
     if !passed {
         std::process::exit(1);
     }

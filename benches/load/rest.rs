@@ -3,10 +3,13 @@
 //!
 //! Each [`Rest`] is one keep-alive HTTP/1.1 connection used by one task, one request at a time:
 //! a publisher that awaits each acknowledgement keeps its channel's events in order, and no
-//! connection pool sits between the load generator and the server.
+//! connection pool sits between the load generator and the server. A server that answers
+//! `Connection: close` (Sockudo does, on every HTTP API call) gets a new connection for the next
+//! request, as any HTTP/1.1 client must do; a request already sent is never sent again.
 
 use std::net::SocketAddr;
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -35,15 +38,26 @@ pub type IdBytes = [u8; ID_LEN];
 
 static IDS_MARK: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"ids\":{\""));
 
+/// How many times an HTTP API connection was reopened because the server closed it: the figures
+/// of such a server include a TCP connect per request.
+pub static RECONNECTS: AtomicU64 = AtomicU64::new(0);
+
 /// One keep-alive connection to the HTTP API.
 pub struct Rest {
     sender: SendRequest<Full<Bytes>>,
     target: Target,
     host: String,
+    /// The last answer said `Connection: close`.
+    closing: bool,
 }
 
 impl Rest {
     pub async fn connect(target: &Target) -> anyhow::Result<Rest> {
+        let sender = Self::open(target).await?;
+        Ok(Rest { sender, host: target.addr.to_string(), target: target.clone(), closing: false })
+    }
+
+    async fn open(target: &Target) -> anyhow::Result<SendRequest<Full<Bytes>>> {
         let stream = TcpStream::connect(target.addr).await.with_context(|| format!("connect {}", target.addr))?;
         stream.set_nodelay(true)?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -51,7 +65,7 @@ impl Rest {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        Ok(Rest { sender, host: target.addr.to_string(), target: target.clone() })
+        Ok(sender)
     }
 
     /// Publishes one benchmark event; returns Reprise's event id when the server gives one.
@@ -101,8 +115,17 @@ impl Rest {
             .header(hyper::header::HOST, &self.host)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))?;
+        if self.closing || self.sender.is_closed() {
+            self.sender = Self::open(&self.target).await?;
+            self.closing = false;
+            RECONNECTS.fetch_add(1, Ordering::Relaxed);
+        }
         self.sender.ready().await.context("the HTTP connection closed")?;
         let response = self.sender.send_request(request).await.context("HTTP request failed")?;
+        self.closing = response
+            .headers()
+            .get(hyper::header::CONNECTION)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
         let status = response.status();
         let body = response.into_body().collect().await.context("reading the HTTP response")?.to_bytes();
         if status != StatusCode::OK {
