@@ -65,7 +65,19 @@ impl SocketId {
     }
 
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("digits and a dot are UTF-8")
+        std::str::from_utf8(self.as_bytes()).expect("digits and a dot are UTF-8")
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// Compares bytes, without the UTF-8 check of `as_str`: the fan-out compares every subscriber's
+/// id with the excluded one.
+impl PartialEq<str> for SocketId {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -233,7 +245,7 @@ impl Channel {
         let mut sent = 0;
         let mut excluded = None;
         for subscriber in self.subscribers.values() {
-            if except.is_some_and(|id| subscriber.socket.id.as_str() == id) {
+            if except.is_some_and(|id| subscriber.socket.id == *id) {
                 excluded = Some(&subscriber.socket);
             } else if subscriber.socket.send(frame) {
                 sent += 1;
