@@ -37,6 +37,14 @@ impl ApiError {
     }
 }
 
+/// A failed log call: logged here with its cause, answered as 503 without it.
+impl From<reprise_storage::StorageError> for ApiError {
+    fn from(error: reprise_storage::StorageError) -> Self {
+        tracing::error!(%error, "event log call failed");
+        ApiError::Unavailable
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

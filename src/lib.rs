@@ -6,13 +6,12 @@
 //! `127.0.0.1:0` and the binary binds what the configuration says.
 
 pub mod apps;
-pub mod cache;
 pub mod config;
 pub mod connection;
 pub mod error;
 pub mod hub;
+pub mod log_service;
 pub mod publisher;
-pub mod retention;
 pub mod routes;
 
 use std::future::IntoFuture;
@@ -28,13 +27,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::apps::Apps;
 use crate::config::Config;
+use crate::log_service::LogService;
 use crate::publisher::Publisher;
 
 /// What every handler and connection shares.
 pub struct ServerState {
     pub config: Arc<Config>,
     pub apps: Apps,
-    pub log: Arc<dyn EventLog>,
+    /// Every read and trim of the log goes through it.
+    pub log: Arc<LogService>,
     pub publisher: Publisher,
     /// Fired once on shutdown: every connection closes with 4200 when it fires.
     pub shutdown: CancellationToken,
@@ -81,8 +82,9 @@ pub async fn serve(
         &background,
         shutdown.clone(),
     );
-    background.spawn(retention::run(
-        Arc::clone(&log),
+    let log_service = Arc::new(LogService::new(Arc::clone(&log), config.server.replay_cap_events));
+    background.spawn(log_service::compaction::run_retention(
+        Arc::clone(&log_service),
         config.apps.clone(),
         Duration::from_secs(config.server.retention_interval_secs),
         shutdown.clone(),
@@ -91,7 +93,7 @@ pub async fn serve(
     let state = Arc::new(ServerState {
         config: Arc::clone(&config),
         apps: Apps::new(&config.apps),
-        log: Arc::clone(&log),
+        log: log_service,
         publisher,
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),

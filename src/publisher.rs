@@ -141,11 +141,9 @@ fn commit(log: &dyn EventLog, durability: Durability, jobs: &[Job]) -> Outcome {
     for job in jobs {
         for item in &job.items {
             let key = LogKey { app: job.app_id.clone(), channel: item.channel.as_str().to_owned() };
-            // Before the append, so a socket subscribing meanwhile starts at the published head.
-            if let Err(error) = job.hub.begin_logged(item.channel.as_str(), || log.head(&key).map(|h| h.head)) {
-                end_all(jobs, None);
-                return Outcome::Failed(error);
-            }
+            // Before the append, so that nobody takes the log's head for the published head
+            // while this event is between the two.
+            job.hub.begin_logged(item.channel.as_str());
             events.push(NewEvent {
                 key,
                 event: item.event.clone(),
@@ -154,7 +152,7 @@ fn commit(log: &dyn EventLog, durability: Durability, jobs: &[Job]) -> Outcome {
             });
         }
     }
-    // `begin_logged` was called once per item, except when it failed part-way (handled above).
+    // `begin_logged` was called once per item: every item is ended below, appended or not.
     let ids = match log.append(&events) {
         Ok(ids) => ids,
         Err(error) => {

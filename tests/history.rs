@@ -367,21 +367,21 @@ async fn trigger_many(rest: &RestClient, channels: &[&str], event: &str, data: &
 #[test]
 fn retention_rule_follows_app_settings() {
     let app = support::test_app();
-    assert_eq!(reprise::retention::rule(&app), None, "no settings, no retention");
+    assert_eq!(reprise::log_service::compaction::retention_rule(&app), None, "no settings, no retention");
     let app = AppConfig { retention_max_events: Some(3), ..support::test_app() };
     assert_eq!(
-        reprise::retention::rule(&app),
+        reprise::log_service::compaction::retention_rule(&app),
         Some(CompactRule { keep_last: Some(3), older_than_ms: None, before: None })
     );
     let before = now_ms();
     let app = AppConfig { retention_max_age_secs: Some(60), ..support::test_app() };
-    let rule = reprise::retention::rule(&app).expect("a rule");
+    let rule = reprise::log_service::compaction::retention_rule(&app).expect("a rule");
     let cut = rule.older_than_ms.expect("an age cut");
     assert!(cut + 60_000 >= before && cut + 60_000 <= now_ms(), "cut {cut} should be now - 60 s");
     assert_eq!((rule.keep_last, rule.before), (None, None));
 }
 
-/// The background retention loop (`retention::run`, given a short interval) trims every channel of an app with retention and leaves other apps
+/// The background retention loop (`run_retention`, given a short interval) trims every channel of an app with retention and leaves other apps
 /// alone; it records the cut, so a resume from before it is not recovered.
 #[tokio::test]
 async fn retention_loop_trims_channels() {
@@ -403,8 +403,9 @@ async fn retention_loop_trims_channels() {
     }
     let ids = log.append(&events).unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(reprise::retention::run(
-        Arc::clone(&log),
+    let service = Arc::new(reprise::log_service::LogService::new(Arc::clone(&log), 1000));
+    let task = tokio::spawn(reprise::log_service::compaction::run_retention(
+        service,
         vec![kept, untouched],
         Duration::from_millis(20),
         shutdown.clone(),

@@ -4,22 +4,16 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use reprise_api::http::{CachedEvent, ChannelInfo, ChannelsResponse, InfoRequest, UserEntry, UsersResponse};
 use reprise_api::{ChannelName, ErrorCode};
 use serde_json::{Value, json};
 
 use crate::ServerState;
 use crate::error::ApiError;
-use crate::routes::history::blocking;
-use crate::routes::signed::{self, Signed};
+use crate::routes::signed::Signed;
 
-pub async fn list(
-    State(state): State<Arc<ServerState>>,
-    Path(app_id): Path<String>,
-    request: Request,
-) -> Result<Json<ChannelsResponse>, ApiError> {
-    let signed = signed::verify(&state, &app_id, request).await?;
+pub async fn list(signed: Signed) -> Result<Json<ChannelsResponse>, ApiError> {
     let prefix = signed.param("filter_by_prefix").unwrap_or_default().to_owned();
     let info = InfoRequest::parse(signed.param("info"));
     if info.user_count && !prefix.starts_with("presence-") {
@@ -35,10 +29,9 @@ pub async fn list(
 
 pub async fn show(
     State(state): State<Arc<ServerState>>,
-    Path((app_id, channel)): Path<(String, String)>,
-    request: Request,
+    Path((_, channel)): Path<(String, String)>,
+    signed: Signed,
 ) -> Result<Json<ChannelInfo>, ApiError> {
-    let signed = signed::verify(&state, &app_id, request).await?;
     let channel = parse_channel(&channel)?;
     let info = InfoRequest::parse(signed.param("info"));
     if info.user_count && !channel.is_presence() {
@@ -54,30 +47,21 @@ pub async fn show(
     }))
 }
 
-/// A cache channel's last event: the head of its log.
+/// A cache channel's last event: the event at its published head (an event still being
+/// committed is not shown yet).
 async fn cached_event(
     state: &ServerState,
     signed: &Signed,
     channel: &ChannelName,
 ) -> Result<Option<CachedEvent>, ApiError> {
-    let key = signed.app.log_key(channel);
-    let hub = Arc::clone(&signed.app.hub);
-    let name = channel.as_str().to_owned();
-    // The published head, not the log's: an event still being committed is not shown yet.
-    let last = blocking(state, move |log| match hub.published_head(&name, || log.head(&key).map(|h| h.head))? {
-        Some(head) => crate::cache::last_event(log, &key, head),
-        None => Ok(None),
-    })
-    .await?;
+    let last = state.log.last_event(&signed.app.hub, &signed.app.log_key(channel)).await?;
     Ok(last.map(|event| CachedEvent { event: event.event, data: event.data }))
 }
 
 pub async fn users(
-    State(state): State<Arc<ServerState>>,
-    Path((app_id, channel)): Path<(String, String)>,
-    request: Request,
+    Path((_, channel)): Path<(String, String)>,
+    signed: Signed,
 ) -> Result<Json<UsersResponse>, ApiError> {
-    let signed = signed::verify(&state, &app_id, request).await?;
     let channel = parse_channel(&channel)?;
     if !channel.is_presence() {
         return Err(ApiError::BadRequest("users are only available for presence channels".into()));
@@ -89,12 +73,7 @@ pub async fn users(
 /// Closes every socket that joined a presence channel as this user. They close with 4200
 /// (reconnect now): a client that reconnects must be authorised again by the app's auth
 /// endpoint, which is where an app refuses a banned user.
-pub async fn terminate(
-    State(state): State<Arc<ServerState>>,
-    Path((app_id, user_id)): Path<(String, String)>,
-    request: Request,
-) -> Result<Json<Value>, ApiError> {
-    let signed = signed::verify(&state, &app_id, request).await?;
+pub async fn terminate(Path((_, user_id)): Path<(String, String)>, signed: Signed) -> Result<Json<Value>, ApiError> {
     let closed = signed.app.hub.terminate_user(&user_id, ErrorCode::Reconnect.as_u16());
     tracing::info!(closed, "terminated a user's connections");
     Ok(Json(json!({})))

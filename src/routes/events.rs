@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Request, State};
+use axum::extract::State;
 use reprise_api::http::{
     BatchItemResponse, BatchRequest, BatchResponse, ChannelInfo, InfoRequest, MAX_BATCH_EVENTS, MAX_CHANNELS_PER_EVENT,
     TriggerRequest, TriggerResponse,
@@ -16,17 +16,12 @@ use crate::ServerState;
 use crate::apps::App;
 use crate::error::ApiError;
 use crate::publisher::{PublishError, PublishItem};
-use crate::routes::signed;
+use crate::routes::signed::Signed;
 
 /// Pusher's limit on an event name, in bytes.
 const MAX_EVENT_NAME_BYTES: usize = 200;
 
-pub async fn trigger(
-    State(state): State<Arc<ServerState>>,
-    Path(app_id): Path<String>,
-    request: Request,
-) -> Result<Json<TriggerResponse>, ApiError> {
-    let signed = signed::verify(&state, &app_id, request).await?;
+pub async fn trigger(State(state): State<Arc<ServerState>>, signed: Signed) -> Result<Json<TriggerResponse>, ApiError> {
     let body: TriggerRequest = signed.json()?;
     let names = body.channel_names();
     if names.is_empty() {
@@ -53,12 +48,7 @@ pub async fn trigger(
     Ok(Json(response))
 }
 
-pub async fn batch(
-    State(state): State<Arc<ServerState>>,
-    Path(app_id): Path<String>,
-    request: Request,
-) -> Result<Json<BatchResponse>, ApiError> {
-    let signed = signed::verify(&state, &app_id, request).await?;
+pub async fn batch(State(state): State<Arc<ServerState>>, signed: Signed) -> Result<Json<BatchResponse>, ApiError> {
     let body: BatchRequest = signed.json()?;
     if body.batch.len() > MAX_BATCH_EVENTS {
         return Err(ApiError::BadRequest(format!("at most {MAX_BATCH_EVENTS} events per batch")));

@@ -1,11 +1,12 @@
-//! Verification of signed HTTP API calls: find the app, check its signature, bound the body.
+//! The `Signed` extractor: a signed Pusher HTTP API call, verified before its handler runs
+//! (find the app, bound the body, check the signature and its timestamp window).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
-use axum::http::Method;
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::http::StatusCode;
 use reprise_api::signature::SignedRequest;
 
 use crate::ServerState;
@@ -16,7 +17,9 @@ use crate::error::ApiError;
 /// app's own limit can be checked, so this stops a huge upload early.
 pub const MAX_ANY_REQUEST_BYTES: usize = 1024 * 1024;
 
-/// A call whose signature checked out: the app, the decoded query, and the body.
+/// A call whose signature checked out: the app (from the `{app_id}` in its path), the decoded
+/// query, and the body. As a handler argument it answers 404 for an unknown app, 413 over the
+/// app's size limit, 400 for an unreadable body and 401 for any signature problem.
 pub struct Signed {
     pub app: Arc<App>,
     pub params: Vec<(String, String)>,
@@ -34,95 +37,46 @@ impl Signed {
     }
 }
 
-/// Verifies the request for `app_id`: 404 for an unknown app, 413 over the app's size limit,
-/// 401 for any signature problem.
-pub async fn verify(state: &ServerState, app_id: &str, request: Request) -> Result<Signed, ApiError> {
-    let app = state.apps.by_id(app_id).ok_or_else(|| ApiError::NotFound(format!("unknown app {app_id:?}")))?;
-    let app = Arc::clone(app);
-    let method: Method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let query = request.uri().query().unwrap_or_default().to_owned();
-    let limit = app.config.max_request_size_bytes;
-    let body = Bytes::from_request(request, &()).await.map_err(|rejection| {
-        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(limit.min(MAX_ANY_REQUEST_BYTES))
-        } else {
-            ApiError::BadRequest(format!("cannot read the request body: {}", rejection.body_text()))
+impl FromRequest<Arc<ServerState>> for Signed {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &Arc<ServerState>) -> Result<Self, ApiError> {
+        let (mut parts, body) = request.into_parts();
+        let path_params = RawPathParams::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+        let app_id = path_params
+            .iter()
+            .find_map(|(name, value)| (name == "app_id").then_some(value))
+            .expect("signed routes have an {app_id} segment");
+        let app = state.apps.by_id(app_id).ok_or_else(|| ApiError::NotFound(format!("unknown app {app_id:?}")))?;
+        let app = Arc::clone(app);
+
+        let limit = app.config.max_request_size_bytes;
+        let request = Request::from_parts(parts, body);
+        let (method, path, query) = {
+            let uri = request.uri();
+            (request.method().clone(), uri.path().to_owned(), uri.query().unwrap_or_default().to_owned())
+        };
+        let body = Bytes::from_request(request, &()).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(limit.min(MAX_ANY_REQUEST_BYTES))
+            } else {
+                ApiError::BadRequest(format!("cannot read the request body: {}", rejection.body_text()))
+            }
+        })?;
+        if body.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
         }
-    })?;
-    if body.len() > limit {
-        return Err(ApiError::PayloadTooLarge(limit));
+        let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        let signed = SignedRequest { method: method.as_str(), path: &path, params: &params, body: &body };
+        signed
+            .verify(&app.config.key, &app.config.secret, unix_now_secs())
+            .map_err(|e| ApiError::Unauthorized(format!("authentication failed: {e}")))?;
+        Ok(Signed { app, params, body })
     }
-    let params: Vec<(String, String)> = form_urlencoded_pairs(&query);
-    let signed = SignedRequest { method: method.as_str(), path: &path, params: &params, body: &body };
-    signed
-        .verify(&app.config.key, &app.config.secret, unix_now_secs())
-        .map_err(|e| ApiError::Unauthorized(format!("authentication failed: {e}")))?;
-    Ok(Signed { app, params, body })
 }
 
 fn unix_now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// Decodes `a=b&c=d` (with `+` and percent escapes).
-fn form_urlencoded_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(key), percent_decode(value))
-        })
-        .collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    fn hex(byte: u8) -> Option<u8> {
-        char::from(byte).to_digit(16).and_then(|d| u8::try_from(d).ok())
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = match bytes.get(i..i + 3) {
-            Some([b'%', high, low]) => hex(*high).zip(hex(*low)).map(|(h, l)| h * 16 + l),
-            _ => None,
-        };
-        match (escaped, bytes[i]) {
-            (Some(byte), _) => {
-                out.push(byte);
-                i += 3;
-            }
-            (None, b'+') => {
-                out.push(b' ');
-                i += 1;
-            }
-            (None, other) => {
-                out.push(other);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decodes_query_values() {
-        assert_eq!(
-            form_urlencoded_pairs("a=1&info=user_count%2Csubscription_count&p=x+y&q=%zz&%C3%A9=%&e"),
-            vec![
-                ("a".into(), "1".into()),
-                ("info".into(), "user_count,subscription_count".into()),
-                ("p".into(), "x y".into()),
-                ("q".into(), "%zz".into()),
-                ("é".into(), "%".into()),
-                ("e".into(), "".into()),
-            ]
-        );
-    }
 }

@@ -1,0 +1,56 @@
+//! Who may open a connection: refusals before the handshake (unknown app, origin, quota), and the
+//! app's `max_connections` slots.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::{Message, WebSocket};
+use reprise_api::{ErrorCode, frames};
+
+use super::close_message;
+use crate::apps::App;
+
+/// Why a connection was refused before the handshake.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    UnknownApp,
+    OriginNotAllowed,
+    OverQuota,
+}
+
+impl Refusal {
+    fn code_and_message(self) -> (ErrorCode, &'static str) {
+        match self {
+            Refusal::UnknownApp => (ErrorCode::ApplicationDoesNotExist, "Application does not exist"),
+            Refusal::OriginNotAllowed => (ErrorCode::Unauthorized, "Origin not allowed"),
+            Refusal::OverQuota => (ErrorCode::OverConnectionQuota, "Application is over connection quota"),
+        }
+    }
+}
+
+/// Tells a refused client why (a `pusher:error` with the code) and closes with that code.
+pub async fn refuse(mut ws: WebSocket, refusal: Refusal) {
+    let (code, message) = refusal.code_and_message();
+    tracing::info!(code = code.as_u16(), message, "connection refused");
+    let _ = ws.send(Message::Text(frames::error(Some(code), message).into())).await;
+    let _ = ws.send(close_message(code.as_u16(), message)).await;
+}
+
+/// One of an app's `max_connections`; gives it back however the connection ends.
+pub struct ConnectionSlot(Arc<App>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.hub.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Takes a connection slot for `app`, unless it is over `max_connections`.
+pub fn reserve_slot(app: &Arc<App>) -> Option<ConnectionSlot> {
+    let previous = app.hub.connections.fetch_add(1, Ordering::AcqRel);
+    let slot = ConnectionSlot(Arc::clone(app));
+    match app.config.max_connections {
+        Some(max) if previous >= max => None, // dropping `slot` gives the count back
+        _ => Some(slot),
+    }
+}

@@ -1,0 +1,231 @@
+//! The Pusher protocol messages a client sends: subscribe (with replay), unsubscribe, client
+//! events, sign-in, ping.
+
+use std::sync::Arc;
+
+use axum::extract::ws::Message;
+use futures_util::SinkExt;
+use reprise_api::frames::{self, ClientMessage, FrameError, SubscribeRequest};
+use reprise_api::presence::PresenceMember;
+use reprise_api::{ChannelName, ErrorCode, EventId, signature};
+use serde_json::{Value, json};
+
+use super::Connection;
+use crate::config::ClientEventsFrom;
+use crate::hub::Frame;
+use crate::publisher::{PublishError, PublishItem};
+
+impl Connection {
+    /// Handles one client frame. Returns false if the socket is gone.
+    pub(super) async fn handle_text(&mut self, text: &str) -> bool {
+        match frames::parse_client_message(text) {
+            Ok(ClientMessage::Ping) => self.write(frames::pong()).await,
+            Ok(ClientMessage::Pong) => true,
+            Ok(ClientMessage::Subscribe(request)) => self.subscribe(request).await,
+            Ok(ClientMessage::Unsubscribe { channel }) => {
+                if self.membership.leave(&channel) {
+                    self.replay_watermarks.remove(&channel);
+                }
+                true
+            }
+            Ok(ClientMessage::ClientEvent { event, channel, data }) => self.client_event(event, channel, data).await,
+            Ok(ClientMessage::Signin { auth, user_data }) => self.sign_in(&auth, &user_data).await,
+            Err(error) => {
+                log!(info, self, %error, "bad client frame");
+                let code = match error {
+                    FrameError::InvalidClientEvent => Some(ErrorCode::Unauthorized),
+                    _ => None,
+                };
+                self.write(frames::error(code, &error.to_string())).await
+            }
+        }
+    }
+
+    async fn subscription_error(&mut self, channel: &str, kind: &str, message: &str, status: u16) -> bool {
+        log!(info, self, channel, kind, message, "subscription refused");
+        self.write(frames::subscription_error(channel, kind, message, status)).await
+    }
+
+    async fn subscribe(&mut self, request: SubscribeRequest) -> bool {
+        let channel = match ChannelName::parse(&request.channel) {
+            Ok(channel) => channel,
+            Err(error) => {
+                return self.subscription_error(&request.channel, "InvalidChannel", &error.to_string(), 400).await;
+            }
+        };
+        let config = &self.membership.app.config;
+        if channel.requires_auth() {
+            let authorised = request.auth.as_deref().is_some_and(|auth| {
+                let data = if channel.is_presence() { request.channel_data.as_deref() } else { None };
+                signature::verify_socket_auth(
+                    &config.key,
+                    &config.secret,
+                    &self.membership.socket.id,
+                    channel.as_str(),
+                    data,
+                    auth,
+                )
+            });
+            if !authorised {
+                let message = "Invalid or missing auth signature for this socket and channel";
+                return self.subscription_error(channel.as_str(), "AuthError", message, 401).await;
+            }
+        }
+        if let Some(owner) = channel.server_to_user_id() {
+            if self.membership.user_id() != Some(owner) {
+                let message = "Only a socket signed in as this user may subscribe to its channel";
+                return self.subscription_error(channel.as_str(), "AuthError", message, 403).await;
+            }
+        }
+        let member = if channel.is_presence() {
+            match request.channel_data.as_deref().map(PresenceMember::parse) {
+                Some(Ok(member)) => Some(member),
+                _ => {
+                    let message = "Presence channels need channel_data with a user_id";
+                    return self.subscription_error(channel.as_str(), "AuthError", message, 400).await;
+                }
+            }
+        } else {
+            None
+        };
+        let since = match request.since.as_deref().map(str::parse::<EventId>) {
+            None => None,
+            Some(Ok(id)) => Some(id),
+            Some(Err(_)) => {
+                let message = "since is not a valid event id (expected a 26-character ULID)";
+                return self.subscription_error(channel.as_str(), "InvalidCursor", message, 400).await;
+            }
+        };
+        let app = Arc::clone(&self.membership.app);
+        let key = app.log_key(&channel);
+        if self.membership.is_subscribed(channel.as_str()) {
+            // Already subscribed (a client re-sending subscribe): confirm without a second join.
+            let Ok(head) = self.state.log.published_head(&app.hub, &key).await else {
+                return self.log_unavailable(channel.as_str()).await;
+            };
+            let mut data = app.hub.roster(&channel).unwrap_or_else(|| json!({}));
+            data["replay"] = json!({ "head": head });
+            return self.write(frames::subscription_succeeded(channel.as_str(), &data)).await;
+        }
+
+        // Subscribe, then read: live events from here on queue in the outbox while the log is
+        // read, and the watermark drops the ones the replay already contains. No gap, no duplicate.
+        let roster = app.hub.subscribe(&channel, &self.membership.socket, member);
+        self.membership.add(channel.as_str());
+        let read = async {
+            let head = self.state.log.published_head(&app.hub, &key).await?;
+            self.state.log.replay(&key, since, head, channel.is_cache()).await
+        };
+        let replay = match read.await {
+            Ok(replay) => replay,
+            Err(error) => {
+                log!(error, self, %error, channel = channel.as_str(), "reading the event log failed");
+                self.membership.leave(channel.as_str());
+                return self.log_unavailable(channel.as_str()).await;
+            }
+        };
+        let mut data = roster.unwrap_or_else(|| json!({}));
+        data["replay"] = replay.block(since.is_some());
+        if !self.write(frames::subscription_succeeded(channel.as_str(), &data)).await {
+            return false;
+        }
+        for event in &replay.events {
+            let user_id = event.user_id.as_deref();
+            let frame = frames::event_frame(&event.event, channel.as_str(), &event.data, Some(event.id), user_id);
+            if self.ws.feed(Message::Text(frame.into())).await.is_err() {
+                return false;
+            }
+        }
+        if let Some(watermark) = replay.watermark {
+            self.replay_watermarks.insert(channel.as_str().to_owned(), watermark);
+        }
+        // A client that resumed has everything; one that starts fresh or could not be
+        // recovered gets the cache channel's last event, as Pusher sends it.
+        if channel.is_cache() && !replay.recovered {
+            let frame = match &replay.last {
+                Some(last) => frames::event_frame(
+                    &last.event,
+                    channel.as_str(),
+                    &last.data,
+                    Some(last.id),
+                    last.user_id.as_deref(),
+                ),
+                None => frames::cache_miss(channel.as_str()),
+            };
+            if self.ws.feed(Message::Text(frame.into())).await.is_err() {
+                return false;
+            }
+        }
+        self.ws.flush().await.is_ok()
+    }
+
+    async fn log_unavailable(&mut self, channel: &str) -> bool {
+        self.subscription_error(channel, "ServerError", "The event log is unavailable", 503).await
+    }
+
+    async fn client_event(&mut self, event: String, channel: String, data: Value) -> bool {
+        let config = &self.membership.app.config;
+        let channel = match ChannelName::parse(&channel) {
+            _ if config.accept_client_events_from == ClientEventsFrom::None => {
+                let message = "Client events are disabled for this app";
+                return self.write(frames::error(Some(ErrorCode::Unauthorized), message)).await;
+            }
+            Ok(channel) if channel.allows_client_events() => channel,
+            _ => {
+                let message = "Client events are only allowed on private and presence channels";
+                return self.write(frames::error(Some(ErrorCode::Unauthorized), message)).await;
+            }
+        };
+        let subscription = self.membership.app.hub.subscription(channel.as_str(), &self.membership.socket);
+        if subscription.is_none() && config.accept_client_events_from == ClientEventsFrom::Members {
+            let message = "Client events can only be sent to a channel the socket is subscribed to";
+            return self.write(frames::error(Some(ErrorCode::Unauthorized), message)).await;
+        }
+        if !self.client_event_budget.take(config.client_events_per_sec) {
+            log!(info, self, "client event rate limit exceeded");
+            let message = "Client event rejected due to rate limit";
+            return self.write(frames::error(Some(ErrorCode::ClientEventRateLimit), message)).await;
+        }
+        let user_id = subscription.flatten();
+        let data = frames::client_event_data(&data);
+        if config.log_client_events {
+            let item = PublishItem {
+                channel,
+                event,
+                data,
+                except_socket: Some(self.membership.socket.id.to_string()),
+                user_id,
+            };
+            let app_id = self.membership.app.config.id.clone();
+            return match self.state.publisher.publish(&app_id, &self.membership.app.hub, vec![item]).await {
+                Ok(_) => true,
+                Err(PublishError::NotDurable) => {
+                    self.write(frames::error(None, "The event was relayed but could not be made durable")).await
+                }
+                Err(_) => self.write(frames::error(None, "The event could not be logged or relayed")).await,
+            };
+        }
+        let frame = Frame::plain(frames::event_frame(&event, channel.as_str(), &data, None, user_id.as_deref()));
+        self.membership.app.hub.publish(&channel, &frame, Some(&self.membership.socket.id));
+        true
+    }
+
+    /// `pusher:signin`: checks the user signature and remembers the user for
+    /// `terminate_connections`. A refusal is `pusher:error` 4009; the socket stays open.
+    async fn sign_in(&mut self, auth: &str, user_data: &str) -> bool {
+        let config = &self.membership.app.config;
+        if !signature::verify_user_auth(&config.key, &config.secret, &self.membership.socket.id, user_data, auth) {
+            log!(info, self, "signin refused: invalid signature");
+            return self.write(frames::error(Some(ErrorCode::Unauthorized), "Invalid signin signature")).await;
+        }
+        let user_id = serde_json::from_str::<Value>(user_data)
+            .ok()
+            .and_then(|data| data.get("id").and_then(Value::as_str).filter(|id| !id.is_empty()).map(str::to_owned));
+        let Some(user_id) = user_id else {
+            let message = "user_data must be a JSON object with a non-empty string id";
+            return self.write(frames::error(Some(ErrorCode::Unauthorized), message)).await;
+        };
+        self.membership.sign_in(user_id);
+        self.write(frames::signin_success(user_data)).await
+    }
+}

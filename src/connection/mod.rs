@@ -1,0 +1,304 @@
+//! One WebSocket connection speaking Pusher protocol v7: handshake, subscriptions (with replay),
+//! client events, pings, and the writer that drains the socket's outbox.
+//!
+//! One task per connection. It reads client frames, writes queued frames in batches (one flush
+//! per batch), pings an idle client, and closes when asked to (slow consumer, terminate,
+//! shutdown). Everything it does to other sockets goes through the hub without waiting.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use reprise_api::{ErrorCode, frames};
+use tokio::time::Instant;
+
+use self::membership::Membership;
+use self::rate_limit::ClientEventBudget;
+use crate::ServerState;
+use crate::apps::App;
+use crate::hub::{Frame, Socket, SocketId};
+
+pub use self::admission::{ConnectionSlot, Refusal, refuse, reserve_slot};
+
+/// The batch buffer's capacity kept between writes; above it, it is given back after a burst.
+const BATCH_CAPACITY_KEPT: usize = 64;
+/// How long one batch may take to reach the kernel. A client that stopped reading (or vanished
+/// without a FIN) would otherwise park this task, its outbox and its ping timer until TCP gives
+/// up, minutes later. The client resumes from the log when it comes back.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a close frame may take to go out before the socket is simply dropped.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn close_message(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))
+}
+
+/// Logs a connection event with the socket's id and app. Fields on the event rather than a span
+/// per connection: a span lives as long as its socket, and most sockets are idle and silent.
+macro_rules! log {
+    ($level:ident, $connection:expr, $($rest:tt)+) => {
+        tracing::$level!(
+            socket_id = %$connection.membership.socket.id,
+            app = %$connection.membership.app.config.id,
+            $($rest)+
+        )
+    };
+}
+
+// After `log!`: macros are in scope only below their definition.
+mod admission;
+mod handlers;
+mod membership;
+mod rate_limit;
+
+/// Serves an accepted connection until it closes.
+///
+/// Not an `async fn`: the connection is assembled here, synchronously, and the returned future
+/// holds it once. (An `async fn` taking it by value would keep the argument and the moved-into
+/// local both, a dead copy every idle socket would pay for.)
+pub fn run(
+    ws: WebSocket,
+    app: Arc<App>,
+    state: Arc<ServerState>,
+    slot: ConnectionSlot,
+) -> impl Future<Output = ()> + Send {
+    let outbox_frames = state.config.server.outbox_frames;
+    let socket = Socket::new(SocketId::random(), outbox_frames);
+    let mut connection = Connection {
+        ws,
+        state,
+        membership: Membership::new(app, socket, slot),
+        batch: VecDeque::new(),
+        replay_watermarks: HashMap::new(),
+        client_event_budget: ClientEventBudget::default(),
+    };
+    async move {
+        let reason = connection.serve().await;
+        log!(debug, connection, ?reason, "connection closed");
+        // Dropping the connection (here, or while unwinding from a panic) drops its membership,
+        // which leaves every channel and gives the slot back.
+    }
+}
+
+/// Bounds a write (or a handler that writes) by `WRITE_STALL_TIMEOUT`.
+///
+/// Boxed: a task's future is as large as its largest state, and a pending write (or a subscribe
+/// with its replay) is by far the largest state of the connection loop. Boxed, it takes 8 bytes
+/// there; inline, every idle socket would carry its room. One allocation per batch written is
+/// nothing next to the system call that writes it.
+fn bounded<F: Future>(write: F) -> Pin<Box<tokio::time::Timeout<F>>> {
+    Box::pin(tokio::time::timeout(WRITE_STALL_TIMEOUT, write))
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum Ended {
+    ClientClosed,
+    Transport,
+    ClosedByServer,
+}
+
+struct Connection {
+    ws: WebSocket,
+    state: Arc<ServerState>,
+    /// The app, the socket's hub handle, and what it holds in the hub (left in its `Drop`).
+    membership: Membership,
+    /// The frames taken from the outbox for the write in progress (kept to reuse its memory).
+    batch: VecDeque<Arc<Frame>>,
+    /// Per channel, the last sequence already sent by a replay: live copies at or below it are
+    /// dropped. An entry goes away at the first live event above it, so this is usually empty.
+    replay_watermarks: HashMap<String, u64>,
+    client_event_budget: ClientEventBudget,
+}
+
+impl Connection {
+    async fn serve(&mut self) -> Ended {
+        let hello = frames::connection_established(
+            &self.membership.socket.id,
+            self.membership.app.config.activity_timeout_secs,
+        );
+        if !matches!(bounded(self.write(hello)).await, Ok(true)) {
+            return Ended::Transport;
+        }
+        // Created once and polled from every iteration: re-created per frame, they would
+        // register and cancel a timer and a waiter for every frame written.
+        let socket = Arc::clone(&self.membership.socket);
+        let shutdown = self.state.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        let ping = tokio::time::sleep(self.ping_interval());
+        let woken = socket.woken();
+        tokio::pin!(cancelled, ping, woken);
+        // The ping timer is not moved on every frame received: when it fires, it checks
+        // `last_activity` and sleeps again if the client was heard from meanwhile.
+        let mut last_activity = Instant::now();
+        let mut awaiting_pong = false;
+        loop {
+            tokio::select! {
+                incoming = self.ws.recv() => {
+                    last_activity = Instant::now();
+                    awaiting_pong = false;
+                    // Bounded like batched writes: answering a client that stopped reading must
+                    // not park the task.
+                    match bounded(self.on_incoming(incoming)).await {
+                        Ok(None) => {}
+                        Ok(Some(ended)) => return ended,
+                        Err(_) => {
+                            log!(warn, self, "writes stalled: dropping the connection");
+                            return Ended::Transport;
+                        }
+                    }
+                }
+                () = &mut woken => {
+                    // Re-armed before looking: a frame queued (or a close asked) after the look
+                    // wakes it again.
+                    woken.set(socket.woken());
+                    let code = socket.close_code();
+                    if code != 0 {
+                        return Box::pin(self.close_requested(code)).await;
+                    }
+                    socket.take_frames(&mut self.batch);
+                    if self.batch.is_empty() {
+                        continue; // woken for frames an earlier take already wrote
+                    }
+                    // A client that stopped reading stalls this write while its outbox fills:
+                    // the close asked on overflow must still be heard here.
+                    let mut frames_pending = false;
+                    let written = {
+                        let mut write = bounded(self.write_batch());
+                        loop {
+                            tokio::select! {
+                                written = &mut write => break written,
+                                () = &mut woken => {
+                                    woken.set(socket.woken());
+                                    let code = socket.close_code();
+                                    if code != 0 {
+                                        drop(write);
+                                        return Box::pin(self.close_requested(code)).await;
+                                    }
+                                    frames_pending = true;
+                                }
+                                () = &mut cancelled => {
+                                    drop(write);
+                                    let reason = "Server shutting down";
+                                    return Box::pin(self.close(ErrorCode::Reconnect.as_u16(), reason)).await;
+                                }
+                            }
+                        }
+                    };
+                    if frames_pending {
+                        socket.wake(); // the wake-up this write consumed: take those frames next
+                    }
+                    match written {
+                        Ok(true) => {}
+                        Ok(false) => return Ended::Transport,
+                        Err(_) => {
+                            log!(warn, self, "writes stalled: dropping the connection");
+                            return Ended::Transport;
+                        }
+                    }
+                }
+                () = &mut ping => {
+                    let now = Instant::now();
+                    if awaiting_pong {
+                        log!(info, self, "no pong in time");
+                        return Box::pin(self.close(ErrorCode::PongNotReceived.as_u16(), "Pong reply not received")).await;
+                    }
+                    let idle_until = last_activity + self.ping_interval();
+                    if idle_until > now {
+                        ping.as_mut().reset(idle_until);
+                        continue;
+                    }
+                    awaiting_pong = true;
+                    let pong_timeout = Duration::from_secs(self.membership.app.config.activity_timeout_secs);
+                    ping.as_mut().reset(now + pong_timeout);
+                    let pinged = bounded(self.write(frames::ping())).await;
+                    if !matches!(pinged, Ok(true)) { return Ended::Transport; }
+                }
+                () = &mut cancelled => {
+                    return Box::pin(self.close(ErrorCode::Reconnect.as_u16(), "Server shutting down")).await;
+                }
+            }
+        }
+    }
+
+    fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.membership.app.config.ping_interval_secs)
+    }
+
+    /// Handles what the client sent. Returns why the connection ends, if it does.
+    ///
+    /// A method of its own (awaited boxed, see `bounded`) so that the message and what handling
+    /// it keeps across its writes live in that box, not in every idle socket's task.
+    async fn on_incoming(&mut self, incoming: Option<Result<Message, axum::Error>>) -> Option<Ended> {
+        let text = match incoming {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(_))) | None => return Some(Ended::ClientClosed),
+            Some(Ok(_)) => return None, // pings are answered by the WebSocket layer; binary is ignored
+            Some(Err(_)) => return Some(Ended::Transport),
+        };
+        let max_message_bytes = self.membership.app.config.max_message_size_bytes;
+        let answered = if text.len() > max_message_bytes {
+            log!(info, self, bytes = text.len(), "message over max_message_size refused");
+            let message = format!("Message too large: the limit is {max_message_bytes} bytes");
+            self.write(frames::error(None, &message)).await
+        } else {
+            self.handle_text(&text).await
+        };
+        (!answered).then_some(Ended::Transport)
+    }
+
+    /// Closes as someone asked: 4100 for a slow consumer, or a `terminate_connections` code.
+    async fn close_requested(&mut self, code: u16) -> Ended {
+        if code == ErrorCode::OverCapacity.as_u16() {
+            self.membership.app.hub.slow_consumers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            log!(warn, self, "slow consumer: outbox full, closing with 4100");
+            return self.close(code, "Over capacity: reconnect and resume").await;
+        }
+        self.close(code, "Connection terminated by the server").await
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) -> Ended {
+        log!(debug, self, code, reason, "closing");
+        // Bounded: a client that stopped reading cannot take the close frame either.
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.ws.send(close_message(code, reason))).await;
+        Ended::ClosedByServer
+    }
+
+    /// Writes one frame now. Returns false if the socket is gone.
+    async fn write(&mut self, text: String) -> bool {
+        self.ws.send(Message::Text(text.into())).await.is_ok()
+    }
+
+    /// Writes the frames taken from the outbox, then flushes once.
+    async fn write_batch(&mut self) -> bool {
+        while let Some(frame) = self.batch.pop_front() {
+            if !self.is_replayed_already(&frame) && self.ws.feed(Message::Text(frame.text.clone())).await.is_err() {
+                return false;
+            }
+        }
+        // A burst grew the buffer; an idle socket should not keep it.
+        if self.batch.capacity() > BATCH_CAPACITY_KEPT {
+            self.batch = VecDeque::new();
+        }
+        self.ws.flush().await.is_ok()
+    }
+
+    fn is_replayed_already(&mut self, frame: &Frame) -> bool {
+        if self.replay_watermarks.is_empty() {
+            return false;
+        }
+        let Some((channel, seq)) = &frame.logged else { return false };
+        match self.replay_watermarks.get(channel.as_str()) {
+            Some(watermark) if seq <= watermark => true,
+            Some(_) => {
+                // Live events arrive in sequence order: none after this one can be a duplicate.
+                self.replay_watermarks.remove(channel.as_str());
+                false
+            }
+            None => false,
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! The hub: which sockets are subscribed to which channels, presence rosters, and fan-out.
+//!
+//! It also knows each channel's *published head*: the last logged event that was fanned out. A
+//! logged event goes to the log first and to subscribers after its fsync; a socket that
+//! subscribes in between must start after the published head, not the log's head, or it would
+//! neither get that event live (its watermark says it has it) nor in a replay. The hub never
+//! reads storage: when it does not know a channel's head, [`AppHub::probe_head`] tells the caller
+//! to read it (off the runtime, see `log::LogService::published_head`) and settle it here.
+//!
+//! Fan-out never waits: each socket has a bounded outbox and a publish queues one shared,
+//! already-serialised frame (a refcount, not a copy) to every subscriber. A socket whose outbox
+//! is full is marked over capacity and woken; its connection closes it with 4100 and the client
+//! resumes from the log, so nothing is skipped silently.
+
+mod channel;
+mod signins;
+mod socket;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use reprise_api::presence::PresenceMember;
+use reprise_api::{ChannelName, EventId, frames};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use self::channel::{Channel, Head, Subscriber};
+use self::signins::SignIns;
+pub use self::socket::{Frame, Socket, SocketId};
+
+/// Channel maps are split in shards so publishes to different channels rarely share a lock.
+const SHARDS: usize = 16;
+
+/// Takes one of the hub's std mutexes.
+///
+/// Poisoning policy, for every mutex of the hub (shards, outboxes, sign-ins): a panic while one
+/// was held is recovered from, not propagated. Each critical section is a few map or queue
+/// operations, each of which leaves its collection valid if it panics; the worst a panic in the
+/// middle of a section leaves is one channel's counts off by one. Propagating the poison would
+/// instead turn every later publish, subscribe and close on that shard into a panic: one bug
+/// would take the whole server down with it.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counts of one channel, for the HTTP API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelCounts {
+    pub subscriptions: usize,
+    pub users: usize,
+}
+
+/// Where a channel's published head stands, for a reader that needs it.
+pub enum HeadProbe {
+    Known(Option<EventId>),
+    /// The hub does not know it and nothing is in flight: read the log's head, then
+    /// [`HeadPin::settle`] with it.
+    ReadLog(HeadPin),
+    /// The hub does not know it and logged events are in flight: wait for their fan-out (the
+    /// receiver completes, or fails if the entry went away), then probe again.
+    Wait(oneshot::Receiver<()>),
+}
+
+/// Keeps a channel's entry alive while its head is read from the log; see [`HeadProbe::ReadLog`].
+pub struct HeadPin {
+    hub: Arc<AppHub>,
+    channel: String,
+    /// The channel's announcement count when the read began.
+    announced: u64,
+}
+
+impl HeadPin {
+    /// Settles the channel's head with what the log said, if no logged event was announced since
+    /// the probe: then the log's head is the published head. Returns the head, or None if the
+    /// read raced a publish and the caller must probe again.
+    pub fn settle(self, log_head: Option<EventId>) -> Option<Option<EventId>> {
+        let mut shard = self.hub.shard(&self.channel);
+        let state = shard.get_mut(&self.channel).expect("a pinned entry stays in the map");
+        match state.head {
+            Head::Known(head) => Some(head),
+            Head::Unknown if state.announced == self.announced && state.in_flight == 0 => {
+                state.head = Head::Known(log_head);
+                state.wake_waiters_if_settled();
+                Some(log_head)
+            }
+            Head::Unknown => None,
+        }
+    }
+}
+
+impl Drop for HeadPin {
+    fn drop(&mut self) {
+        let mut shard = self.hub.shard(&self.channel);
+        if let Some(state) = shard.get_mut(&self.channel) {
+            state.pins -= 1;
+            if state.is_idle() {
+                shard.remove(&self.channel);
+            }
+        }
+    }
+}
+
+/// The channels of one app.
+pub struct AppHub {
+    /// Every lock is a std Mutex on purpose: sections are short, never await, never read
+    /// storage, and never take a second shard lock, so they cannot deadlock and need no async
+    /// mutex. Poisoning: see [`lock`].
+    shards: Box<[Mutex<HashMap<String, Channel>>]>,
+    hasher: RandomState,
+    /// Open connections, for `max_connections`.
+    pub connections: AtomicUsize,
+    /// Sockets closed because their outbox overflowed.
+    pub slow_consumers: AtomicU64,
+    /// Sockets that signed in (`pusher:signin`), for `terminate_connections`.
+    sign_ins: SignIns,
+}
+
+impl Default for AppHub {
+    fn default() -> Self {
+        AppHub {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            connections: AtomicUsize::new(0),
+            slow_consumers: AtomicU64::new(0),
+            sign_ins: SignIns::default(),
+        }
+    }
+}
+
+impl AppHub {
+    fn shard(&self, channel: &str) -> MutexGuard<'_, HashMap<String, Channel>> {
+        let index = usize::try_from(self.hasher.hash_one(channel) % SHARDS as u64).expect("shard index < SHARDS");
+        lock(&self.shards[index])
+    }
+
+    /// Registers `socket` on `channel`: every event fanned out from now on reaches its outbox.
+    /// On presence channels `member` joins the roster and, if it is the user's first socket
+    /// there, the others get `member_added`. Returns the roster (`{"presence":{...}}`) on
+    /// presence channels.
+    pub fn subscribe(
+        &self,
+        channel: &ChannelName,
+        socket: &Arc<Socket>,
+        member: Option<PresenceMember>,
+    ) -> Option<Value> {
+        let mut shard = self.shard(channel.as_str());
+        let state = shard.entry(channel.as_str().to_owned()).or_insert_with(Channel::new);
+        let user_id = member.as_ref().map(|m| m.user_id.clone());
+        let previous = state.subscribers.insert(socket.serial, Subscriber { socket: Arc::clone(socket), user_id });
+        if let (Some(member), None) = (member, previous) {
+            let joins = !state.members.contains_key(&member.user_id);
+            let added = joins.then(|| frames::member_added(channel.as_str(), &member.user_id, &member.user_info));
+            state.join(member.user_id, member.user_info);
+            if let Some(added) = added {
+                state.send_to_all(&Frame::plain(added), Some(&socket.id));
+            }
+        }
+        channel.is_presence().then(|| roster(state))
+    }
+
+    /// Removes `socket` from `channel`; on presence channels the last socket of a user leaves
+    /// the roster and the others get `member_removed`. Returns whether it was subscribed.
+    pub fn unsubscribe(&self, channel: &str, socket: &Socket) -> bool {
+        let mut shard = self.shard(channel);
+        let Some(state) = shard.get_mut(channel) else { return false };
+        let Some(removed) = state.subscribers.remove(&socket.serial) else { return false };
+        if let Some(user_id) = removed.user_id {
+            if state.leave(&user_id) {
+                state.send_to_all(&Frame::plain(frames::member_removed(channel, &user_id)), None);
+            }
+        }
+        if state.is_idle() {
+            shard.remove(channel);
+        }
+        true
+    }
+
+    /// Announces a logged event about to be appended to `channel`'s log, so that the channel's
+    /// published head is not read from a log that is ahead of it. Never reads storage.
+    pub fn begin_logged(&self, channel: &str) {
+        let mut shard = self.shard(channel);
+        let state = shard.entry(channel.to_owned()).or_insert_with(Channel::new);
+        state.in_flight += 1;
+        state.announced += 1;
+    }
+
+    /// Ends what `begin_logged` began: fans out the logged event `id` (if it was appended) and
+    /// makes it the published head.
+    ///
+    /// Called in id order per channel (one committer), so once event n is fanned out, every
+    /// earlier event of the channel has been: n is the published head even if it was unknown.
+    pub fn end_logged(&self, channel: &ChannelName, appended: Option<(EventId, &Arc<Frame>)>, except: Option<&str>) {
+        let mut shard = self.shard(channel.as_str());
+        let Some(state) = shard.get_mut(channel.as_str()) else { return };
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if let Some((id, frame)) = appended {
+            if let (_, Some(excluded)) = state.send_to_all(frame, except) {
+                let text = frames::skipped(channel.as_str(), id);
+                excluded.send(&Arc::new(Frame { text: text.into(), logged: Some((channel.clone(), id.seq())) }));
+            }
+            state.head = Head::Known(Some(id));
+        }
+        state.wake_waiters_if_settled();
+        if state.is_idle() {
+            shard.remove(channel.as_str());
+        }
+    }
+
+    /// Sends an unlogged `frame` (a client event) to every subscriber of `channel` but `except`.
+    /// Returns how many sockets it was queued for.
+    pub fn publish(&self, channel: &ChannelName, frame: &Arc<Frame>, except: Option<&str>) -> usize {
+        let shard = self.shard(channel.as_str());
+        shard.get(channel.as_str()).map_or(0, |state| state.send_to_all(frame, except).0)
+    }
+
+    /// Where `channel`'s published head stands. Creates (and pins) an entry when the hub has
+    /// none, so that an announcement during the caller's log read is seen by `settle`.
+    pub fn probe_head(self: &Arc<Self>, channel: &str) -> HeadProbe {
+        let mut shard = self.shard(channel);
+        let state = shard.entry(channel.to_owned()).or_insert_with(Channel::new);
+        match state.head {
+            Head::Known(head) => {
+                if state.is_idle() {
+                    shard.remove(channel); // a probe alone does not keep an entry
+                }
+                HeadProbe::Known(head)
+            }
+            Head::Unknown if state.in_flight > 0 => {
+                let (told, wait) = oneshot::channel();
+                state.waiters.push(told);
+                HeadProbe::Wait(wait)
+            }
+            Head::Unknown => {
+                state.pins += 1;
+                let pin = HeadPin { hub: Arc::clone(self), channel: channel.to_owned(), announced: state.announced };
+                HeadProbe::ReadLog(pin)
+            }
+        }
+    }
+
+    /// The presence roster of `channel` (for a socket that subscribes again).
+    pub fn roster(&self, channel: &ChannelName) -> Option<Value> {
+        let shard = self.shard(channel.as_str());
+        let state = shard.get(channel.as_str())?;
+        channel.is_presence().then(|| roster(state))
+    }
+
+    /// Whether `socket` is subscribed to `channel`, and with which presence user id.
+    pub fn subscription(&self, channel: &str, socket: &Socket) -> Option<Option<String>> {
+        let shard = self.shard(channel);
+        shard.get(channel)?.subscribers.get(&socket.serial).map(|s| s.user_id.clone())
+    }
+
+    pub fn counts(&self, channel: &str) -> ChannelCounts {
+        let shard = self.shard(channel);
+        shard.get(channel).map_or_else(ChannelCounts::default, counts)
+    }
+
+    /// Occupied channels (at least one subscriber) whose name starts with `prefix`.
+    pub fn occupied(&self, prefix: &str) -> Vec<(String, ChannelCounts)> {
+        let mut found = Vec::new();
+        for shard in &self.shards {
+            for (name, state) in lock(shard).iter() {
+                if !state.subscribers.is_empty() && name.starts_with(prefix) {
+                    found.push((name.clone(), counts(state)));
+                }
+            }
+        }
+        found
+    }
+
+    /// The user ids present on a presence channel.
+    pub fn users(&self, channel: &str) -> Vec<String> {
+        let shard = self.shard(channel);
+        shard.get(channel).map(|state| state.members.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Records that `socket` signed in as `user_id` (replacing an earlier sign-in as `previous`).
+    pub fn sign_in(&self, user_id: &str, socket: &Arc<Socket>, previous: Option<&str>) {
+        self.sign_ins.sign_in(user_id, socket, previous);
+    }
+
+    /// Forgets a sign-in when its socket goes away.
+    pub fn sign_out(&self, user_id: &str, socket_id: &str) {
+        self.sign_ins.sign_out(user_id, socket_id);
+    }
+
+    /// Asks every socket of `user_id` (signed in as that user, or joined to a presence channel as
+    /// that member) to close with `code`. Returns how many sockets that was.
+    pub fn terminate_user(&self, user_id: &str, code: u16) -> usize {
+        let mut sockets = self.sign_ins.sockets_of(user_id);
+        for shard in &self.shards {
+            for state in lock(shard).values() {
+                for subscriber in state.subscribers.values() {
+                    if subscriber.user_id.as_deref() == Some(user_id) {
+                        sockets.insert(subscriber.socket.id.to_string(), Arc::clone(&subscriber.socket));
+                    }
+                }
+            }
+        }
+        for socket in sockets.values() {
+            socket.close(code);
+        }
+        sockets.len()
+    }
+}
+
+fn counts(state: &Channel) -> ChannelCounts {
+    ChannelCounts { subscriptions: state.subscribers.len(), users: state.members.len() }
+}
+
+fn roster(state: &Channel) -> Value {
+    reprise_api::presence::roster(state.members.iter().map(|(id, member)| (id.as_str(), &member.info)))
+}
+
+#[cfg(test)]
+mod tests {
+    use reprise_api::ErrorCode;
+
+    use super::*;
+
+    fn socket(id: &str, capacity: usize) -> Arc<Socket> {
+        Socket::new(SocketId::fixed(id), capacity)
+    }
+
+    fn name(n: &str) -> ChannelName {
+        ChannelName::parse(n).unwrap()
+    }
+
+    fn member(id: &str) -> Option<PresenceMember> {
+        Some(PresenceMember { user_id: id.to_owned(), user_info: Value::Null })
+    }
+
+    fn probe_known(hub: &Arc<AppHub>, channel: &str) -> Option<EventId> {
+        match hub.probe_head(channel) {
+            HeadProbe::Known(head) => head,
+            _ => panic!("the head of {channel} should be known"),
+        }
+    }
+
+    #[test]
+    fn socket_ids_are_two_numbers_joined_by_a_dot() {
+        for _ in 0..1000 {
+            let id = SocketId::random();
+            let (a, b) = id.split_once('.').expect("a dot");
+            for number in [a, b] {
+                assert!(!number.is_empty() && !number.starts_with('0'), "{id}");
+                assert!(number.parse::<u32>().is_ok_and(|n| n < 1_000_000_000), "{id}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_user_with_two_sockets_joins_once_and_leaves_with_the_last() {
+        let hub = AppHub::default();
+        let channel = name("presence-room");
+        let watcher = socket("0.1", 16);
+        hub.subscribe(&channel, &watcher, member("w"));
+        let (tab1, tab2) = (socket("1.1", 16), socket("1.2", 16));
+        hub.subscribe(&channel, &tab1, member("u"));
+        hub.subscribe(&channel, &tab2, member("u"));
+        let joined: Vec<_> = std::iter::from_fn(|| watcher.pop_frame()).collect();
+        assert_eq!(joined.len(), 1, "one member_added for two tabs");
+        assert!(joined[0].text.contains("member_added"));
+        assert_eq!(hub.counts("presence-room"), ChannelCounts { subscriptions: 3, users: 2 });
+        hub.unsubscribe("presence-room", &tab1);
+        assert!(watcher.pop_frame().is_none(), "still present through the second tab");
+        hub.unsubscribe("presence-room", &tab2);
+        assert!(watcher.pop_frame().unwrap().text.contains("member_removed"));
+        assert_eq!(hub.users("presence-room"), vec!["w".to_owned()]);
+    }
+
+    #[test]
+    fn a_full_outbox_marks_the_socket_over_capacity_without_blocking() {
+        let hub = AppHub::default();
+        let channel = name("news");
+        let slow = socket("1.1", 1);
+        hub.subscribe(&channel, &slow, None);
+        let frame = Frame::plain("x".into());
+        assert_eq!(hub.publish(&channel, &frame, None), 1);
+        assert_eq!(hub.publish(&channel, &frame, None), 0);
+        assert_eq!(slow.close_code(), ErrorCode::OverCapacity.as_u16());
+    }
+
+    #[test]
+    fn publish_skips_the_excluded_socket() {
+        let hub = AppHub::default();
+        let channel = name("news");
+        let (a, b) = (socket("1.1", 4), socket("1.2", 4));
+        hub.subscribe(&channel, &a, None);
+        hub.subscribe(&channel, &b, None);
+        hub.publish(&channel, &Frame::plain("e".into()), Some("1.1"));
+        assert!(a.pop_frame().is_none());
+        assert_eq!(b.pop_frame().unwrap().text.as_str(), "e");
+    }
+
+    /// A socket that subscribes while an event is between the log and its fan-out starts at
+    /// the published head, so it gets that event live.
+    #[test]
+    fn a_subscriber_during_a_commit_starts_at_the_published_head() {
+        let hub = Arc::new(AppHub::default());
+        let channel = name("orders");
+        let early = socket("1.0", 4);
+        hub.subscribe(&channel, &early, None);
+        let before = EventId::new(1, 1);
+        hub.begin_logged("orders");
+        hub.end_logged(&channel, Some((before, &Frame::plain("b".into()))), None);
+        let in_flight = EventId::new(2, 2);
+        hub.begin_logged("orders");
+        let late = socket("1.1", 4);
+        hub.subscribe(&channel, &late, None);
+        assert_eq!(probe_known(&hub, "orders"), Some(before));
+        hub.end_logged(&channel, Some((in_flight, &Frame::plain("n".into()))), None);
+        assert_eq!(late.pop_frame().unwrap().text.as_str(), "n");
+        hub.unsubscribe("orders", &late);
+        hub.unsubscribe("orders", &early);
+        assert_eq!(hub.counts("orders"), ChannelCounts::default());
+    }
+
+    /// An unknown head is read from the log only while nothing is in flight: a read that raced
+    /// an announcement is refused, and a reader that finds events in flight waits for them.
+    #[test]
+    fn an_unknown_head_is_settled_only_from_a_quiet_log() {
+        let hub = Arc::new(AppHub::default());
+        let channel = name("cold");
+        let HeadProbe::ReadLog(pin) = hub.probe_head("cold") else { panic!("nothing known, nothing in flight") };
+        hub.begin_logged("cold"); // a publish begins during the read
+        assert_eq!(pin.settle(Some(EventId::new(1, 5))), None, "the log may be ahead of the fan-out");
+        let HeadProbe::Wait(mut wait) = hub.probe_head("cold") else { panic!("an event is in flight") };
+        assert!(wait.try_recv().is_err());
+        hub.end_logged(&channel, Some((EventId::new(2, 6), &Frame::plain("e".into()))), None);
+        assert!(wait.try_recv().is_ok(), "the waiter is told once the event is out");
+        // Nothing keeps the entry now: the head is unknown again, and the log is quiet.
+        assert!(matches!(hub.probe_head("cold"), HeadProbe::ReadLog(_)));
+        let HeadProbe::ReadLog(pin) = hub.probe_head("other") else { panic!("unknown channel") };
+        assert_eq!(pin.settle(Some(EventId::new(3, 9))), Some(Some(EventId::new(3, 9))));
+        let entries: usize = hub.shards.iter().map(|shard| lock(shard).len()).sum();
+        assert_eq!(entries, 0, "probes and pins leave no entry behind");
+    }
+
+    /// A panic while a shard lock is held does not make every later use of the shard panic.
+    #[test]
+    fn a_poisoned_shard_keeps_working() {
+        let hub = Arc::new(AppHub::default());
+        let channel = name("news");
+        let poisoner = Arc::clone(&hub);
+        let _ = std::thread::spawn(move || {
+            let _guard = poisoner.shard("news");
+            panic!("a bug while fanning out");
+        })
+        .join();
+        let a = socket("1.1", 4);
+        hub.subscribe(&channel, &a, None);
+        assert_eq!(hub.publish(&channel, &Frame::plain("e".into()), None), 1);
+        assert_eq!(a.close_code(), 0);
+    }
+}

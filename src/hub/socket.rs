@@ -1,0 +1,205 @@
+//! One connection as the hub sees it: its Pusher socket id, and the bounded outbox that fan-out
+//! pushes shared frames into without ever waiting.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::ws::Utf8Bytes;
+use reprise_api::{ChannelName, ErrorCode};
+use tokio::sync::Notify;
+
+use super::lock;
+
+/// A frame serialised once and shared by every socket it goes to.
+#[derive(Debug)]
+pub struct Frame {
+    pub text: Utf8Bytes,
+    /// For logged events: the channel and sequence, so a connection that just replayed up to
+    /// sequence N can drop a live copy of an event it already sent.
+    pub logged: Option<(ChannelName, u64)>,
+}
+
+impl Frame {
+    pub fn plain(text: String) -> Arc<Frame> {
+        Arc::new(Frame { text: text.into(), logged: None })
+    }
+}
+
+/// A Pusher socket id: two random numbers joined by a dot ("123.456"), kept inline. Each number
+/// is below 10^9, so the id takes at most 19 bytes; a `String` would add a heap block to every
+/// socket, idle ones included.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SocketId {
+    len: u8,
+    bytes: [u8; SocketId::MAX_LEN],
+}
+
+impl SocketId {
+    const MAX_LEN: usize = 19;
+
+    pub fn random() -> SocketId {
+        use std::io::Write;
+        let (a, b) = (rand::random_range(1..1_000_000_000u32), rand::random_range(1..1_000_000_000u32));
+        let mut bytes = [0; SocketId::MAX_LEN];
+        let mut cursor = std::io::Cursor::new(&mut bytes[..]);
+        write!(cursor, "{a}.{b}").expect("two numbers below 10^9 and a dot fit in 19 bytes");
+        let len = u8::try_from(cursor.position()).expect("at most 19");
+        SocketId { len, bytes }
+    }
+
+    /// A fixed id, for tests.
+    #[cfg(test)]
+    pub(crate) fn fixed(id: &str) -> SocketId {
+        let mut bytes = [0; SocketId::MAX_LEN];
+        bytes[..id.len()].copy_from_slice(id.as_bytes());
+        SocketId { len: u8::try_from(id.len()).expect("a short id"), bytes }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).expect("digits and a dot are UTF-8")
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// Compares bytes, without the UTF-8 check of `as_str`: the fan-out compares every subscriber's
+/// id with the excluded one.
+impl PartialEq<str> for SocketId {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl std::ops::Deref for SocketId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for SocketId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for SocketId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// What the rest of the server knows of one connection, and its outbox.
+///
+/// The outbox is a bounded queue under a std `Mutex` (held for one push or one swap, never
+/// across an await) rather than a channel: an idle socket's queue is an empty `VecDeque`, which
+/// allocates nothing, where a channel allocates its state and first block up front, and the
+/// connection takes everything queued in one swap.
+#[derive(Debug)]
+pub struct Socket {
+    pub id: SocketId,
+    /// Unique for the server's life: the key of this socket in channel maps (a number, where the
+    /// Pusher id is a string that each map entry would have to copy).
+    pub(super) serial: u64,
+    outbox: Mutex<Outbox>,
+    /// Most frames the outbox holds; one more makes the socket a slow consumer.
+    capacity: usize,
+    /// Wakes the connection when a frame is queued into an empty outbox, or a close is asked.
+    /// One waiter for both: an idle socket's task keeps every waiter it polls.
+    wake: Notify,
+    /// Set (once) to the close code the connection should close with: 4100 on overflow, or the
+    /// code of a `terminate_connections`. Read by the connection when it wakes.
+    close_code: AtomicU16,
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    frames: VecDeque<Arc<Frame>>,
+    /// The connection is gone: nothing more is queued.
+    closed: bool,
+}
+
+impl Socket {
+    pub fn new(id: SocketId, capacity: usize) -> Arc<Socket> {
+        static NEXT_SERIAL: AtomicU64 = AtomicU64::new(0);
+        Arc::new(Socket {
+            id,
+            serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
+            outbox: Mutex::new(Outbox::default()),
+            capacity,
+            wake: Notify::new(),
+            close_code: AtomicU16::new(0),
+        })
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        lock(&self.outbox)
+    }
+
+    /// Queues a frame without waiting; a full outbox marks the socket as a slow consumer.
+    /// Returns false if the frame was not queued.
+    pub fn send(&self, frame: &Arc<Frame>) -> bool {
+        let mut outbox = self.outbox();
+        if outbox.closed {
+            return false; // The connection is gone; it removes its own subscriptions.
+        }
+        if outbox.frames.len() >= self.capacity {
+            drop(outbox);
+            self.close(ErrorCode::OverCapacity.as_u16());
+            return false;
+        }
+        outbox.frames.push_back(Arc::clone(frame));
+        let was_empty = outbox.frames.len() == 1;
+        drop(outbox);
+        // Only the first frame of a batch needs to wake the connection: it takes them all.
+        if was_empty {
+            self.wake();
+        }
+        true
+    }
+
+    /// Completes when a frame was queued into an empty outbox or a close was asked (or was,
+    /// before this was created: the wake-up is kept). It may complete with nothing to do.
+    pub fn woken(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
+    /// Wakes the connection (once, however many times this is called before it looks).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Moves every queued frame into `batch` (empty), in order.
+    pub fn take_frames(&self, batch: &mut VecDeque<Arc<Frame>>) {
+        std::mem::swap(&mut self.outbox().frames, batch);
+    }
+
+    /// The oldest queued frame, for tests that read an outbox as the connection would.
+    #[cfg(test)]
+    pub(crate) fn pop_frame(&self) -> Option<Arc<Frame>> {
+        self.outbox().frames.pop_front()
+    }
+
+    /// Marks the outbox closed and drops what it holds: the connection has ended.
+    pub fn close_outbox(&self) {
+        let mut outbox = self.outbox();
+        outbox.closed = true;
+        outbox.frames = VecDeque::new();
+    }
+
+    /// Asks the connection to close with `code` (the first request wins).
+    pub fn close(&self, code: u16) {
+        if self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.wake();
+        }
+    }
+
+    /// The code the socket was asked to close with, or 0 if it was not.
+    pub fn close_code(&self) -> u16 {
+        self.close_code.load(Ordering::Acquire)
+    }
+}
