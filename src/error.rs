@@ -22,6 +22,9 @@ pub enum ApiError {
     /// Published, but the flush failed: a retry would publish it twice.
     #[error("the event was published but could not be made durable; do not retry")]
     NotDurable,
+    /// The server failed while publishing: the event may or may not have been published.
+    #[error("the server failed while publishing; the event may or may not have been published")]
+    OutcomeUnknown,
 }
 
 impl ApiError {
@@ -32,7 +35,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::NotDurable => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotDurable | ApiError::OutcomeUnknown => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod apps;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod health;
 pub mod hub;
 pub mod log_service;
 pub mod publisher;
@@ -27,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::apps::Apps;
 use crate::config::Config;
+use crate::health::Health;
 use crate::log_service::LogService;
 use crate::publisher::Publisher;
 
@@ -37,6 +39,8 @@ pub struct ServerState {
     /// Every read and trim of the log goes through it.
     pub log: Arc<LogService>,
     pub publisher: Publisher,
+    /// What is wrong right now, for `/up`.
+    pub health: Arc<Health>,
     /// Fired once on shutdown: every connection closes with 4200 when it fires.
     pub shutdown: CancellationToken,
     /// Tracks upgraded sockets, which axum's graceful shutdown does not wait for.
@@ -51,6 +55,9 @@ pub enum ServerError {
     Serve(#[from] std::io::Error),
     #[error("flushing the event log on shutdown failed: {0}")]
     FinalFlush(StorageError),
+    /// The server stopped itself because a part of it failed for good.
+    #[error("stopped: {0}")]
+    Failed(String),
 }
 
 /// Opens the log in `config.server.data_dir` and serves until `shutdown` fires; then stops
@@ -75,11 +82,13 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     // Publisher and retention tasks outlive the sockets: they finish after the state is dropped.
     let background = TaskTracker::new();
+    let health = Arc::new(Health::default());
     let publisher = Publisher::start(
         Arc::clone(&log),
         config.server.durability,
         Duration::from_millis(config.server.flush_every_ms),
         &background,
+        Arc::clone(&health),
         shutdown.clone(),
     );
     let log_service = Arc::new(LogService::new(Arc::clone(&log), config.server.replay_cap_events));
@@ -95,6 +104,7 @@ pub async fn serve(
         apps: Apps::new(&config.apps),
         log: log_service,
         publisher,
+        health: Arc::clone(&health),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
     });
@@ -142,6 +152,9 @@ pub async fn serve(
         Ok(flushed) => flushed.map_err(ServerError::FinalFlush)?,
         // The runtime is being dropped under us; sled flushes on drop as well.
         Err(_) => tracing::warn!("final flush cancelled by the runtime shutting down"),
+    }
+    if let Some(problem) = health.fatal() {
+        return Err(ServerError::Failed(problem));
     }
     tracing::info!("reprise stopped");
     Ok(())

@@ -7,6 +7,7 @@
 //! the log (and on disk, with sync durability), and happens from this one thread, so every
 //! channel's subscribers get its events in id order.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Durability;
+use crate::health::Health;
 use crate::hub::{AppHub, Frame};
 
 /// Publishes waiting for the committer. A full queue makes publishers wait (back-pressure on
@@ -45,6 +47,9 @@ pub enum PublishError {
     /// Appended and fanned out, but the flush failed: the events may not survive a crash.
     #[error("the event was published but could not be made durable")]
     NotDurable,
+    /// The committer failed in the middle of the group: the event may or may not be in the log.
+    #[error("the server failed while publishing the event")]
+    OutcomeUnknown,
     #[error("the server is shutting down")]
     ShuttingDown,
 }
@@ -66,28 +71,40 @@ impl Publisher {
     /// Starts the committer thread (and, for buffered durability, the periodic flusher task);
     /// `tasks` lets the server wait for both. The committer stops once every `Publisher` is
     /// dropped and the queue is drained, so the server waits only after dropping its own.
+    ///
+    /// The committer is supervised: if it panics, the server is marked unhealthy (fatally) and
+    /// shut down. It is not restarted: a panic may have left a group appended but not fanned out
+    /// (live subscribers would miss those events) or the hub's in-flight counts unbalanced, and
+    /// only a fresh start (which reads everything back from the log) is known to be consistent.
     pub fn start(
         log: Arc<dyn EventLog>,
         durability: Durability,
         flush_every: Duration,
         tasks: &TaskTracker,
+        health: Arc<Health>,
         shutdown: CancellationToken,
     ) -> Publisher {
         let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE_JOBS);
         // A thread of its own: every commit blocks on an fsync, and handing each one to the
         // blocking pool would cost a thread hand-off and a wake-up per commit.
-        let (finished_tx, finished_rx) = oneshot::channel::<()>();
+        let (finished_tx, finished_rx) = oneshot::channel::<Result<(), String>>();
         let committer_log = Arc::clone(&log);
         std::thread::Builder::new()
             .name("reprise-committer".into())
             .spawn(move || {
-                run_committer(committer_log.as_ref(), durability, jobs_rx);
-                drop(finished_tx);
+                let _ = finished_tx.send(run_committer(committer_log.as_ref(), durability, jobs_rx));
             })
             .expect("the committer thread starts: without it no publish could ever be answered");
-        // Lets the server wait for the last commits on shutdown.
+        // Lets the server wait for the last commits on shutdown, and stops it if the committer dies.
+        let supervisor_shutdown = shutdown.clone();
         tasks.spawn(async move {
-            let _ = finished_rx.await;
+            let problem = match finished_rx.await {
+                Ok(Ok(())) => return, // every publisher is gone: the server is stopping
+                Ok(Err(panic)) => format!("the committer stopped after a panic: {panic}"),
+                Err(_) => "the committer stopped without a word".to_owned(),
+            };
+            health.report_fatal("committer", problem);
+            supervisor_shutdown.cancel();
         });
         if durability == Durability::Buffered {
             tasks.spawn(run_flusher(log, flush_every, shutdown));
@@ -110,8 +127,8 @@ impl Publisher {
 }
 
 /// The committer's loop, on its own thread: it ends when every `Publisher` is gone and the
-/// queue is empty.
-fn run_committer(log: &dyn EventLog, durability: Durability, mut jobs_rx: mpsc::Receiver<Job>) {
+/// queue is empty (Ok), or at the first panic (Err, after answering that group).
+fn run_committer(log: &dyn EventLog, durability: Durability, mut jobs_rx: mpsc::Receiver<Job>) -> Result<(), String> {
     while let Some(first) = jobs_rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_JOBS_PER_COMMIT {
@@ -120,8 +137,24 @@ fn run_committer(log: &dyn EventLog, durability: Durability, mut jobs_rx: mpsc::
                 Err(_) => break,
             }
         }
-        let outcome = commit(log, durability, &jobs);
-        answer(jobs, outcome);
+        match std::panic::catch_unwind(AssertUnwindSafe(|| commit(log, durability, &jobs))) {
+            Ok(outcome) => answer(jobs, outcome),
+            Err(panic) => {
+                answer(jobs, Outcome::Unknown);
+                // Dropping the queue answers every waiting publish with "shutting down": none
+                // of them was appended.
+                return Err(panic_message(panic.as_ref()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => (*text).to_owned(),
+        (_, Some(text)) => text.clone(),
+        _ => "no message".to_owned(),
     }
 }
 
@@ -133,6 +166,8 @@ enum Outcome {
     NotDurable(Vec<EventId>, StorageError),
     /// Not appended: nothing was published.
     Failed(StorageError),
+    /// The commit panicked part-way: appended or not, fanned out or not.
+    Unknown,
 }
 
 /// Announces, appends, flushes and fans out one group of jobs.
@@ -207,6 +242,7 @@ fn answer(jobs: Vec<Job>, outcome: Outcome) {
             tracing::error!(%error, publishes = jobs.len(), "event log append failed; nothing was published");
             (Vec::new(), Some(PublishError::Storage))
         }
+        Outcome::Unknown => (Vec::new(), Some(PublishError::OutcomeUnknown)),
     };
     let mut ids = ids.into_iter();
     for job in jobs {
@@ -214,6 +250,7 @@ fn answer(jobs: Vec<Job>, outcome: Outcome) {
         let reply = match &error {
             None => Ok(job_ids),
             Some(PublishError::NotDurable) => Err(PublishError::NotDurable),
+            Some(PublishError::OutcomeUnknown) => Err(PublishError::OutcomeUnknown),
             Some(_) => Err(PublishError::Storage),
         };
         // The publisher may have given up (its client went away); the outcome stands regardless.

@@ -107,6 +107,7 @@ fn is_socket_id(text: &str) -> bool {
 async fn publish(state: &ServerState, app: &App, items: Vec<PublishItem>) -> Result<Vec<EventId>, ApiError> {
     state.publisher.publish(&app.config.id, &app.hub, items).await.map_err(|error| match error {
         PublishError::NotDurable => ApiError::NotDurable,
+        PublishError::OutcomeUnknown => ApiError::OutcomeUnknown,
         PublishError::Storage | PublishError::ShuttingDown => ApiError::Unavailable,
     })
 }

@@ -8,15 +8,19 @@ pub mod ws;
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
 
 use crate::ServerState;
 
 /// Every route the server answers.
 pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
-        .route("/up", get(|| async { "OK" }))
+        .route("/up", get(up))
         .route("/app/{key}", get(ws::upgrade))
         .route("/apps/{app_id}/events", post(events::trigger))
         .route("/apps/{app_id}/batch_events", post(events::batch))
@@ -27,4 +31,14 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/apps/{app_id}/users/{user_id}/terminate_connections", post(channels::terminate))
         .route("/apps/{app_id}/compact", post(history::compact))
         .with_state(state)
+}
+
+/// `GET /up`: 200 "OK" while healthy; 503 with every current problem otherwise, so a load
+/// balancer stops sending clients here.
+async fn up(State(state): State<Arc<ServerState>>) -> Response {
+    let problems = state.health.problems();
+    if problems.is_empty() {
+        return "OK".into_response();
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unhealthy", "problems": problems }))).into_response()
 }

@@ -14,6 +14,7 @@
 mod codec;
 pub mod conformance;
 mod error;
+pub mod faulty;
 mod sled_log;
 
 use std::sync::Arc;

@@ -57,7 +57,25 @@ impl TestServer {
         Self::launch(config, data_dir).await
     }
 
-    async fn launch(mut config: Config, data_dir: Arc<tempfile::TempDir>) -> TestServer {
+    /// A server with the test app on a log the caller opened (for instance a failing double).
+    pub async fn start_on_log(log: Arc<dyn reprise_storage::EventLog>) -> TestServer {
+        let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut config = Config::default();
+        config.server.host = "127.0.0.1".into();
+        config.server.shutdown_grace_ms = 2000;
+        config.apps = vec![test_app()];
+        Self::launch_with(config, data_dir, Some(log)).await
+    }
+
+    async fn launch(config: Config, data_dir: Arc<tempfile::TempDir>) -> TestServer {
+        Self::launch_with(config, data_dir, None).await
+    }
+
+    async fn launch_with(
+        mut config: Config,
+        data_dir: Arc<tempfile::TempDir>,
+        log: Option<Arc<dyn reprise_storage::EventLog>>,
+    ) -> TestServer {
         config.server.data_dir = data_dir.path().join("log");
         let problems = config.problems();
         assert!(problems.is_empty(), "test config invalid: {problems:?}");
@@ -65,7 +83,10 @@ impl TestServer {
         let addr = listener.local_addr().expect("addr");
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(reprise::run(listener, Arc::clone(&config), shutdown.clone()));
+        let task = match log {
+            Some(log) => tokio::spawn(reprise::serve(listener, Arc::clone(&config), log, shutdown.clone())),
+            None => tokio::spawn(reprise::run(listener, Arc::clone(&config), shutdown.clone())),
+        };
         let server = TestServer { addr, config, shutdown, task: Some(task), data_dir };
         server.wait_until_up().await;
         server
@@ -82,6 +103,13 @@ impl TestServer {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("server did not come up");
+    }
+
+    /// Waits for the server to stop by itself (without asking it to) and returns what `run`
+    /// returned.
+    pub async fn stopped(&mut self) -> Result<(), reprise::ServerError> {
+        let task = self.task.take().expect("server running");
+        tokio::time::timeout(Duration::from_secs(20), task).await.expect("stopped in time").expect("server task")
     }
 
     /// Shuts down gracefully and returns what `run` returned.
