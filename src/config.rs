@@ -97,7 +97,7 @@ pub enum ClientEventsFrom {
     None,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AppConfig {
     pub id: String,
@@ -139,6 +139,44 @@ impl Default for AppConfig {
             retention_max_events: None,
             retention_max_age_secs: None,
         }
+    }
+}
+
+/// Every field but the secret, which must never reach a log line or a panic message.
+impl std::fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let AppConfig {
+            id,
+            key,
+            secret: _,
+            allowed_origins,
+            ping_interval_secs,
+            activity_timeout_secs,
+            max_message_size_bytes,
+            max_request_size_bytes,
+            max_connections,
+            accept_client_events_from,
+            client_events_per_sec,
+            log_client_events,
+            retention_max_events,
+            retention_max_age_secs,
+        } = self;
+        f.debug_struct("AppConfig")
+            .field("id", id)
+            .field("key", key)
+            .field("secret", &"<redacted>")
+            .field("allowed_origins", allowed_origins)
+            .field("ping_interval_secs", ping_interval_secs)
+            .field("activity_timeout_secs", activity_timeout_secs)
+            .field("max_message_size_bytes", max_message_size_bytes)
+            .field("max_request_size_bytes", max_request_size_bytes)
+            .field("max_connections", max_connections)
+            .field("accept_client_events_from", accept_client_events_from)
+            .field("client_events_per_sec", client_events_per_sec)
+            .field("log_client_events", log_client_events)
+            .field("retention_max_events", retention_max_events)
+            .field("retention_max_age_secs", retention_max_age_secs)
+            .finish()
     }
 }
 
@@ -437,6 +475,16 @@ mod tests {
         assert!(all.contains("apps[1].id \"a\" is already used"), "{all}");
         assert!(all.contains("apps[1].key is already used"), "{all}");
         assert_eq!(err.problems.len(), 5, "{all}");
+    }
+
+    /// A config printed with `{:?}` (a log line, a panic, an assertion) never shows the secret.
+    #[test]
+    fn debug_output_redacts_the_secret() {
+        let app = AppConfig { id: "1".into(), key: "k".into(), secret: "s3cr3t-value".into(), ..AppConfig::default() };
+        let config = Config { apps: vec![app], ..Config::default() };
+        let printed = format!("{config:?} {config:#?}");
+        assert!(!printed.contains("s3cr3t-value"), "{printed}");
+        assert!(printed.contains("<redacted>") && printed.contains("\"k\""), "{printed}");
     }
 
     #[test]

@@ -59,8 +59,9 @@ fn main() -> anyhow::Result<()> {
         .and_then(Config::finish)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(demo) = demo {
+        // Never the secret, even the demo's: it is in the README.
         tracing::warn!(
-            app_id = %demo.id, key = %demo.key, secret = %demo.secret,
+            app_id = %demo.id, key = %demo.key,
             "no app configured: serving a demo app on loopback only; configure REVERB_APP_* for real use"
         );
     }

@@ -189,7 +189,8 @@ async fn reverb_environment_variables_configure_the_server() {
         .env("REVERB_APP_ID", "env-app")
         .env("REVERB_APP_KEY", "env-key")
         .env("REVERB_APP_SECRET", "env-secret")
-        .env("REVERB_SERVER_PORT", port.to_string());
+        .env("REVERB_SERVER_PORT", port.to_string())
+        .env("RUST_LOG", "debug"); // the most the server ever logs: still never the secret
     let mut server = Running::spawn(command, dir.path());
     server.wait_until_up(port).await;
 
@@ -210,6 +211,7 @@ async fn reverb_environment_variables_configure_the_server() {
 
     let status = server.terminate().await;
     assert!(status.success(), "exit status {status} after SIGTERM:\n{}", server.output());
+    assert!(!server.output().contains("env-secret"), "the secret reached the log:\n{}", server.output());
 }
 
 /// A port already in use is a start-up error naming the address, not a hang or a panic.
