@@ -26,7 +26,7 @@ shift 2
 [ $# -gt 0 ] || { echo "name at least one server" >&2; exit 2; }
 
 target_dir=${CARGO_TARGET_DIR:-target}
-cargo build --release --bin reprise-load
+cargo build --release -p reprise-load
 load="$target_dir/release/reprise-load"
 out="$target_dir/compare"
 mkdir -p "$out"

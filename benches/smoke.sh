@@ -17,7 +17,7 @@ mkdir -p "$out"
 : >"$out/results.jsonl"
 
 echo "==> building reprise and reprise-load (release)"
-cargo build --release --bin reprise --bin reprise-load
+cargo build --release -p reprise -p reprise-load
 
 # Both processes hold many sockets; every socket is a file.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
