@@ -67,10 +67,10 @@ impl ServerProcess {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("reprise exited with {status} before it was up:\n{}", self.stderr());
             }
-            if let Ok(response) = client.get(format!("{}/up", self.base())).send().await {
-                if response.status() == 200 {
-                    return;
-                }
+            if let Ok(response) = client.get(format!("{}/up", self.base())).send().await
+                && response.status() == 200
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

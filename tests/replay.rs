@@ -379,7 +379,7 @@ async fn resume_under_load_is_gap_free_and_duplicate_free() {
             break;
         }
         // Disconnect: politely or by just dropping the socket; sometimes stay away a while.
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             let _ = client.stream.close(None).await;
         }
         drop(client);

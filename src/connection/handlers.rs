@@ -71,11 +71,11 @@ impl Connection {
                 return self.subscription_error(channel.as_str(), "AuthError", message, 401).await;
             }
         }
-        if let Some(owner) = channel.server_to_user_id() {
-            if self.membership.user_id() != Some(owner) {
-                let message = "Only a socket signed in as this user may subscribe to its channel";
-                return self.subscription_error(channel.as_str(), "AuthError", message, 403).await;
-            }
+        if let Some(owner) = channel.server_to_user_id()
+            && self.membership.user_id() != Some(owner)
+        {
+            let message = "Only a socket signed in as this user may subscribe to its channel";
+            return self.subscription_error(channel.as_str(), "AuthError", message, 403).await;
         }
         let member = if channel.is_presence() {
             match request.channel_data.as_deref().map(PresenceMember::parse) {

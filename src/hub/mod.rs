@@ -166,10 +166,10 @@ impl AppHub {
         let mut shard = self.shard(channel);
         let Some(state) = shard.get_mut(channel) else { return false };
         let Some(removed) = state.subscribers.remove(&socket.serial) else { return false };
-        if let Some(user_id) = removed.user_id {
-            if state.leave(&user_id) {
-                state.send_to_all(&Frame::plain(frames::member_removed(channel, &user_id)), None);
-            }
+        if let Some(user_id) = removed.user_id
+            && state.leave(&user_id)
+        {
+            state.send_to_all(&Frame::plain(frames::member_removed(channel, &user_id)), None);
         }
         if state.is_idle() {
             shard.remove(channel);

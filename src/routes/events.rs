@@ -84,10 +84,10 @@ fn item(app: &App, channel: &str, name: &str, data: &str, socket_id: Option<&str
     if data.len() > app.config.max_message_size_bytes {
         return Err(ApiError::PayloadTooLarge(app.config.max_message_size_bytes));
     }
-    if let Some(socket_id) = socket_id {
-        if !is_socket_id(socket_id) {
-            return Err(ApiError::BadRequest(format!("socket_id {socket_id:?} is not a socket id")));
-        }
+    if let Some(socket_id) = socket_id
+        && !is_socket_id(socket_id)
+    {
+        return Err(ApiError::BadRequest(format!("socket_id {socket_id:?} is not a socket id")));
     }
     Ok(PublishItem {
         channel,

@@ -91,12 +91,10 @@ pub async fn run(
                 report.publishes += 1;
                 if let Some(id) = id {
                     let id_seq = pusher::id_seq(&id);
-                    if let (Some(previous), Some(now)) = (last_id_seq[slot], id_seq) {
-                        if now != previous + 1 {
-                            report
-                                .errors
-                                .push(format!("channel {name}: acknowledged id sequence {now} after {previous}"));
-                        }
+                    if let (Some(previous), Some(now)) = (last_id_seq[slot], id_seq)
+                        && now != previous + 1
+                    {
+                        report.errors.push(format!("channel {name}: acknowledged id sequence {now} after {previous}"));
                     }
                     last_id_seq[slot] = id_seq;
                 }

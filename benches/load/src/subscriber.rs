@@ -268,11 +268,12 @@ pub async fn pump(
                 return Ended::Failed(error);
             }
         }
-        if let Some(catch_up) = catch_up {
-            if !counted && tracker.last.is_some_and(|last| last >= catch_up.target.load(Ordering::Acquire)) {
-                counted = true;
-                catch_up.arrived();
-            }
+        if let Some(catch_up) = catch_up
+            && !counted
+            && tracker.last.is_some_and(|last| last >= catch_up.target.load(Ordering::Acquire))
+        {
+            counted = true;
+            catch_up.arrived();
         }
         tokio::select! {
             biased;
