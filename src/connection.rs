@@ -40,6 +40,8 @@ pub enum Refusal {
     UnknownApp,
     OriginNotAllowed,
     OverQuota,
+    /// The server is at its `max_open_connections`.
+    OverCapacity,
 }
 
 impl Refusal {
@@ -48,6 +50,7 @@ impl Refusal {
             Refusal::UnknownApp => (ErrorCode::ApplicationDoesNotExist, "Application does not exist"),
             Refusal::OriginNotAllowed => (ErrorCode::Unauthorized, "Origin not allowed"),
             Refusal::OverQuota => (ErrorCode::OverConnectionQuota, "Application is over connection quota"),
+            Refusal::OverCapacity => (ErrorCode::OverCapacity, "Over capacity: reconnect later"),
         }
     }
 }
