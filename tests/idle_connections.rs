@@ -70,6 +70,36 @@ async fn an_idle_keep_alive_connection_is_closed() {
     expect_closed_by(&mut stream, deadline).await;
 }
 
+/// A WebSocket that upgrades and then never sends anything (no subscribe, no ping, no pong) is
+/// closed with 4201 within two activity timeouts, however long the ping interval: a Pusher
+/// client is told `activity_timeout` and pings by itself within it.
+#[tokio::test]
+async fn a_websocket_that_never_speaks_is_closed_with_4201() {
+    let server = TestServer::start_with(|config| {
+        config.apps[0].activity_timeout_secs = 1;
+        config.apps[0].ping_interval_secs = 120;
+    })
+    .await;
+    let started = Instant::now();
+    let mut silent = server.client().await;
+    assert_eq!(silent.expect_close().await, 4201);
+    assert!(started.elapsed() < Duration::from_secs(5), "closed only after {:?}", started.elapsed());
+}
+
+/// Once a client has spoken, the ping interval applies as before: a socket heard from is not
+/// pinged after one activity timeout.
+#[tokio::test]
+async fn a_websocket_that_spoke_is_pinged_after_the_ping_interval() {
+    let server = TestServer::start_with(|config| {
+        config.apps[0].activity_timeout_secs = 1;
+        config.apps[0].ping_interval_secs = 120;
+    })
+    .await;
+    let mut client = server.client().await;
+    client.subscribe("news").await;
+    client.expect_silence(Duration::from_secs(3)).await;
+}
+
 /// How many connections the cap tests allow.
 const CAP: usize = 20;
 
