@@ -71,9 +71,11 @@ pub async fn serve(
                 tracing::warn!(max_open_connections = cap.max(), count, "over capacity: refusing connections");
             }
         }
-        let (counted, routes) = match admission {
-            Admission::Admitted(counted) => (counted, &app),
-            Admission::OverCapacity(counted) => (counted, &over_capacity_app),
+        let (counted, routes, header_timeout) = match admission {
+            Admission::Admitted(counted) => (counted, &app, header_timeout),
+            Admission::OverCapacity(counted) => {
+                (counted, &over_capacity_app, header_timeout.min(capacity::OVER_CAPACITY_HEADER_TIMEOUT))
+            }
             Admission::Refused => continue, // `stream` is closed here
         };
         let io = TokioIo::new(CountedIo::new(stream, counted));

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Extension, Request};
@@ -30,6 +31,10 @@ pub const FD_RESERVE: u64 = 256;
 /// Over-capacity connections being answered at once (each holds a descriptor until it has its
 /// 4100 or 503 and closes). A flood beyond this is closed unanswered, so it cannot eat the reserve.
 pub const OVER_CAPACITY_ANSWERS: usize = 64;
+/// The request-head timeout of an over-capacity connection, if shorter than the usual one. A
+/// client sends its request at once; a connection that sends nothing must not keep one of the
+/// [`OVER_CAPACITY_ANSWERS`] places from clients that would be told to back off.
+pub const OVER_CAPACITY_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The default cap: the open-files limit (already raised to the hard limit by `main`) minus
 /// [`FD_RESERVE`], and at least half the limit when the limit is small.

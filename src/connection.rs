@@ -58,7 +58,10 @@ impl Refusal {
 /// Tells a refused client why (a `pusher:error` with the code) and closes with that code.
 pub async fn refuse(mut ws: WebSocket, refusal: Refusal) {
     let (code, message) = refusal.code_and_message();
-    tracing::info!(code = code.as_u16(), message, "connection refused");
+    // Over capacity is logged once a minute by the accept loop: a flood must not log per socket.
+    if !matches!(refusal, Refusal::OverCapacity) {
+        tracing::info!(code = code.as_u16(), message, "connection refused");
+    }
     let _ = ws.send(Message::Text(frames::error(Some(code), message).into())).await;
     let _ = ws.send(close_message(code.as_u16(), message)).await;
 }
