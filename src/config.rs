@@ -34,6 +34,11 @@ pub const DEFAULT_FLUSH_EVERY_MS: u64 = 500;
 /// How often retention settings are applied. Retention bounds disk use, it is not a precise
 /// expiry, so a minute of slack costs nothing and keeps the scan cheap.
 pub const DEFAULT_RETENTION_INTERVAL_SECS: u64 = 60;
+/// How long an HTTP connection may take to send a complete request head, counted from its accept
+/// or from the end of the previous response (so it is also the keep-alive idle timeout). Long
+/// enough for a slow mobile link; short enough that a connection that never speaks gives its
+/// descriptor back soon. hyper's own default.
+pub const DEFAULT_HTTP_HEADER_TIMEOUT_SECS: u64 = 30;
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -66,6 +71,9 @@ pub struct ServerConfig {
     pub outbox_frames: usize,
     pub shutdown_grace_ms: u64,
     pub retention_interval_secs: u64,
+    pub http_header_timeout_secs: u64,
+    /// Most open connections (HTTP and WebSocket); none means derived from the open-files limit.
+    pub max_open_connections: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +88,8 @@ impl Default for ServerConfig {
             outbox_frames: DEFAULT_OUTBOX_FRAMES,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             retention_interval_secs: DEFAULT_RETENTION_INTERVAL_SECS,
+            http_header_timeout_secs: DEFAULT_HTTP_HEADER_TIMEOUT_SECS,
+            max_open_connections: None,
         }
     }
 }
@@ -223,6 +233,8 @@ pub struct Overrides {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub data_dir: Option<PathBuf>,
+    pub http_header_timeout_secs: Option<u64>,
+    pub max_open_connections: Option<usize>,
 }
 
 impl Config {
@@ -248,6 +260,12 @@ impl Config {
         }
         if let Some(dir) = &overrides.data_dir {
             config.server.data_dir = dir.clone();
+        }
+        if let Some(secs) = overrides.http_header_timeout_secs {
+            config.server.http_header_timeout_secs = secs;
+        }
+        if let Some(max) = overrides.max_open_connections {
+            config.server.max_open_connections = Some(max);
         }
         problems.extend(config.problems());
         if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
@@ -321,6 +339,12 @@ impl Config {
         }
         if self.server.retention_interval_secs == 0 {
             problems.push("server.retention_interval_secs must be at least 1".to_owned());
+        }
+        if self.server.http_header_timeout_secs == 0 {
+            problems.push("server.http_header_timeout_secs must be at least 1".to_owned());
+        }
+        if self.server.max_open_connections == Some(0) {
+            problems.push("server.max_open_connections must be at least 1 (omit it for the default)".to_owned());
         }
         if self.server.outbox_frames < 16 {
             problems.push("server.outbox_frames must be at least 16".to_owned());
@@ -485,6 +509,17 @@ mod tests {
         let printed = format!("{config:?} {config:#?}");
         assert!(!printed.contains("s3cr3t-value"), "{printed}");
         assert!(printed.contains("<redacted>") && printed.contains("\"k\""), "{printed}");
+    }
+
+    #[test]
+    fn connection_limits_must_be_at_least_one() {
+        let text = "[server]\nhttp_header_timeout_secs = 0\nmax_open_connections = 0\n";
+        let err = Config::load(Some(text), &env(&[]), &Overrides::default()).unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        let flags =
+            Overrides { http_header_timeout_secs: Some(5), max_open_connections: Some(100), ..Default::default() };
+        let config = Config::load(Some(text), &env(&[]), &flags).unwrap();
+        assert_eq!((config.server.http_header_timeout_secs, config.server.max_open_connections), (5, Some(100)));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! [`run`] serves on an already-bound listener until the shutdown token fires, so tests bind
 //! `127.0.0.1:0` and the binary binds what the configuration says.
 
+mod accept;
 pub mod apps;
+pub mod capacity;
 pub mod config;
 pub mod connection;
 pub mod error;
@@ -15,18 +17,17 @@ pub mod log_service;
 pub mod publisher;
 pub mod routes;
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::serve::ListenerExt;
 use reprise_storage::{EventLog, SledLog, StorageError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::apps::Apps;
+use crate::capacity::ConnectionCap;
 use crate::config::Config;
 use crate::health::Health;
 use crate::log_service::LogService;
@@ -43,7 +44,7 @@ pub struct ServerState {
     pub health: Arc<Health>,
     /// Fired once on shutdown: every connection closes with 4200 when it fires.
     pub shutdown: CancellationToken,
-    /// Tracks upgraded sockets, which axum's graceful shutdown does not wait for.
+    /// Tracks upgraded sockets, which the accept loop's graceful shutdown does not wait for.
     pub tracker: TaskTracker,
 }
 
@@ -109,29 +110,20 @@ pub async fn serve(
         tracker: tracker.clone(),
     });
     let app = routes::router(Arc::clone(&state)).layer(DefaultBodyLimit::max(routes::signed::MAX_ANY_REQUEST_BYTES));
-    tracing::info!(address = %listener.local_addr()?, "reprise listening");
-    // No Nagle: a frame must not wait for the ACK of the previous one (up to 40 ms with delayed
-    // ACKs). Batching is done above TCP, one write per batch of queued frames.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
+    let cap =
+        ConnectionCap::new(config.server.max_open_connections.unwrap_or_else(capacity::default_max_open_connections));
+    tracing::info!(address = %listener.local_addr()?, max_open_connections = cap.max(), "reprise listening");
+    let header_timeout = Duration::from_secs(config.server.http_header_timeout_secs);
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future();
+    let server = accept::serve(listener, app, cap, header_timeout, shutdown.clone());
     tokio::pin!(server);
     // One grace period for the whole shutdown, starting when the token fires.
     let deadline = tokio::select! {
-        served = &mut server => {
-            served?;
-            tokio::time::Instant::now() + grace
-        }
+        () = &mut server => tokio::time::Instant::now() + grace,
         () = shutdown.cancelled() => {
             let deadline = tokio::time::Instant::now() + grace;
             // Accepting stops now; in-flight HTTP requests get until the deadline.
-            if let Ok(served) = tokio::time::timeout_at(deadline, &mut server).await {
-                served?;
-            } else {
+            if tokio::time::timeout_at(deadline, &mut server).await.is_err() {
                 tracing::warn!("HTTP requests still running at the end of the grace period");
             }
             deadline

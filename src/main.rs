@@ -40,6 +40,14 @@ enum Command {
         /// Directory of the event log [default: ./data].
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// Seconds an HTTP connection has to send each request head, also the keep-alive idle
+        /// timeout [default: 30].
+        #[arg(long, value_name = "SECS")]
+        http_header_timeout_secs: Option<u64>,
+        /// Most open connections, HTTP and WebSocket; past it WebSockets are closed with 4100 and
+        /// API calls get 503 [default: the open-files limit minus 256].
+        #[arg(long, value_name = "N")]
+        max_open_connections: Option<usize>,
     },
 }
 
@@ -47,12 +55,13 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let Command::Start { host, port, config, data_dir } = Cli::parse().command;
+    let Command::Start { host, port, config, data_dir, http_header_timeout_secs, max_open_connections } =
+        Cli::parse().command;
     let file_text = config
         .as_ref()
         .map(|path| std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display())))
         .transpose()?;
-    let overrides = Overrides { host, port, data_dir };
+    let overrides = Overrides { host, port, data_dir, http_header_timeout_secs, max_open_connections };
     let (config, demo) = Config::load(file_text.as_deref(), &ProcessEnv, &overrides)
         .and_then(Config::finish)
         .map_err(|e| anyhow::anyhow!("{e}"))?;

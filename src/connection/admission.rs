@@ -16,6 +16,8 @@ pub enum Refusal {
     UnknownApp,
     OriginNotAllowed,
     OverQuota,
+    /// The server is at its `max_open_connections`.
+    OverCapacity,
 }
 
 impl Refusal {
@@ -24,6 +26,7 @@ impl Refusal {
             Refusal::UnknownApp => (ErrorCode::ApplicationDoesNotExist, "Application does not exist"),
             Refusal::OriginNotAllowed => (ErrorCode::Unauthorized, "Origin not allowed"),
             Refusal::OverQuota => (ErrorCode::OverConnectionQuota, "Application is over connection quota"),
+            Refusal::OverCapacity => (ErrorCode::OverCapacity, "Over capacity: reconnect later"),
         }
     }
 }
@@ -31,7 +34,10 @@ impl Refusal {
 /// Tells a refused client why (a `pusher:error` with the code) and closes with that code.
 pub async fn refuse(mut ws: WebSocket, refusal: Refusal) {
     let (code, message) = refusal.code_and_message();
-    tracing::info!(code = code.as_u16(), message, "connection refused");
+    // Over capacity is logged once a minute by the accept loop: a flood must not log per socket.
+    if !matches!(refusal, Refusal::OverCapacity) {
+        tracing::info!(code = code.as_u16(), message, "connection refused");
+    }
     let _ = ws.send(Message::Text(frames::error(Some(code), message).into())).await;
     let _ = ws.send(close_message(code.as_u16(), message)).await;
 }

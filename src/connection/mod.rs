@@ -128,18 +128,20 @@ impl Connection {
         let socket = Arc::clone(&self.membership.socket);
         let shutdown = self.state.shutdown.clone();
         let cancelled = shutdown.cancelled();
-        let ping = tokio::time::sleep(self.ping_interval());
+        let ping = tokio::time::sleep(self.silence_allowed(false));
         let woken = socket.woken();
         tokio::pin!(cancelled, ping, woken);
         // The ping timer is not moved on every frame received: when it fires, it checks
         // `last_activity` and sleeps again if the client was heard from meanwhile.
         let mut last_activity = Instant::now();
         let mut awaiting_pong = false;
+        let mut heard_from = false;
         loop {
             tokio::select! {
                 incoming = self.ws.recv() => {
                     last_activity = Instant::now();
                     awaiting_pong = false;
+                    heard_from = true;
                     // Bounded like batched writes: answering a client that stopped reading must
                     // not park the task.
                     match bounded(self.on_incoming(incoming)).await {
@@ -206,7 +208,7 @@ impl Connection {
                         log!(info, self, "no pong in time");
                         return Box::pin(self.close(ErrorCode::PongNotReceived.as_u16(), "Pong reply not received")).await;
                     }
-                    let idle_until = last_activity + self.ping_interval();
+                    let idle_until = last_activity + self.silence_allowed(heard_from);
                     if idle_until > now {
                         ping.as_mut().reset(idle_until);
                         continue;
@@ -224,8 +226,16 @@ impl Connection {
         }
     }
 
-    fn ping_interval(&self) -> Duration {
-        Duration::from_secs(self.membership.app.config.ping_interval_secs)
+    /// How long the client may stay silent before it is pinged.
+    ///
+    /// Until it first speaks, one activity timeout rather than the ping interval: a Pusher client
+    /// is told that timeout in `connection_established` and pings within it by itself, so a
+    /// socket silent that long is half-open or no Pusher client, and is closed with 4201 one
+    /// activity timeout later (it holds a descriptor).
+    fn silence_allowed(&self, heard_from: bool) -> Duration {
+        let config = &self.membership.app.config;
+        let ping_interval = Duration::from_secs(config.ping_interval_secs);
+        if heard_from { ping_interval } else { ping_interval.min(Duration::from_secs(config.activity_timeout_secs)) }
     }
 
     /// Handles what the client sent. Returns why the connection ends, if it does.

@@ -16,12 +16,11 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::ServerState;
+use crate::capacity;
 
 /// Every route the server answers.
 pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
-        .route("/up", get(up))
-        .route("/app/{key}", get(ws::upgrade))
         .route("/apps/{app_id}/events", post(events::trigger))
         .route("/apps/{app_id}/batch_events", post(events::batch))
         .route("/apps/{app_id}/channels", get(channels::list))
@@ -30,6 +29,11 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/apps/{app_id}/channels/{channel}/events", get(history::events))
         .route("/apps/{app_id}/users/{user_id}/terminate_connections", post(channels::terminate))
         .route("/apps/{app_id}/compact", post(history::compact))
+        // The HTTP API answers 503 over the connection cap; the two routes below decide for
+        // themselves: `/up` answers 200 (a full server is alive), the upgrade closes with 4100.
+        .route_layer(axum::middleware::from_fn(capacity::refuse_over_capacity))
+        .route("/up", get(up))
+        .route("/app/{key}", get(ws::upgrade))
         .with_state(state)
 }
 

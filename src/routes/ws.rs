@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State, WebSocketUpgrade};
+use axum::extract::{Extension, Path, State, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
 
 use crate::ServerState;
 use crate::apps::App;
+use crate::capacity::OverCapacity;
 use crate::connection::{self, Refusal};
 
 /// The WebSocket layer's own limit: a generous multiple of the app's limit so that an oversized
@@ -28,8 +29,12 @@ pub async fn upgrade(
     State(state): State<Arc<ServerState>>,
     Path(key): Path<String>,
     headers: HeaderMap,
+    over_capacity: Option<Extension<OverCapacity>>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if over_capacity.is_some() {
+        return ws.on_upgrade(|socket| connection::refuse(socket, Refusal::OverCapacity));
+    }
     let Some(app) = state.apps.by_key(&key).cloned() else {
         return ws.on_upgrade(|socket| connection::refuse(socket, Refusal::UnknownApp));
     };

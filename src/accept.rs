@@ -1,0 +1,150 @@
+//! The accept loop: one task per HTTP connection (hyper's HTTP/1.1, with upgrades for the
+//! WebSocket), a deadline for every request head, the connection cap, and accept errors that
+//! neither spin nor stall.
+//!
+//! In place of `axum::serve`, which sets no header-read timeout (a socket that never sends a
+//! request is held forever), sleeps a second on every accept error and logs each one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::capacity::{self, Admission, ConnectionCap, CountedIo};
+
+/// How long the loop waits after an accept error other than a client's reset. Out of
+/// descriptors (EMFILE, ENFILE), `accept` fails at once for as long as the shortage lasts: without
+/// a pause the loop would spin; with a long one (axum's is a second) every pending client waits.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// Repeated warnings (accept errors, connections over the cap) are logged at most this often,
+/// with how many occurred meanwhile: a flood must not become a flood of log lines.
+const WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Accepts connections and serves `app` on them until `shutdown` fires; then stops accepting,
+/// lets every HTTP connection finish its request in flight, and returns once they are all
+/// closed. Upgraded sockets are not waited for here: they have their own task and tracker.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    cap: Arc<ConnectionCap>,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    // Built once: over-capacity connections are served by the same routes, with a marker.
+    let over_capacity_app = capacity::over_capacity_routes(app.clone());
+    let connections = TaskTracker::new();
+    let mut accept_errors = Throttled::default();
+    let mut over_capacity = Throttled::default();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            // The client gave up while queued: nothing is wrong here.
+            Err(error) if is_connection_error(&error) => continue,
+            Err(error) => {
+                if let Some(count) = accept_errors.count(Instant::now()) {
+                    tracing::warn!(%error, count, "accept failed; pausing before the next accept");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        };
+        // No Nagle: a frame must not wait for the ACK of the previous one (up to 40 ms with
+        // delayed ACKs). Batching is done above TCP, one write per batch of queued frames.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let admission = cap.admit();
+        if !matches!(admission, Admission::Admitted(_))
+            && let Some(count) = over_capacity.count(Instant::now())
+        {
+            tracing::warn!(max_open_connections = cap.max(), count, "over capacity: refusing connections");
+        }
+        let (counted, routes, header_timeout) = match admission {
+            Admission::Admitted(counted) => (counted, &app, header_timeout),
+            Admission::OverCapacity(counted) => {
+                (counted, &over_capacity_app, header_timeout.min(capacity::OVER_CAPACITY_HEADER_TIMEOUT))
+            }
+            Admission::Refused => continue, // `stream` is closed here
+        };
+        let io = TokioIo::new(CountedIo::new(stream, counted));
+        let service = TowerToHyperService::new(routes.clone());
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            // Also bounds the wait for the next request on a kept-alive connection: hyper
+            // restarts this deadline whenever it starts reading a request head.
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+            let connection = http.serve_connection(io, service).with_upgrades();
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = shutdown.cancelled() => {
+                    // Finish the request in flight (an idle connection closes at once).
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = served {
+                tracing::debug!(%error, "HTTP connection ended with an error");
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+/// A client's reset or abort while its connection was queued.
+fn is_connection_error(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(error.kind(), ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset)
+}
+
+/// Counts occurrences of a warning and says when to log it: the first time, then at most once per
+/// [`WARNING_INTERVAL`], with how many occurred since the last line.
+#[derive(Default)]
+struct Throttled {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Throttled {
+    /// Counts one occurrence at `now`; returns the count to log, if a line is due.
+    fn count(&mut self, now: Instant) -> Option<u64> {
+        self.unlogged += 1;
+        if self.last_logged.is_some_and(|last| now.duration_since(last) < WARNING_INTERVAL) {
+            return None;
+        }
+        self.last_logged = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A flood of warnings gives one line per interval, which counts the ones it stood for.
+    #[test]
+    fn warnings_are_logged_once_per_interval_with_their_count() {
+        let start = Instant::now();
+        let mut throttled = Throttled::default();
+        assert_eq!(throttled.count(start), Some(1));
+        for _ in 0..999 {
+            assert_eq!(throttled.count(start + WARNING_INTERVAL / 2), None);
+        }
+        assert_eq!(throttled.count(start + WARNING_INTERVAL), Some(1000));
+        assert_eq!(throttled.count(start + WARNING_INTERVAL), None);
+    }
+}
