@@ -66,6 +66,10 @@ pub struct ServerConfig {
     pub outbox_frames: usize,
     pub shutdown_grace_ms: u64,
     pub retention_interval_secs: u64,
+    /// Open a log that lost durable appends anyway (`reprise start --accept-data-loss`). Only a
+    /// flag, never a file setting: left in a config file it would accept every later loss too.
+    #[serde(skip)]
+    pub accept_data_loss: bool,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +84,7 @@ impl Default for ServerConfig {
             outbox_frames: DEFAULT_OUTBOX_FRAMES,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             retention_interval_secs: DEFAULT_RETENTION_INTERVAL_SECS,
+            accept_data_loss: false,
         }
     }
 }
@@ -185,6 +190,7 @@ pub struct Overrides {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub data_dir: Option<PathBuf>,
+    pub accept_data_loss: bool,
 }
 
 impl Config {
@@ -211,6 +217,7 @@ impl Config {
         if let Some(dir) = &overrides.data_dir {
             config.server.data_dir = dir.clone();
         }
+        config.server.accept_data_loss = overrides.accept_data_loss;
         problems.extend(config.problems());
         if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
     }

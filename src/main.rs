@@ -40,6 +40,12 @@ enum Command {
         /// Directory of the event log [default: ./data].
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// Start even though the event log lost events it had made durable (a damaged data
+        /// directory, which otherwise stops the start-up). What is left is kept, new ids never
+        /// repeat old ones, and every client resuming from before gets recovered:false. Use it
+        /// once, after reading docs/operations.md, not in a service file.
+        #[arg(long)]
+        accept_data_loss: bool,
     },
 }
 
@@ -49,12 +55,12 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn".into()),
         )
         .init();
-    let Command::Start { host, port, config, data_dir } = Cli::parse().command;
+    let Command::Start { host, port, config, data_dir, accept_data_loss } = Cli::parse().command;
     let file_text = config
         .as_ref()
         .map(|path| std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display())))
         .transpose()?;
-    let overrides = Overrides { host, port, data_dir };
+    let overrides = Overrides { host, port, data_dir, accept_data_loss };
     let (config, demo) = Config::load(file_text.as_deref(), &ProcessEnv, &overrides)
         .and_then(Config::finish)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
