@@ -215,6 +215,10 @@ pub trait EventLog: Send + Sync + 'static {
     ///   log holds no other event with its sequence number) and compaction removed nothing after
     ///   it. A cursor equal to `compacted_through` is recovered: nothing after it was removed.
     /// - `FromTime { t }`: compaction removed nothing appended at or after `t`.
+    ///
+    /// A backend that was opened accepting a data loss (see [`SledLog::open_accepting_data_loss`])
+    /// also reports `Oldest`, and every cursor at or before the time the loss may reach, as not
+    /// recovered, on every channel: it cannot tell which channels lost events.
     fn read(&self, key: &LogKey, cursor: Cursor, limit: usize) -> Result<ReadOutcome, StorageError>;
 
     /// Where the channel stands; the default (all `None`) if it was never appended to.
