@@ -74,6 +74,10 @@ pub struct ServerConfig {
     pub http_header_timeout_secs: u64,
     /// Most open connections (HTTP and WebSocket); none means derived from the open-files limit.
     pub max_open_connections: Option<usize>,
+    /// Open a log that lost durable appends anyway (`reprise start --accept-data-loss`). Only a
+    /// flag, never a file setting: left in a config file it would accept every later loss too.
+    #[serde(skip)]
+    pub accept_data_loss: bool,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +94,7 @@ impl Default for ServerConfig {
             retention_interval_secs: DEFAULT_RETENTION_INTERVAL_SECS,
             http_header_timeout_secs: DEFAULT_HTTP_HEADER_TIMEOUT_SECS,
             max_open_connections: None,
+            accept_data_loss: false,
         }
     }
 }
@@ -235,6 +240,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub http_header_timeout_secs: Option<u64>,
     pub max_open_connections: Option<usize>,
+    pub accept_data_loss: bool,
 }
 
 impl Config {
@@ -267,6 +273,7 @@ impl Config {
         if let Some(max) = overrides.max_open_connections {
             config.server.max_open_connections = Some(max);
         }
+        config.server.accept_data_loss = overrides.accept_data_loss;
         problems.extend(config.problems());
         if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
     }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use reprise_storage::{EventLog, SledLog, StorageError};
+use reprise_storage::{DataLoss, EventLog, SledLog, StorageError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -52,6 +52,12 @@ pub struct ServerState {
 pub enum ServerError {
     #[error("cannot open the event log in {path}: {source}")]
     OpenLog { path: String, source: StorageError },
+    #[error(
+        "refusing to start: {loss} (data directory {path}). To start with what is left, run `reprise start \
+         --accept-data-loss` once: new ids will not repeat old ones and clients resuming from before get \
+         recovered:false (docs/operations.md, \"A damaged data directory\")"
+    )]
+    DataLoss { path: String, loss: DataLoss },
     #[error("serving failed: {0}")]
     Serve(#[from] std::io::Error),
     #[error("flushing the event log on shutdown failed: {0}")]
@@ -67,10 +73,21 @@ pub enum ServerError {
 pub async fn run(listener: TcpListener, config: Arc<Config>, shutdown: CancellationToken) -> Result<(), ServerError> {
     let data_dir = config.server.data_dir.clone();
     let path = data_dir.display().to_string();
-    let opened = tokio::task::spawn_blocking(move || SledLog::open(&data_dir))
-        .await
-        .unwrap_or_else(|_| Err(StorageError::Backend("opening was cancelled".into())));
-    let log = opened.map_err(|source| ServerError::OpenLog { path, source })?;
+    let accept_data_loss = config.server.accept_data_loss;
+    let opened = tokio::task::spawn_blocking(move || {
+        if accept_data_loss { SledLog::open_accepting_data_loss(&data_dir) } else { SledLog::open(&data_dir) }
+    })
+    .await
+    .unwrap_or_else(|_| Err(StorageError::Backend("opening was cancelled".into())));
+    let log = opened.map_err(|source| match source {
+        StorageError::DataLoss(loss) => ServerError::DataLoss { path: path.clone(), loss },
+        source => ServerError::OpenLog { path: path.clone(), source },
+    })?;
+    match log.accepted_loss() {
+        Some(loss) => tracing::warn!(%loss, data_dir = %path, "started with --accept-data-loss: the loss is accepted"),
+        None if accept_data_loss => tracing::info!(data_dir = %path, "--accept-data-loss given, but no loss was found"),
+        None => {}
+    }
     serve(listener, config, Arc::new(log), shutdown).await
 }
 

@@ -48,6 +48,12 @@ enum Command {
         /// API calls get 503 [default: the open-files limit minus 256].
         #[arg(long, value_name = "N")]
         max_open_connections: Option<usize>,
+        /// Start even though the event log lost events it had made durable (a damaged data
+        /// directory, which otherwise stops the start-up). What is left is kept, new ids never
+        /// repeat old ones, and every client resuming from before gets recovered:false. Use it
+        /// once, after reading docs/operations.md, not in a service file.
+        #[arg(long)]
+        accept_data_loss: bool,
     },
 }
 
@@ -55,13 +61,21 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let Command::Start { host, port, config, data_dir, http_header_timeout_secs, max_open_connections } =
-        Cli::parse().command;
+    let Command::Start {
+        host,
+        port,
+        config,
+        data_dir,
+        http_header_timeout_secs,
+        max_open_connections,
+        accept_data_loss,
+    } = Cli::parse().command;
     let file_text = config
         .as_ref()
         .map(|path| std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display())))
         .transpose()?;
-    let overrides = Overrides { host, port, data_dir, http_header_timeout_secs, max_open_connections };
+    let overrides =
+        Overrides { host, port, data_dir, http_header_timeout_secs, max_open_connections, accept_data_loss };
     let (config, demo) = Config::load(file_text.as_deref(), &ProcessEnv, &overrides)
         .and_then(Config::finish)
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -6,103 +6,20 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reprise_api::{EventId, signature};
 use serde_json::{Value, json};
-use support::{RestClient, WsClient, event_id, unix_now};
-
-const APP_ID: &str = "crash-app";
-const APP_KEY: &str = "crash-key";
-const APP_SECRET: &str = "crash-secret";
+use support::process::ServerProcess;
+use support::{APP_ID, APP_KEY, APP_SECRET, WsClient, event_id, unix_now};
 
 const CHANNELS: usize = 4;
 const PUBLISHERS: usize = 8;
 const EVENTS_PER_PUBLISHER: usize = 50;
 /// Acknowledged publishes before the kill: well into the run, well before its end.
 const KILL_AFTER_ACKS: usize = 150;
-
-/// The `reprise` binary running as a child process; killed (SIGKILL) and reaped on drop, so a
-/// failing test leaves no server behind.
-struct ServerProcess {
-    child: Child,
-    port: u16,
-    stderr_path: PathBuf,
-}
-
-impl ServerProcess {
-    /// Starts `reprise start` on a free loopback port with the data directory `data_dir`, and
-    /// waits until `/up` answers.
-    async fn start(data_dir: &Path, stderr_path: PathBuf) -> ServerProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let stderr = File::create(&stderr_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_reprise"))
-            .args(["start", "--host", "127.0.0.1", "--port", &port.to_string(), "--data-dir"])
-            .arg(data_dir)
-            .env_remove("REVERB_SERVER_HOST")
-            .env_remove("REVERB_SERVER_PORT")
-            .env("REVERB_APP_ID", APP_ID)
-            .env("REVERB_APP_KEY", APP_KEY)
-            .env("REVERB_APP_SECRET", APP_SECRET)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn the reprise binary");
-        let mut server = ServerProcess { child, port, stderr_path };
-        server.wait_until_up().await;
-        server
-    }
-
-    async fn wait_until_up(&mut self) {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("reprise exited with {status} before it was up:\n{}", self.stderr());
-            }
-            if let Ok(response) = client.get(format!("{}/up", self.base())).send().await
-                && response.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("reprise did not come up on port {}:\n{}", self.port, self.stderr());
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    fn rest(&self) -> RestClient {
-        RestClient { base: self.base(), app_id: APP_ID.into(), key: APP_KEY.into(), secret: APP_SECRET.into() }
-    }
-
-    /// `kill -9`: no shutdown path runs, no final flush.
-    fn kill_9(&mut self) {
-        self.child.kill().expect("SIGKILL the server");
-        let status = self.child.wait().expect("reap the server");
-        assert!(!status.success(), "the server should have died from SIGKILL, got {status}");
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One acknowledged publish.
 #[derive(Clone, Debug)]
@@ -162,7 +79,7 @@ fn parse_data(data: &str) -> (usize, usize) {
 async fn kill_9_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("log");
-    let mut server = ServerProcess::start(&data_dir, dir.path().join("first.stderr")).await;
+    let mut server = ServerProcess::start(&data_dir, dir.path().join("first.stderr"), &[]).await;
 
     let acks = Arc::new(Mutex::new(Vec::new()));
     let acked = Arc::new(AtomicUsize::new(0));
@@ -193,7 +110,7 @@ async fn kill_9_loses_no_acknowledged_event() {
     );
     eprintln!("{} publishes acknowledged before kill -9", acks.len());
 
-    let server = ServerProcess::start(&data_dir, dir.path().join("second.stderr")).await;
+    let server = ServerProcess::start(&data_dir, dir.path().join("second.stderr"), &[]).await;
     let rest = server.rest();
     let mut acked_by_publisher = [0usize; PUBLISHERS];
     for ack in &acks {
@@ -271,9 +188,7 @@ async fn kill_9_loses_no_acknowledged_event() {
     let position = history.iter().position(|(id, _)| *id == from).expect("acked id in history");
     let mut expected: Vec<String> = history[position + 1..].iter().map(|(id, _)| id.to_string()).collect();
     expected.push(new_ids[&channel].to_string());
-    let mut client =
-        WsClient::connect(&format!("ws://127.0.0.1:{}/app/{APP_KEY}?protocol=7&client=js&version=8.4.0", server.port))
-            .await;
+    let mut client = WsClient::connect(&server.ws_url()).await;
     client.expect_event("pusher:connection_established").await;
     let replay = client.subscribe_since(&channel, &from.to_string()).await;
     assert_eq!(replay["recovered"], true, "{replay}");

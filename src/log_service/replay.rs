@@ -44,10 +44,11 @@ impl Replay {
         };
         let Some(since) = since else { return from_head() };
         let Some(head) = published_head else {
-            // Nothing was ever published here: the zero cursor ("before the first event") missed
-            // nothing; any other cursor cannot be from this channel.
+            // Nothing is published here: the log says whether the cursor missed anything (the
+            // zero cursor, "before the first event", did not; unless the log accepted a loss
+            // that may have taken this channel's events with it).
             let mut replay = from_head()?;
-            replay.recovered = since.seq() == 0;
+            replay.recovered = log.read(key, Cursor::After(since), 0)?.recovered;
             return Ok(replay);
         };
         if since.seq() > head.seq() {

@@ -6,6 +6,17 @@
 //! and refuses a version it does not know ([`StorageError::UnsupportedFormat`]) instead of
 //! misreading a newer layout; truncated or trailing bytes are [`StorageError::Corrupt`].
 //!
+//! The watermark file ([`crate::watermark`]) has a fixed-size layout of its own, also here
+//! ([`encode_watermark`]): it is overwritten in place, so its size never changes, and it carries a
+//! CRC-32 because, unlike sled's records, nothing else checks it.
+//!
+//! Event and channel records carry no checksum of their own: sled 0.34 stores every page update as
+//! a log message with a CRC-32 over its header and body (and a CRC-32 over every blob file), checks
+//! it on every read from disk, and treats a mismatch as the end of the log (at recovery) or as
+//! corruption (when a page is read later). A second checksum per record would check the same
+//! bytes again. What sled's check cannot see is that a damaged log silently ends early; the
+//! watermark is for that.
+//!
 //! Decoding borrows strings straight from the stored bytes: besides saving a copy, that means a
 //! corrupt length prefix fails as "not enough bytes" instead of making bincode allocate whatever size
 //! it claims.
@@ -18,6 +29,15 @@ use crate::{EventId, StorageError};
 pub(crate) const EVENT_FORMAT_VERSION: u8 = 2;
 /// The version of the channel records this build writes.
 pub(crate) const META_FORMAT_VERSION: u8 = 1;
+/// The version of the log-wide totals record this build writes.
+pub(crate) const TOTALS_FORMAT_VERSION: u8 = 1;
+/// The version of the watermark slots this build writes.
+pub(crate) const WATERMARK_FORMAT_VERSION: u8 = 1;
+/// The size of one watermark slot: magic (2), version (1), zero (1), CRC-32 (4), generation (8),
+/// appends (8), latest time (8).
+pub(crate) const WATERMARK_SLOT_BYTES: usize = 32;
+/// Starts every watermark slot, so a slot never written (zeros) is told apart from a damaged one.
+const WATERMARK_MAGIC: [u8; 2] = *b"RW";
 
 /// One event's stored value (version 1). The id is not stored: it is part of the key.
 #[derive(Serialize, Deserialize)]
@@ -60,6 +80,37 @@ pub(crate) struct ChannelMeta {
     /// The head as of the last compaction (it may have removed the newest event, whose key then no
     /// longer tells the head). Later appends are newer; the real head is the max of both.
     pub(crate) head: Option<EventId>,
+}
+
+/// The log-wide totals (version 1).
+#[derive(Serialize, Deserialize)]
+struct TotalsV1 {
+    appends: u64,
+    max_time_ms: u64,
+    lost_through_ms: Option<u64>,
+}
+
+/// What the whole log has seen, stored in the same sled batch as every append.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
+    /// Events ever appended (never decreases, also across compactions).
+    pub(crate) appends: u64,
+    /// The latest timestamp of any id handed out.
+    pub(crate) max_time_ms: u64,
+    /// Set when a data loss was accepted: every id that may have been handed out and lost has a
+    /// timestamp at or below this, and every id handed out since has a later one.
+    pub(crate) lost_through_ms: Option<u64>,
+}
+
+/// One slot of the watermark file: how far appends had been made durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WatermarkSlot {
+    /// Grows by one per write; the valid slot with the highest generation is the current one.
+    pub(crate) generation: u64,
+    /// [`Totals::appends`] as of a completed flush.
+    pub(crate) appends: u64,
+    /// [`Totals::max_time_ms`] as of the same flush.
+    pub(crate) max_time_ms: u64,
 }
 
 fn config() -> bincode::config::Configuration {
@@ -127,6 +178,54 @@ pub(crate) fn decode_meta(bytes: &[u8]) -> Result<ChannelMeta, StorageError> {
         compacted_through: record.compacted_through.map(EventId::from_bytes),
         head: record.head.map(EventId::from_bytes),
     })
+}
+
+pub(crate) fn encode_totals(totals: &Totals) -> Vec<u8> {
+    encode(
+        TOTALS_FORMAT_VERSION,
+        &TotalsV1 { appends: totals.appends, max_time_ms: totals.max_time_ms, lost_through_ms: totals.lost_through_ms },
+    )
+}
+
+pub(crate) fn decode_totals(bytes: &[u8]) -> Result<Totals, StorageError> {
+    let record: TotalsV1 = match split_version("totals", bytes)? {
+        (TOTALS_FORMAT_VERSION, body) => decode_body("totals", body)?,
+        (version, _) => return Err(StorageError::UnsupportedFormat(version)),
+    };
+    Ok(Totals { appends: record.appends, max_time_ms: record.max_time_ms, lost_through_ms: record.lost_through_ms })
+}
+
+/// The CRC-32 of a slot: everything but the CRC field itself.
+fn watermark_crc(bytes: &[u8; WATERMARK_SLOT_BYTES]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[..4]);
+    hasher.update(&bytes[8..]);
+    hasher.finalize()
+}
+
+pub(crate) fn encode_watermark(slot: &WatermarkSlot) -> [u8; WATERMARK_SLOT_BYTES] {
+    let mut bytes = [0; WATERMARK_SLOT_BYTES];
+    bytes[..2].copy_from_slice(&WATERMARK_MAGIC);
+    bytes[2] = WATERMARK_FORMAT_VERSION;
+    bytes[8..16].copy_from_slice(&slot.generation.to_le_bytes());
+    bytes[16..24].copy_from_slice(&slot.appends.to_le_bytes());
+    bytes[24..32].copy_from_slice(&slot.max_time_ms.to_le_bytes());
+    let crc = watermark_crc(&bytes);
+    bytes[4..8].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// A slot, or None if it was never written or is damaged (a torn write, a flipped bit).
+pub(crate) fn decode_watermark(bytes: &[u8; WATERMARK_SLOT_BYTES]) -> Result<Option<WatermarkSlot>, StorageError> {
+    let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    if bytes[..2] != WATERMARK_MAGIC || crc != watermark_crc(bytes) {
+        return Ok(None);
+    }
+    if bytes[2] != WATERMARK_FORMAT_VERSION {
+        return Err(StorageError::UnsupportedFormat(bytes[2]));
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    Ok(Some(WatermarkSlot { generation: u64_at(8), appends: u64_at(16), max_time_ms: u64_at(24) }))
 }
 
 #[cfg(test)]
@@ -217,5 +316,50 @@ mod tests {
         // [version, len 2, 'a', 'b', len 0]: break the event name.
         bytes[2] = 0xff;
         assert!(matches!(decode_event(&bytes), Err(StorageError::Corrupt(_))));
+    }
+
+    #[test]
+    fn totals_round_trip() {
+        for totals in [
+            Totals::default(),
+            Totals { appends: u64::MAX, max_time_ms: 1_764_000_000_000, lost_through_ms: Some(1_764_000_000_001) },
+        ] {
+            let bytes = encode_totals(&totals);
+            assert_eq!(bytes[0], TOTALS_FORMAT_VERSION);
+            assert_eq!(decode_totals(&bytes).unwrap(), totals);
+        }
+    }
+
+    #[test]
+    fn watermark_slot_round_trips() {
+        let slot = WatermarkSlot { generation: 7, appends: 300, max_time_ms: 1_764_000_000_000 };
+        assert_eq!(decode_watermark(&encode_watermark(&slot)).unwrap(), Some(slot));
+    }
+
+    /// A torn or damaged slot must read as "no slot", never as a different watermark: the
+    /// watermark decides whether the log refuses to start.
+    #[test]
+    fn damaged_or_blank_watermark_slots_read_as_none() {
+        assert_eq!(decode_watermark(&[0; WATERMARK_SLOT_BYTES]).unwrap(), None, "never written");
+        let bytes = encode_watermark(&WatermarkSlot { generation: 1, appends: 300, max_time_ms: 5 });
+        for at in 0..WATERMARK_SLOT_BYTES {
+            for bit in 0..8 {
+                let mut damaged = bytes;
+                damaged[at] ^= 1 << bit;
+                assert_eq!(decode_watermark(&damaged).unwrap(), None, "bit {bit} of byte {at} flipped");
+            }
+        }
+        let mut torn = bytes;
+        torn[16..].fill(0);
+        assert_eq!(decode_watermark(&torn).unwrap(), None, "half written");
+    }
+
+    #[test]
+    fn unknown_watermark_version_is_unsupported() {
+        let mut bytes = encode_watermark(&WatermarkSlot { generation: 1, appends: 2, max_time_ms: 3 });
+        bytes[2] = 9;
+        let crc = watermark_crc(&bytes);
+        bytes[4..8].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(decode_watermark(&bytes), Err(StorageError::UnsupportedFormat(9))));
     }
 }

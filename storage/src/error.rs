@@ -15,6 +15,11 @@ pub enum StorageError {
     /// A stored record was written by a format version this build does not know (a newer release).
     #[error("unsupported on-disk format version {0}")]
     UnsupportedFormat(u8),
+    /// The log holds fewer appends than had been made durable (its files were damaged or
+    /// replaced): it refuses to open rather than serve a shorter history and hand out ids again.
+    /// [`crate::SledLog::open_accepting_data_loss`] opens it anyway.
+    #[error("{0}")]
+    DataLoss(crate::DataLoss),
     /// The key cannot be stored (an app id or channel name containing a NUL byte).
     #[error("invalid log key: {0}")]
     InvalidKey(String),

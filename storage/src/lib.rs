@@ -9,14 +9,18 @@
 //! recovered instead of silently missing events.
 //!
 //! Durability: an append is visible to readers as soon as it returns, and survives a crash once a
-//! later [`EventLog::flush`] has returned.
+//! later [`EventLog::flush`] has returned. A log whose files were damaged so that flushed appends
+//! are missing refuses to open ([`StorageError::DataLoss`]) instead of serving a shorter history.
 
+mod blob_sync;
 mod codec;
 pub mod conformance;
 mod error;
 pub mod faulty;
 mod sled_log;
+mod watermark;
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -125,6 +129,53 @@ pub struct LogStats {
     pub size_on_disk_bytes: u64,
 }
 
+/// What was found missing when a log was opened: it holds fewer appends than had been made
+/// durable. The log cannot tell which channels lost events: only how many, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataLoss {
+    /// Appends the log still has a record of.
+    pub found_appends: u64,
+    /// The time of the latest id among them (ms since the Unix epoch; 0 if none).
+    pub found_through_ms: u64,
+    /// Appends that had been made durable, from the watermark; None when the watermark itself is
+    /// damaged, so how many are missing is unknown.
+    pub durable_appends: Option<u64>,
+    /// The time of the latest id made durable, from the watermark (0 if unknown).
+    pub durable_through_ms: u64,
+}
+
+impl fmt::Display for DataLoss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let found = format_ms(self.found_through_ms);
+        match self.durable_appends {
+            Some(durable) => write!(
+                f,
+                "the event log lost acknowledged events: it holds {} appends (the last at {found}) but {durable} \
+                 had been made durable (the last at {}), so at least {} events appended after {found} are \
+                 missing, channel heads may have gone back, and the ids of those events would be handed out again",
+                self.found_appends,
+                format_ms(self.durable_through_ms),
+                durable.saturating_sub(self.found_appends),
+            ),
+            None => write!(
+                f,
+                "the event log's watermark file is damaged, so it cannot tell whether acknowledged events are \
+                 missing; the log holds {} appends (the last at {found})",
+                self.found_appends,
+            ),
+        }
+    }
+}
+
+/// An instant in ms since the Unix epoch as RFC 3339, for messages to operators.
+fn format_ms(ms: u64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|instant| instant.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| format!("{ms} ms after the Unix epoch"))
+}
+
 /// Where append times come from: milliseconds since the Unix epoch.
 ///
 /// Injected so tests (and the conformance suite) can step the clock, also backwards.
@@ -165,6 +216,10 @@ pub trait EventLog: Send + Sync + 'static {
     ///   log holds no other event with its sequence number) and compaction removed nothing after
     ///   it. A cursor equal to `compacted_through` is recovered: nothing after it was removed.
     /// - `FromTime { t }`: compaction removed nothing appended at or after `t`.
+    ///
+    /// A backend that was opened accepting a data loss (see [`SledLog::open_accepting_data_loss`])
+    /// also reports `Oldest`, and every cursor at or before the time the loss may reach, as not
+    /// recovered, on every channel: it cannot tell which channels lost events.
     fn read(&self, key: &LogKey, cursor: Cursor, limit: usize) -> Result<ReadOutcome, StorageError>;
 
     /// Where the channel stands; the default (all `None`) if it was never appended to.

@@ -5,7 +5,19 @@
 //!   compaction removed, and the head as of the last compaction). Written when a channel is first
 //!   appended to and on every compaction.
 //! - `events`: `channel_id (u64 BE) ++ EventId (16 bytes BE)` -> the event record. A channel's events
-//!   are one contiguous key range sorted by id, so every read is one range seek.
+//!   are one contiguous key range sorted by id, so every read is one range seek. One more key, the
+//!   empty one, holds the log-wide [`Totals`] (appends ever made, the latest id time, an accepted
+//!   loss). It is rewritten in the same atomic batch as every append, so it always counts exactly
+//!   the events sled holds; being shorter than 8 bytes, it sorts before every channel's range and
+//!   never matches a channel prefix.
+//!
+//! Damage: sled checks a CRC on every log message but, at recovery, takes the first bad one for
+//! the end of the log and drops everything after it, so a damaged `db` file can open as an older
+//! log. Every flush that appended something therefore ends by recording the totals in the
+//! [`Watermark`] file, outside sled; [`SledLog::open`] refuses a log whose totals are behind it
+//! ([`StorageError::DataLoss`]). [`SledLog::open_accepting_data_loss`] opens it anyway and records
+//! in the totals the time through which ids may have been lost: later ids are stamped after it
+//! (so no id is handed out twice), and a read from a cursor at or before it is not recovered.
 //!
 //! Ordering on disk: sled recovers a prefix of its log after a crash, and this module always writes
 //! metadata *before* the events it describes (a channel's meta before its first event; a raised
@@ -18,10 +30,12 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::codec::{self, ChannelMeta};
+use crate::blob_sync::BlobSync;
+use crate::codec::{self, ChannelMeta, Totals};
+use crate::watermark::{Reading, Watermark};
 use crate::{
-    ChannelHead, Clock, CompactRule, Cursor, EventId, EventLog, LogKey, LogStats, NewEvent, ReadOutcome, StorageError,
-    StoredEvent, system_clock,
+    ChannelHead, Clock, CompactRule, Cursor, DataLoss, EventId, EventLog, LogKey, LogStats, NewEvent, ReadOutcome,
+    StorageError, StoredEvent, system_clock,
 };
 
 const CHANNELS_TREE: &str = "channels";
@@ -29,6 +43,9 @@ const EVENTS_TREE: &str = "events";
 
 /// Length of an `events` key: the channel id, then the event id.
 const EVENT_KEY_LEN: usize = 8 + 16;
+
+/// The `events` key of the log-wide [`Totals`]: shorter than any channel prefix (see the module docs).
+const TOTALS_KEY: &[u8] = b"";
 
 /// A read never pre-allocates room for more events than this, whatever `limit` says.
 const READ_PREALLOC_MAX_EVENTS: usize = 1024;
@@ -58,6 +75,8 @@ struct StateCache {
     /// older state would hand out its ids a second time. Without a sweep, entries only change
     /// under the lock, so a channel still missing was not appended to meanwhile.
     sweeps: u64,
+    /// The log-wide totals as of the last append sled accepted (written in the same batch).
+    totals: Totals,
 }
 
 #[derive(Clone, Copy)]
@@ -68,7 +87,7 @@ struct CachedState {
 
 impl StateCache {
     fn new(capacity: usize) -> Self {
-        StateCache { states: HashMap::new(), capacity, sweeps: 0 }
+        StateCache { states: HashMap::new(), capacity, sweeps: 0, totals: Totals::default() }
     }
 
     fn get(&mut self, key: &LogKey) -> Option<ChannelState> {
@@ -117,6 +136,17 @@ pub struct SledLog {
     /// `fdatasync` per flush (a flush covers a whole group of commits) closes that gap.
     /// None for a temporary log.
     log_file: Option<std::fs::File>,
+    /// sled's blob files, which sled does not sync. None for a temporary log.
+    blobs: Option<BlobSync>,
+    /// How many appends are durable, outside sled: written after each flush that appended
+    /// something. None for a temporary log. A mutex so concurrent flushes write it in turn (each
+    /// write only ever raises it).
+    watermark: Option<Mutex<Watermark>>,
+    /// From the totals, set when a data loss was accepted: ids up to this time may have been
+    /// handed out and lost. Fixed once the log is open.
+    lost_through_ms: Option<u64>,
+    /// The loss accepted when this log was opened, for the server to report.
+    accepted_loss: Option<DataLoss>,
 }
 
 impl SledLog {
@@ -134,7 +164,29 @@ impl SledLog {
     /// sled releases its file lock from a background thread shortly *after* a `Db` is dropped
     /// (spacejam/sled#1234), so a reopen right after a close waits up to [`Self::OPEN_LOCK_WAIT`] for it.
     /// A lock held by a live process (or another open log) still fails, just that much later.
+    ///
+    /// Fails with [`StorageError::DataLoss`] when the log holds fewer appends than its watermark
+    /// says were made durable (see the module docs): a damaged log is not served.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
+        Self::open_with(path, false)
+    }
+
+    /// Like [`SledLog::open`], but a log that lost durable appends is opened anyway, what is left
+    /// of it kept. So that no id is handed out twice, every id from now on is stamped later than
+    /// any that may have been lost; and since the log cannot tell which channels lost events, a
+    /// read from a cursor at or before that time is not `recovered` (nor one from `Oldest`). That
+    /// is recorded in the log and the watermark, so it holds across restarts.
+    /// [`SledLog::accepted_loss`] tells what was accepted. On an intact log this is [`SledLog::open`].
+    pub fn open_accepting_data_loss(path: &Path) -> Result<Self, StorageError> {
+        Self::open_with(path, true)
+    }
+
+    /// The loss accepted by [`SledLog::open_accepting_data_loss`], if there was one.
+    pub fn accepted_loss(&self) -> Option<DataLoss> {
+        self.accepted_loss
+    }
+
+    fn open_with(path: &Path, accept_data_loss: bool) -> Result<Self, StorageError> {
         // No background flush: the server decides when data reaches the disk (every commit with
         // durability "sync", every `flush_every_ms` with "buffered"), so that setting means what
         // it says.
@@ -147,10 +199,15 @@ impl SledLog {
                 }
                 result => {
                     let mut log = Self::from_db(result.map_err(StorageError::from_sled)?)?;
-                    // sled keeps its log in the file `db` of its directory.
+                    // sled keeps its log in the file `db` of its directory, blobs in `blobs/`.
                     let file =
                         std::fs::File::open(path.join("db")).map_err(|e| StorageError::Backend(e.to_string()))?;
                     log.log_file = Some(file);
+                    log.blobs = Some(BlobSync::new(path.join("blobs")));
+                    log.check_watermark(path, accept_data_loss)?;
+                    // Makes what sled recovered durable (after a kill -9 it may be only in the OS's
+                    // cache) and brings the watermark up to it.
+                    log.flush()?;
                     return Ok(log);
                 }
             }
@@ -179,8 +236,77 @@ impl SledLog {
     fn from_db(db: sled::Db) -> Result<Self, StorageError> {
         let channels = db.open_tree(CHANNELS_TREE).map_err(StorageError::from_sled)?;
         let events = db.open_tree(EVENTS_TREE).map_err(StorageError::from_sled)?;
-        let cache = Mutex::new(StateCache::new(Self::DEFAULT_CACHED_CHANNELS));
-        Ok(SledLog { db, channels, events, cache, clock: system_clock(), log_file: None })
+        // A log from before the totals existed starts counting at zero.
+        let totals = events
+            .get(TOTALS_KEY)
+            .map_err(StorageError::from_sled)?
+            .map(|bytes| codec::decode_totals(&bytes))
+            .transpose()?
+            .unwrap_or_default();
+        let mut cache = StateCache::new(Self::DEFAULT_CACHED_CHANNELS);
+        cache.totals = totals;
+        Ok(SledLog {
+            db,
+            channels,
+            events,
+            cache: Mutex::new(cache),
+            clock: system_clock(),
+            log_file: None,
+            blobs: None,
+            watermark: None,
+            lost_through_ms: totals.lost_through_ms,
+            accepted_loss: None,
+        })
+    }
+
+    /// Compares the totals sled recovered with the watermark in `dir`: behind it, the log lost
+    /// durable appends, and opening fails unless `accept_data_loss`, which records the loss.
+    fn check_watermark(&mut self, dir: &Path, accept_data_loss: bool) -> Result<(), StorageError> {
+        let (watermark, reading) = Watermark::open(dir)?;
+        self.watermark = Some(Mutex::new(watermark));
+        let totals = self.lock().totals;
+        let loss = |durable_appends, durable_through_ms| DataLoss {
+            found_appends: totals.appends,
+            found_through_ms: totals.max_time_ms,
+            durable_appends,
+            durable_through_ms,
+        };
+        let loss = match reading {
+            // A new directory, or one from before watermarks: nothing to compare with yet.
+            Reading::Absent => return Ok(()),
+            Reading::Valid(slot) if slot.appends <= totals.appends => return Ok(()),
+            Reading::Valid(slot) => loss(Some(slot.appends), slot.max_time_ms),
+            Reading::Unreadable => loss(None, 0),
+        };
+        if !accept_data_loss {
+            return Err(StorageError::DataLoss(loss));
+        }
+        // Every id that may have been handed out is stamped at or before this: the latest time
+        // sled or the watermark saw, or now (an id handed out but never flushed, as in buffered
+        // mode, is older than this restart). Later ids are stamped after it.
+        let lost_through_ms =
+            [loss.durable_through_ms, totals.max_time_ms, totals.lost_through_ms.unwrap_or(0), (self.clock)()]
+                .into_iter()
+                .max()
+                .expect("not empty");
+        let accepted = Totals {
+            // The count never goes back, so the watermark keeps meaning what it says.
+            appends: totals.appends.max(loss.durable_appends.unwrap_or(0)),
+            max_time_ms: totals.max_time_ms.max(loss.durable_through_ms),
+            lost_through_ms: Some(lost_through_ms),
+        };
+        let mut cache = self.lock();
+        self.events.insert(TOTALS_KEY, codec::encode_totals(&accepted)).map_err(StorageError::from_sled)?;
+        cache.totals = accepted;
+        drop(cache);
+        self.lost_through_ms = Some(lost_through_ms);
+        self.accepted_loss = Some(loss);
+        Ok(())
+    }
+
+    /// True when a reader at `timestamp_ms` may have missed events an accepted data loss took.
+    fn lost_at(&self, timestamp_ms: u64) -> bool {
+        self.lost_through_ms.is_some_and(|through| timestamp_ms <= through)
     }
 
     fn lock(&self) -> MutexGuard<'_, StateCache> {
@@ -285,7 +411,8 @@ impl EventLog for SledLog {
         for key in missing {
             loaded.push((key, self.load(key)?));
         }
-        let now_ms = (self.clock)();
+        // After an accepted loss, ids are stamped after every id that may have been lost.
+        let now_ms = (self.clock)().max(self.lost_through_ms.map_or(0, |through| through.saturating_add(1)));
 
         let mut cache = self.lock();
         let no_sweep_since = cache.sweeps == sweeps;
@@ -324,7 +451,14 @@ impl EventLog for SledLog {
             batch.insert(&event_key(state.channel_id, id)[..], value);
             ids.push(id);
         }
+        let totals = Totals {
+            appends: cache.totals.appends + u64::try_from(ids.len()).expect("usize fits in u64"),
+            max_time_ms: ids.iter().map(|id| id.timestamp_ms()).fold(cache.totals.max_time_ms, u64::max),
+            ..cache.totals
+        };
+        batch.insert(TOTALS_KEY, codec::encode_totals(&totals));
         self.events.apply_batch(batch).map_err(StorageError::from_sled)?;
+        cache.totals = totals;
         for (key, state) in next {
             cache.set(key, state);
         }
@@ -333,10 +467,20 @@ impl EventLog for SledLog {
     }
 
     fn flush(&self) -> Result<(), StorageError> {
+        // Taken first: the watermark may only claim appends that this flush covers.
+        let totals = self.lock().totals;
+        let blobs = self.blobs.as_ref().map(BlobSync::unsynced).transpose()?;
         // Both trees share the Db's page cache and log, so this one flush covers them.
         self.db.flush().map_err(StorageError::from_sled)?;
+        if let (Some(sync), Some(blobs)) = (&self.blobs, blobs) {
+            sync.sync(blobs)?;
+        }
         if let Some(file) = &self.log_file {
             file.sync_data().map_err(|e| StorageError::Backend(format!("fdatasync of the log failed: {e}")))?;
+        }
+        if let Some(watermark) = &self.watermark {
+            // Written in place with one fdatasync, and skipped when nothing was appended.
+            watermark.lock().unwrap_or_else(PoisonError::into_inner).record(totals.appends, totals.max_time_ms)?;
         }
         Ok(())
     }
@@ -344,8 +488,13 @@ impl EventLog for SledLog {
     fn read(&self, key: &LogKey, cursor: Cursor, limit: usize) -> Result<ReadOutcome, StorageError> {
         let Some(ChannelState { channel_id, head: Some(head), .. }) = self.state(key)? else {
             // Never appended to: nothing was removed, but an `After` cursor names an event this
-            // channel never had, unless it is the zero cursor ("before the first event").
-            let recovered = !matches!(cursor, Cursor::After(id) if id.seq() != 0);
+            // channel never had, unless it is the zero cursor ("before the first event"). After an
+            // accepted loss, the channel may have had events that were lost with its record.
+            let recovered = match cursor {
+                Cursor::Oldest => self.lost_through_ms.is_none(),
+                Cursor::After(id) => id.seq() == 0 && !self.lost_at(id.timestamp_ms()),
+                Cursor::FromTime { timestamp_ms } => !self.lost_at(timestamp_ms),
+            };
             return Ok(ReadOutcome { events: Vec::new(), recovered, head: None });
         };
         let (start, exclusive) = match cursor {
@@ -378,13 +527,18 @@ impl EventLog for SledLog {
         // removed events under the scan, this sees the raised mark and reports them missing.
         let compacted = self.state(key)?.and_then(|state| state.compacted_through);
         let recovered = match cursor {
-            Cursor::Oldest => compacted.is_none(),
+            // An accepted loss may have taken events of any channel, up to `lost_through_ms`.
+            Cursor::Oldest => compacted.is_none() && self.lost_through_ms.is_none(),
             Cursor::FromTime { timestamp_ms } => {
-                compacted.is_none_or(|compacted| compacted.timestamp_ms() < timestamp_ms)
+                compacted.is_none_or(|compacted| compacted.timestamp_ms() < timestamp_ms) && !self.lost_at(timestamp_ms)
             }
             Cursor::After(id) => {
                 let seq = id.seq();
-                if seq > head.seq() {
+                if self.lost_at(id.timestamp_ms()) {
+                    // From before an accepted loss: the events after it may be among those lost
+                    // (and its sequence may name a different event now).
+                    false
+                } else if seq > head.seq() {
                     // A future id: not from this channel (or from before a crash lost events).
                     false
                 } else if seq == 0 {
@@ -488,7 +642,9 @@ impl EventLog for SledLog {
         Ok(LogStats {
             // sled counts by scanning: fine for an operator's occasional look.
             channels: u64::try_from(self.channels.len()).expect("usize fits in u64"),
-            events: u64::try_from(self.events.len()).expect("usize fits in u64"),
+            events: u64::try_from(self.events.len())
+                .expect("usize fits in u64")
+                .saturating_sub(u64::from(self.events.contains_key(TOTALS_KEY).map_err(StorageError::from_sled)?)),
             size_on_disk_bytes: self.db.size_on_disk().map_err(StorageError::from_sled)?,
         })
     }
