@@ -44,7 +44,70 @@ pub const DEFAULT_HTTP_HEADER_TIMEOUT_SECS: u64 = 30;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    pub cluster: ClusterConfig,
     pub apps: Vec<AppConfig>,
+}
+
+/// Reverb's default key prefix (`REVERB_SCALING_CHANNEL`).
+pub const DEFAULT_CLUSTER_PREFIX: &str = "reverb";
+/// Laravel's default Redis.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+/// How long one Redis command may take, and how long a node retries a lost Redis before it reports
+/// itself unhealthy (it keeps retrying after that, and never exits on its own).
+pub const DEFAULT_REDIS_TIMEOUT_SECS: u64 = 5;
+
+/// Cluster mode: several nodes share the log, presence and fan-out through Redis. Off by default:
+/// then nothing touches Redis and the log is the embedded sled one.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `REVERB_SCALING_ENABLED=true`.
+    pub enabled: bool,
+    /// Prefix of every key the cluster keeps in Redis (`REVERB_SCALING_CHANNEL`), so two clusters
+    /// sharing one Redis never see each other.
+    pub prefix: String,
+    /// `redis://` or `rediss://`, with user, password and db (`REDIS_URL`, else built from
+    /// `REDIS_HOST`, `REDIS_PORT`, `REDIS_USERNAME`, `REDIS_PASSWORD`, `REDIS_DB`).
+    pub redis_url: String,
+    /// `REDIS_TIMEOUT`, in seconds: see [`DEFAULT_REDIS_TIMEOUT_SECS`].
+    pub redis_timeout_secs: u64,
+    /// Replicas a publish waits for (`WAIT`) before it is acknowledged; 0 waits for none.
+    pub wait_replicas: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: false,
+            prefix: DEFAULT_CLUSTER_PREFIX.to_owned(),
+            redis_url: DEFAULT_REDIS_URL.to_owned(),
+            redis_timeout_secs: DEFAULT_REDIS_TIMEOUT_SECS,
+            wait_replicas: 0,
+        }
+    }
+}
+
+/// The URL without its password, which must never reach a log line.
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("enabled", &self.enabled)
+            .field("prefix", &self.prefix)
+            .field("redis_url", &redact_url_password(&self.redis_url))
+            .field("redis_timeout_secs", &self.redis_timeout_secs)
+            .field("wait_replicas", &self.wait_replicas)
+            .finish()
+    }
+}
+
+/// `redis://user:secret@host` -> `redis://user:<redacted>@host`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((credentials, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_owned(),
+    }
 }
 
 /// When a publish is answered.
@@ -238,6 +301,8 @@ pub struct Overrides {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub data_dir: Option<PathBuf>,
+    /// `--redis-url`: also turns cluster mode on.
+    pub redis_url: Option<String>,
     pub http_header_timeout_secs: Option<u64>,
     pub max_open_connections: Option<usize>,
     pub accept_data_loss: bool,
@@ -267,6 +332,10 @@ impl Config {
         if let Some(dir) = &overrides.data_dir {
             config.server.data_dir = dir.clone();
         }
+        if let Some(url) = &overrides.redis_url {
+            config.cluster.enabled = true;
+            config.cluster.redis_url = url.clone();
+        }
         if let Some(secs) = overrides.http_header_timeout_secs {
             config.server.http_header_timeout_secs = secs;
         }
@@ -278,7 +347,51 @@ impl Config {
         if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
     }
 
+    /// Reverb's scaling variables and Laravel's Redis variables.
+    fn apply_cluster_env(&mut self, env: &dyn Env, problems: &mut Vec<String>) {
+        let cluster = &mut self.cluster;
+        if let Some(enabled) = env.var("REVERB_SCALING_ENABLED") {
+            match enabled.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => cluster.enabled = true,
+                "false" | "0" | "no" | "off" => cluster.enabled = false,
+                _ => problems.push(format!("REVERB_SCALING_ENABLED: {enabled:?} is not true or false")),
+            }
+        }
+        if let Some(prefix) = env.var("REVERB_SCALING_CHANNEL") {
+            cluster.prefix = prefix;
+        }
+        if let Some(url) = env.var("REDIS_URL") {
+            cluster.redis_url = url;
+        } else if ["REDIS_HOST", "REDIS_PORT", "REDIS_USERNAME", "REDIS_PASSWORD", "REDIS_DB"]
+            .iter()
+            .any(|name| env.var(name).is_some())
+        {
+            let host = env.var("REDIS_HOST").unwrap_or_else(|| "127.0.0.1".to_owned());
+            let port = env.var("REDIS_PORT").unwrap_or_else(|| "6379".to_owned());
+            let db = env.var("REDIS_DB").unwrap_or_else(|| "0".to_owned());
+            let encode = |text: String| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
+            let credentials = match (env.var("REDIS_USERNAME"), env.var("REDIS_PASSWORD")) {
+                (Some(user), Some(password)) => format!("{}:{}@", encode(user), encode(password)),
+                (None, Some(password)) => format!(":{}@", encode(password)),
+                (Some(user), None) => format!("{}@", encode(user)),
+                (None, None) => String::new(),
+            };
+            cluster.redis_url = format!("redis://{credentials}{host}:{port}/{db}");
+        }
+        if let Some(timeout) = env.var("REDIS_TIMEOUT") {
+            // Laravel's timeout may be fractional seconds; round up to whole ones.
+            let parsed = timeout.parse::<f64>().ok().and_then(|secs| std::time::Duration::try_from_secs_f64(secs).ok());
+            match parsed {
+                Some(duration) if !duration.is_zero() => {
+                    cluster.redis_timeout_secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+                }
+                _ => problems.push(format!("REDIS_TIMEOUT: {timeout:?} is not a positive number of seconds")),
+            }
+        }
+    }
+
     fn apply_env(&mut self, env: &dyn Env, problems: &mut Vec<String>) {
+        self.apply_cluster_env(env, problems);
         if let Some(host) = env.var("REVERB_SERVER_HOST") {
             self.server.host = host;
         }
@@ -355,6 +468,17 @@ impl Config {
         }
         if self.server.outbox_frames < 16 {
             problems.push("server.outbox_frames must be at least 16".to_owned());
+        }
+        if self.cluster.enabled {
+            if !self.cluster.redis_url.starts_with("redis://") && !self.cluster.redis_url.starts_with("rediss://") {
+                problems.push("cluster.redis_url must start with redis:// or rediss://".to_owned());
+            }
+            if self.cluster.prefix.is_empty() || self.cluster.prefix.contains(char::is_whitespace) {
+                problems.push("cluster.prefix must be a non-empty word (REVERB_SCALING_CHANNEL)".to_owned());
+            }
+            if self.cluster.redis_timeout_secs == 0 {
+                problems.push("cluster.redis_timeout_secs must be at least 1".to_owned());
+            }
         }
         if self.server.durability == Durability::Buffered && self.server.flush_every_ms == 0 {
             problems.push("server.flush_every_ms must be at least 1 with durability = \"buffered\"".to_owned());
@@ -506,6 +630,42 @@ mod tests {
         assert!(all.contains("apps[1].id \"a\" is already used"), "{all}");
         assert!(all.contains("apps[1].key is already used"), "{all}");
         assert_eq!(err.problems.len(), 5, "{all}");
+    }
+
+    /// Reverb's scaling variables turn cluster mode on; Laravel's REDIS_* variables say where
+    /// Redis is, REDIS_URL first.
+    #[test]
+    fn reverb_scaling_and_laravel_redis_variables_configure_the_cluster() {
+        let config = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        assert!(!config.cluster.enabled, "off unless asked");
+        let config = Config::load(
+            None,
+            &env(&[
+                ("REVERB_SCALING_ENABLED", "true"),
+                ("REVERB_SCALING_CHANNEL", "shop"),
+                ("REDIS_HOST", "10.0.0.5"),
+                ("REDIS_PORT", "6380"),
+                ("REDIS_PASSWORD", "p@ss word"),
+                ("REDIS_DB", "2"),
+                ("REDIS_TIMEOUT", "2.5"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(config.cluster.enabled);
+        assert_eq!(config.cluster.prefix, "shop");
+        assert_eq!(config.cluster.redis_url, "redis://:p%40ss+word@10.0.0.5:6380/2");
+        assert_eq!(config.cluster.redis_timeout_secs, 3);
+        assert!(!format!("{config:?}").contains("p%40ss"), "the password never reaches Debug output");
+        let url_wins =
+            env(&[("REVERB_SCALING_ENABLED", "1"), ("REDIS_URL", "rediss://u:s@h:1/0"), ("REDIS_HOST", "x")]);
+        let config = Config::load(None, &url_wins, &Overrides::default()).unwrap();
+        assert_eq!(config.cluster.redis_url, "rediss://u:s@h:1/0");
+        let flag = Overrides { redis_url: Some("redis://127.0.0.1:7000".into()), ..Overrides::default() };
+        let config = Config::load(None, &env(&[]), &flag).unwrap();
+        assert!(config.cluster.enabled, "--redis-url turns cluster mode on");
+        let err = Config::load(None, &env(&[("REVERB_SCALING_ENABLED", "maybe")]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("REVERB_SCALING_ENABLED"), "{err}");
     }
 
     /// A config printed with `{:?}` (a log line, a panic, an assertion) never shows the secret.

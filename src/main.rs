@@ -54,6 +54,10 @@ enum Command {
         /// once, after reading docs/operations.md, not in a service file.
         #[arg(long)]
         accept_data_loss: bool,
+        /// Run as a node of a cluster sharing this Redis (turns cluster mode on, like
+        /// REVERB_SCALING_ENABLED=true with REDIS_URL; see docs/cluster.md).
+        #[arg(long, value_name = "URL")]
+        redis_url: Option<String>,
     },
 }
 
@@ -69,13 +73,14 @@ fn main() -> anyhow::Result<()> {
         http_header_timeout_secs,
         max_open_connections,
         accept_data_loss,
+        redis_url,
     } = Cli::parse().command;
     let file_text = config
         .as_ref()
         .map(|path| std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display())))
         .transpose()?;
     let overrides =
-        Overrides { host, port, data_dir, http_header_timeout_secs, max_open_connections, accept_data_loss };
+        Overrides { host, port, data_dir, redis_url, http_header_timeout_secs, max_open_connections, accept_data_loss };
     let (config, demo) = Config::load(file_text.as_deref(), &ProcessEnv, &overrides)
         .and_then(Config::finish)
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -63,6 +63,20 @@ pub enum HeadProbe {
     Wait(oneshot::Receiver<()>),
 }
 
+/// What became of an event the cluster's bus delivered ([`AppHub::deliver`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Fanned out to this node's subscribers; it is the channel's published head now.
+    Delivered,
+    /// Nobody on this node is subscribed to the channel: nothing to do.
+    NotTracked,
+    /// At or below the published head: already delivered (or replayed).
+    Duplicate,
+    /// Events between the published head (given) and this one are missing: read them from the
+    /// log and deliver them first.
+    Gap { after: EventId },
+}
+
 /// Keeps a channel's entry alive while its head is read from the log; see [`HeadProbe::ReadLog`].
 pub struct HeadPin {
     hub: Arc<AppHub>,
@@ -115,6 +129,9 @@ pub struct AppHub {
     pub slow_consumers: AtomicU64,
     /// Sockets that signed in (`pusher:signin`), for `terminate_connections`.
     sign_ins: SignIns,
+    /// Whether this hub tells subscribers about presence members joining and leaving. In cluster
+    /// mode the roster is cluster-wide and those events come over the bus instead.
+    presence_events: bool,
 }
 
 impl Default for AppHub {
@@ -125,11 +142,17 @@ impl Default for AppHub {
             connections: AtomicUsize::new(0),
             slow_consumers: AtomicU64::new(0),
             sign_ins: SignIns::default(),
+            presence_events: true,
         }
     }
 }
 
 impl AppHub {
+    /// A hub for cluster mode: presence events come from the cluster, not from this node's roster.
+    pub fn clustered() -> Self {
+        AppHub { presence_events: false, ..AppHub::default() }
+    }
+
     fn shard(&self, channel: &str) -> MutexGuard<'_, HashMap<String, Channel>> {
         let index = usize::try_from(self.hasher.hash_one(channel) % SHARDS as u64).expect("shard index < SHARDS");
         lock(&self.shards[index])
@@ -150,7 +173,7 @@ impl AppHub {
         let user_id = member.as_ref().map(|m| m.user_id.clone());
         let previous = state.subscribers.insert(socket.serial, Subscriber { socket: Arc::clone(socket), user_id });
         if let (Some(member), None) = (member, previous) {
-            let joins = !state.members.contains_key(&member.user_id);
+            let joins = self.presence_events && !state.members.contains_key(&member.user_id);
             let added = joins.then(|| frames::member_added(channel.as_str(), &member.user_id, &member.user_info));
             state.join(member.user_id, member.user_info);
             if let Some(added) = added {
@@ -168,6 +191,7 @@ impl AppHub {
         let Some(removed) = state.subscribers.remove(&socket.serial) else { return false };
         if let Some(user_id) = removed.user_id
             && state.leave(&user_id)
+            && self.presence_events
         {
             state.send_to_all(&Frame::plain(frames::member_removed(channel, &user_id)), None);
         }
@@ -206,6 +230,43 @@ impl AppHub {
         if state.is_idle() {
             shard.remove(channel.as_str());
         }
+    }
+
+    /// Fans out a logged event that the cluster's bus delivered, in sequence order: the next one
+    /// after the published head goes out; anything at or below it is a duplicate; a jump is a gap
+    /// the caller fills from the log first. A channel whose head is unknown (a subscriber is
+    /// settling it) takes the event as its head: that subscriber's replay reads up to it.
+    pub fn deliver(&self, channel: &ChannelName, id: EventId, frame: &Arc<Frame>, except: Option<&str>) -> Delivery {
+        let mut shard = self.shard(channel.as_str());
+        let Some(state) = shard.get_mut(channel.as_str()) else { return Delivery::NotTracked };
+        match state.head {
+            Head::Known(Some(head)) if id.seq() <= head.seq() => return Delivery::Duplicate,
+            Head::Known(Some(head)) if id.seq() > head.seq() + 1 => return Delivery::Gap { after: head },
+            _ => {}
+        }
+        if let (_, Some(excluded)) = state.send_to_all(frame, except) {
+            let text = frames::skipped(channel.as_str(), id);
+            excluded.send(&Arc::new(Frame { text: text.into(), logged: Some((channel.clone(), id.seq())) }));
+        }
+        state.head = Head::Known(Some(id));
+        // A reader that read the log's head meanwhile must not settle an older one.
+        state.announced += 1;
+        state.wake_waiters_if_settled();
+        Delivery::Delivered
+    }
+
+    /// The channels this node has subscribers on, with their published heads (for the cluster's
+    /// check that no tail was lost).
+    pub fn tracked_heads(&self) -> Vec<(String, Option<EventId>)> {
+        let mut found = Vec::new();
+        for shard in &self.shards {
+            for (name, state) in lock(shard).iter() {
+                if let (false, Head::Known(head)) = (state.subscribers.is_empty(), state.head) {
+                    found.push((name.clone(), head));
+                }
+            }
+        }
+        found
     }
 
     /// Sends an unlogged `frame` (a client event) to every subscriber of `channel` but `except`.
@@ -438,6 +499,43 @@ mod tests {
         assert_eq!(pin.settle(Some(EventId::new(3, 9))), Some(Some(EventId::new(3, 9))));
         let entries: usize = hub.shards.iter().map(|shard| lock(shard).len()).sum();
         assert_eq!(entries, 0, "probes and pins leave no entry behind");
+    }
+
+    /// Bus deliveries go out in sequence order: duplicates are dropped, a jump is reported as a
+    /// gap (nothing is sent), and a channel nobody here watches is not tracked.
+    #[test]
+    fn deliveries_keep_sequence_order() {
+        let hub = Arc::new(AppHub::clustered());
+        let channel = name("orders");
+        let event = |seq| (EventId::new(seq, seq), Frame::plain(format!("e{seq}")));
+        let (id, frame) = event(1);
+        assert_eq!(hub.deliver(&channel, id, &frame, None), Delivery::NotTracked);
+        let watcher = socket("1.1", 16);
+        hub.subscribe(&channel, &watcher, None);
+        let HeadProbe::ReadLog(pin) = hub.probe_head("orders") else { panic!("cold channel") };
+        assert_eq!(pin.settle(Some(EventId::new(1, 1))), Some(Some(EventId::new(1, 1))));
+        let (id, frame) = event(1);
+        assert_eq!(hub.deliver(&channel, id, &frame, None), Delivery::Duplicate);
+        let (id, frame) = event(2);
+        assert_eq!(hub.deliver(&channel, id, &frame, None), Delivery::Delivered);
+        let (id, frame) = event(4);
+        assert_eq!(hub.deliver(&channel, id, &frame, None), Delivery::Gap { after: EventId::new(2, 2) });
+        let sent: Vec<_> = std::iter::from_fn(|| watcher.pop_frame()).map(|f| f.text.to_string()).collect();
+        assert_eq!(sent, vec!["e2"]);
+        assert_eq!(hub.tracked_heads(), vec![("orders".to_owned(), Some(EventId::new(2, 2)))]);
+    }
+
+    /// In cluster mode the hub keeps its members but announces nobody: the cluster does.
+    #[test]
+    fn a_clustered_hub_sends_no_presence_events() {
+        let hub = AppHub::clustered();
+        let channel = name("presence-room");
+        let (a, b) = (socket("1.1", 4), socket("1.2", 4));
+        hub.subscribe(&channel, &a, member("a"));
+        hub.subscribe(&channel, &b, member("b"));
+        hub.unsubscribe("presence-room", &b);
+        assert!(a.pop_frame().is_none());
+        assert_eq!(hub.users("presence-room"), vec!["a".to_owned()]);
     }
 
     /// A panic while a shard lock is held does not make every later use of the shard panic.
