@@ -28,11 +28,13 @@ pub struct Apps {
 }
 
 impl Apps {
-    pub fn new(configs: &[AppConfig]) -> Self {
+    /// The apps of `configs`; `clustered` hubs leave presence events to the cluster.
+    pub fn new(configs: &[AppConfig], clustered: bool) -> Self {
         let mut by_key = HashMap::new();
         let mut by_id = HashMap::new();
         for config in configs {
-            let app = Arc::new(App { config: config.clone(), hub: Arc::new(AppHub::default()) });
+            let hub = if clustered { AppHub::clustered() } else { AppHub::default() };
+            let app = Arc::new(App { config: config.clone(), hub: Arc::new(hub) });
             by_key.insert(config.key.clone(), Arc::clone(&app));
             by_id.insert(config.id.clone(), app);
         }

@@ -48,6 +48,14 @@ impl From<reprise_storage::StorageError> for ApiError {
     }
 }
 
+/// A failed cluster call: logged here with its cause, answered as 503 without it.
+impl From<crate::cluster::ClusterError> for ApiError {
+    fn from(error: crate::cluster::ClusterError) -> Self {
+        tracing::error!(%error, "cluster call failed");
+        ApiError::Unavailable
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

@@ -8,6 +8,7 @@
 mod accept;
 pub mod apps;
 pub mod capacity;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod error;
@@ -28,10 +29,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::apps::Apps;
 use crate::capacity::ConnectionCap;
+use crate::cluster::{Cluster, SharedLog};
 use crate::config::Config;
 use crate::health::Health;
 use crate::log_service::LogService;
-use crate::publisher::Publisher;
+use crate::publisher::{FanOut, Publisher};
 
 /// What every handler and connection shares.
 pub struct ServerState {
@@ -42,6 +44,8 @@ pub struct ServerState {
     pub publisher: Publisher,
     /// What is wrong right now, for `/up`.
     pub health: Arc<Health>,
+    /// This node's handle on the cluster, in cluster mode.
+    pub cluster: Option<Arc<Cluster>>,
     /// Fired once on shutdown: every connection closes with 4200 when it fires.
     pub shutdown: CancellationToken,
     /// Tracks upgraded sockets, which the accept loop's graceful shutdown does not wait for.
@@ -91,18 +95,41 @@ pub async fn run(listener: TcpListener, config: Arc<Config>, shutdown: Cancellat
     serve(listener, config, Arc::new(log), shutdown).await
 }
 
-/// Like [`run`], with a log the caller opened (another backend, or a shared one).
+/// Where the log lives, and who fans out.
+pub enum Backend {
+    /// A single node: the log is this node's own (sled, or one a test opened).
+    Local(Arc<dyn EventLog>),
+    /// A node of a cluster: the shared log in Redis, and the cluster's bus, presence and census.
+    Cluster { log: Arc<dyn SharedLog>, cluster: Arc<Cluster> },
+}
+
+/// Like [`run`], with a log the caller opened (another backend, or a failing double).
 pub async fn serve(
     listener: TcpListener,
     config: Arc<Config>,
     log: Arc<dyn EventLog>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    serve_on(listener, config, Backend::Local(log), Arc::new(Health::default()), shutdown).await
+}
+
+/// Serves on `backend` until `shutdown` fires; `health` is where problems are reported.
+pub async fn serve_on(
+    listener: TcpListener,
+    config: Arc<Config>,
+    backend: Backend,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let (log, fan_out, cluster): (Arc<dyn EventLog>, FanOut, Option<Arc<Cluster>>) = match backend {
+        Backend::Local(log) => (log, FanOut::Local, None),
+        Backend::Cluster { log, cluster } => (log.clone(), FanOut::Bus(log), Some(cluster)),
+    };
     // Publisher and retention tasks outlive the sockets: they finish after the state is dropped.
     let background = TaskTracker::new();
-    let health = Arc::new(Health::default());
     let publisher = Publisher::start(
         Arc::clone(&log),
+        fan_out,
         config.server.durability,
         Duration::from_millis(config.server.flush_every_ms),
         &background,
@@ -119,13 +146,19 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     let state = Arc::new(ServerState {
         config: Arc::clone(&config),
-        apps: Apps::new(&config.apps),
+        apps: Apps::new(&config.apps, cluster.is_some()),
         log: log_service,
         publisher,
         health: Arc::clone(&health),
+        cluster: cluster.clone(),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
     });
+    if let Some(cluster) = &cluster {
+        background.spawn(cluster::bus::run(Arc::clone(cluster), Arc::clone(&state), shutdown.clone()));
+        background.spawn(cluster::census::run(Arc::clone(cluster), Arc::clone(&state), shutdown.clone()));
+        tracing::info!(node = %cluster.node_id, "cluster mode: a node of the cluster");
+    }
     let app = routes::router(Arc::clone(&state)).layer(DefaultBodyLimit::max(routes::signed::MAX_ANY_REQUEST_BYTES));
     let cap =
         ConnectionCap::new(config.server.max_open_connections.unwrap_or_else(capacity::default_max_open_connections));

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::SharedLog;
 use crate::config::Durability;
 use crate::health::Health;
 use crate::hub::{AppHub, Frame};
@@ -61,6 +62,14 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<EventId>, PublishError>>,
 }
 
+/// Who fans a committed event out.
+pub enum FanOut {
+    /// This node's committer, right after the append (and flush): a single node.
+    Local,
+    /// Every node, from the cluster's bus: the shared log announces each append itself.
+    Bus(Arc<dyn SharedLog>),
+}
+
 /// A handle to the committer; cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
@@ -78,6 +87,7 @@ impl Publisher {
     /// only a fresh start (which reads everything back from the log) is known to be consistent.
     pub fn start(
         log: Arc<dyn EventLog>,
+        fan_out: FanOut,
         durability: Durability,
         flush_every: Duration,
         tasks: &TaskTracker,
@@ -92,7 +102,7 @@ impl Publisher {
         std::thread::Builder::new()
             .name("reprise-committer".into())
             .spawn(move || {
-                let _ = finished_tx.send(run_committer(committer_log.as_ref(), durability, jobs_rx));
+                let _ = finished_tx.send(run_committer(committer_log.as_ref(), &fan_out, durability, jobs_rx));
             })
             .expect("the committer thread starts: without it no publish could ever be answered");
         // Lets the server wait for the last commits on shutdown, and stops it if the committer dies.
@@ -128,7 +138,12 @@ impl Publisher {
 
 /// The committer's loop, on its own thread: it ends when every `Publisher` is gone and the
 /// queue is empty (Ok), or at the first panic (Err, after answering that group).
-fn run_committer(log: &dyn EventLog, durability: Durability, mut jobs_rx: mpsc::Receiver<Job>) -> Result<(), String> {
+fn run_committer(
+    log: &dyn EventLog,
+    fan_out: &FanOut,
+    durability: Durability,
+    mut jobs_rx: mpsc::Receiver<Job>,
+) -> Result<(), String> {
     while let Some(first) = jobs_rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_JOBS_PER_COMMIT {
@@ -137,7 +152,7 @@ fn run_committer(log: &dyn EventLog, durability: Durability, mut jobs_rx: mpsc::
                 Err(_) => break,
             }
         }
-        match std::panic::catch_unwind(AssertUnwindSafe(|| commit(log, durability, &jobs))) {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| commit(log, fan_out, durability, &jobs))) {
             Ok(outcome) => answer(jobs, outcome),
             Err(panic) => {
                 answer(jobs, Outcome::Unknown);
@@ -170,15 +185,19 @@ enum Outcome {
     Unknown,
 }
 
-/// Announces, appends, flushes and fans out one group of jobs.
-fn commit(log: &dyn EventLog, durability: Durability, jobs: &[Job]) -> Outcome {
+/// Announces, appends, flushes and fans out one group of jobs (with the bus, the shared log
+/// announces and every node fans out).
+fn commit(log: &dyn EventLog, fan_out: &FanOut, durability: Durability, jobs: &[Job]) -> Outcome {
+    let local = matches!(fan_out, FanOut::Local);
     let mut events = Vec::new();
     for job in jobs {
         for item in &job.items {
             let key = LogKey { app: job.app_id.clone(), channel: item.channel.as_str().to_owned() };
             // Before the append, so that nobody takes the log's head for the published head
             // while this event is between the two.
-            job.hub.begin_logged(item.channel.as_str());
+            if local {
+                job.hub.begin_logged(item.channel.as_str());
+            }
             events.push(NewEvent {
                 key,
                 event: item.event.clone(),
@@ -187,11 +206,21 @@ fn commit(log: &dyn EventLog, durability: Durability, jobs: &[Job]) -> Outcome {
             });
         }
     }
-    // `begin_logged` was called once per item: every item is ended below, appended or not.
-    let ids = match log.append(&events) {
+    // Locally, `begin_logged` was called once per item: every item is ended below, appended or not.
+    let appended = match fan_out {
+        FanOut::Local => log.append(&events),
+        FanOut::Bus(shared) => {
+            let except: Vec<Option<String>> =
+                jobs.iter().flat_map(|job| job.items.iter().map(|item| item.except_socket.clone())).collect();
+            shared.append_announced(&events, &except)
+        }
+    };
+    let ids = match appended {
         Ok(ids) => ids,
         Err(error) => {
-            end_all(jobs, None);
+            if local {
+                end_all(jobs, None);
+            }
             return Outcome::Failed(error);
         }
     };
@@ -200,8 +229,10 @@ fn commit(log: &dyn EventLog, durability: Durability, jobs: &[Job]) -> Outcome {
         Durability::Buffered => Ok(()),
     };
     // Fan out even if the flush failed: the events are in the log (history, replay), and live
-    // subscribers must not disagree with it.
-    end_all(jobs, Some(&ids));
+    // subscribers must not disagree with it. (With the bus, they were announced with the append.)
+    if local {
+        end_all(jobs, Some(&ids));
+    }
     match flushed {
         Ok(()) => Outcome::Committed(ids),
         Err(error) => Outcome::NotDurable(ids, error),

@@ -11,6 +11,7 @@ use reprise_api::{ChannelName, ErrorCode, EventId, signature};
 use serde_json::{Value, json};
 
 use super::Connection;
+use crate::cluster::messages::BusMessage;
 use crate::config::ClientEventsFrom;
 use crate::hub::Frame;
 use crate::publisher::{PublishError, PublishItem};
@@ -110,8 +111,24 @@ impl Connection {
 
         // Subscribe, then read: live events from here on queue in the outbox while the log is
         // read, and the watermark drops the ones the replay already contains. No gap, no duplicate.
+        let cluster_member = self.state.cluster.as_ref().and(member.clone());
         let roster = app.hub.subscribe(&channel, &self.membership.socket, member);
         self.membership.add(channel.as_str());
+        // In cluster mode the roster is the cluster's, and joining it announces the member.
+        let roster = match (&self.state.cluster, cluster_member) {
+            (Some(cluster), Some(member)) => {
+                match cluster.join(&app.config.id, channel.as_str(), &self.membership.socket, &member).await {
+                    Ok(roster) => Some(roster),
+                    Err(error) => {
+                        log!(error, self, %error, channel = channel.as_str(), "joining the cluster's roster failed");
+                        self.membership.leave(channel.as_str());
+                        let message = "The cluster is unavailable";
+                        return self.subscription_error(channel.as_str(), "ServerError", message, 503).await;
+                    }
+                }
+            }
+            _ => roster,
+        };
         let read = async {
             let head = self.state.log.published_head(&app.hub, &key).await?;
             self.state.log.replay(&key, since, head, channel.is_cache()).await
@@ -204,6 +221,23 @@ impl Connection {
                 }
                 Err(_) => self.write(frames::error(None, "The event could not be logged or relayed")).await,
             };
+        }
+        if let Some(cluster) = &self.state.cluster {
+            // Every node relays it to its own subscribers (this one included), sender excluded.
+            let relayed = BusMessage::ClientEvent {
+                app: self.membership.app.config.id.clone(),
+                channel: channel.as_str().to_owned(),
+                event,
+                data,
+                user_id,
+                except_socket: self.membership.socket.id.to_string(),
+            };
+            if cluster.publish(&relayed).await.is_err() {
+                return self
+                    .write(frames::error(None, "The event could not be relayed: the cluster is unavailable"))
+                    .await;
+            }
+            return true;
         }
         let frame = Frame::plain(frames::event_frame(&event, channel.as_str(), &data, None, user_id.as_deref()));
         self.membership.app.hub.publish(&channel, &frame, Some(&self.membership.socket.id));

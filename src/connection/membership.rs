@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::admission::ConnectionSlot;
 use crate::apps::App;
+use crate::cluster::Cluster;
 use crate::hub::Socket;
 
 pub struct Membership {
@@ -21,11 +22,13 @@ pub struct Membership {
     user_id: Option<String>,
     /// Held for the connection's life: dropping it gives the app's connection slot back.
     _slot: ConnectionSlot,
+    /// In cluster mode: told about subscription counts and presence places this socket gives up.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Membership {
-    pub fn new(app: Arc<App>, socket: Arc<Socket>, slot: ConnectionSlot) -> Self {
-        Membership { app, socket, channels: Vec::new(), user_id: None, _slot: slot }
+    pub fn new(app: Arc<App>, socket: Arc<Socket>, slot: ConnectionSlot, cluster: Option<Arc<Cluster>>) -> Self {
+        Membership { app, socket, channels: Vec::new(), user_id: None, _slot: slot, cluster }
     }
 
     pub fn is_subscribed(&self, channel: &str) -> bool {
@@ -36,6 +39,9 @@ impl Membership {
     pub fn add(&mut self, channel: &str) {
         if !self.is_subscribed(channel) {
             self.channels.push(channel.to_owned());
+            if let Some(cluster) = &self.cluster {
+                cluster.count_changed(&self.app.config.id, channel);
+            }
         }
     }
 
@@ -44,7 +50,27 @@ impl Membership {
         let Some(index) = self.channels.iter().position(|c| c == channel) else { return false };
         self.channels.swap_remove(index);
         self.app.hub.unsubscribe(channel, &self.socket);
+        self.left_in_cluster(channel);
         true
+    }
+
+    /// Tells the cluster (in cluster mode) that this socket left `channel`: its count, and its
+    /// place in the cluster's presence roster (in the background: leaving never waits on Redis;
+    /// if Redis cannot be told now, the sweep of dead places does it later).
+    fn left_in_cluster(&self, channel: &str) {
+        let Some(cluster) = &self.cluster else { return };
+        cluster.count_changed(&self.app.config.id, channel);
+        if !channel.starts_with("presence-") {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (cluster, app, channel) = (Arc::clone(cluster), self.app.config.id.clone(), channel.to_owned());
+        let socket_key = cluster.socket_key(&self.socket);
+        runtime.spawn(async move {
+            if let Err(error) = cluster.leave(&app, &channel, &socket_key).await {
+                tracing::warn!(%error, "could not leave the cluster's roster; the next reconnect or sweep retries");
+            }
+        });
     }
 
     pub fn user_id(&self) -> Option<&str> {
@@ -61,8 +87,9 @@ impl Membership {
 impl Drop for Membership {
     fn drop(&mut self) {
         self.socket.close_outbox();
-        for channel in self.channels.drain(..) {
+        for channel in std::mem::take(&mut self.channels) {
             self.app.hub.unsubscribe(&channel, &self.socket);
+            self.left_in_cluster(&channel);
         }
         if let Some(user_id) = self.user_id.take() {
             self.app.hub.sign_out(&user_id, &self.socket.id);
@@ -96,7 +123,7 @@ mod tests {
         let panicked = std::thread::spawn(move || {
             let socket = Socket::new(SocketId::fixed("2.2"), 16);
             let slot = reserve_slot(&app_in_task).unwrap();
-            let mut membership = Membership::new(Arc::clone(&app_in_task), Arc::clone(&socket), slot);
+            let mut membership = Membership::new(Arc::clone(&app_in_task), Arc::clone(&socket), slot, None);
             app_in_task.hub.subscribe(&room_in_task, &socket, as_member("ghost"));
             membership.add(room_in_task.as_str());
             membership.sign_in("ghost".into());

@@ -67,10 +67,11 @@ pub fn run(
 ) -> impl Future<Output = ()> + Send {
     let outbox_frames = state.config.server.outbox_frames;
     let socket = Socket::new(SocketId::random(), outbox_frames);
+    let membership = Membership::new(app, socket, slot, state.cluster.clone());
     let mut connection = Connection {
         ws,
         state,
-        membership: Membership::new(app, socket, slot),
+        membership,
         batch: VecDeque::new(),
         replay_watermarks: HashMap::new(),
         client_event_budget: ClientEventBudget::default(),

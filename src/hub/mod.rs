@@ -269,6 +269,34 @@ impl AppHub {
         found
     }
 
+    /// Asks every subscriber of `channel` on this node to close with `code` and takes `head` as
+    /// the channel's published head: for events this node can no longer deliver (compacted before
+    /// it caught up), its subscribers resume and are told `recovered:false`.
+    pub fn restart_channel(&self, channel: &ChannelName, head: Option<EventId>, code: u16) {
+        let mut shard = self.shard(channel.as_str());
+        let Some(state) = shard.get_mut(channel.as_str()) else { return };
+        for subscriber in state.subscribers.values() {
+            subscriber.socket.close(code);
+        }
+        state.head = Head::Known(head);
+        state.announced += 1;
+    }
+
+    /// This node's presence subscriptions: channel, socket, user id and user info.
+    pub fn presence_members(&self) -> Vec<(String, Arc<Socket>, String, Value)> {
+        let mut found = Vec::new();
+        for shard in &self.shards {
+            for (name, state) in lock(shard).iter() {
+                for subscriber in state.subscribers.values() {
+                    let Some(user_id) = &subscriber.user_id else { continue };
+                    let info = state.members.get(user_id).map_or(Value::Null, |member| member.info.clone());
+                    found.push((name.clone(), Arc::clone(&subscriber.socket), user_id.clone(), info));
+                }
+            }
+        }
+        found
+    }
+
     /// Sends an unlogged `frame` (a client event) to every subscriber of `channel` but `except`.
     /// Returns how many sockets it was queued for.
     pub fn publish(&self, channel: &ChannelName, frame: &Arc<Frame>, except: Option<&str>) -> usize {

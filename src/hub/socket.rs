@@ -198,6 +198,11 @@ impl Socket {
         }
     }
 
+    /// Unique for the server's life: names this socket in the cluster's presence records.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
     /// The code the socket was asked to close with, or 0 if it was not.
     pub fn close_code(&self) -> u16 {
         self.close_code.load(Ordering::Acquire)

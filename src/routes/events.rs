@@ -15,6 +15,7 @@ use reprise_api::{ChannelName, EventId};
 use crate::ServerState;
 use crate::apps::App;
 use crate::error::ApiError;
+use crate::hub::ChannelCounts;
 use crate::publisher::{PublishError, PublishItem};
 use crate::routes::signed::Signed;
 
@@ -42,7 +43,7 @@ pub async fn trigger(State(state): State<Arc<ServerState>>, signed: Signed) -> R
     for (channel, id) in channels.iter().zip(ids) {
         response.ids.insert(channel.to_string(), id);
         if info != InfoRequest::default() {
-            response.channels.insert(channel.to_string(), channel_info(&signed.app, channel, info));
+            response.channels.insert(channel.to_string(), channel_info(&state, &signed.app, channel, info).await?);
         }
     }
     Ok(Json(response))
@@ -60,15 +61,11 @@ pub async fn batch(State(state): State<Arc<ServerState>>, signed: Signed) -> Res
         .collect::<Result<Vec<_>, _>>()?;
     let channels: Vec<ChannelName> = items.iter().map(|item| item.channel.clone()).collect();
     let ids = publish(&state, &signed.app, items).await?;
-    let batch = body
-        .batch
-        .iter()
-        .zip(channels.iter().zip(ids))
-        .map(|(event, (channel, id))| BatchItemResponse {
-            info: channel_info(&signed.app, channel, InfoRequest::parse(event.info.as_deref())),
-            ids: BTreeMap::from([(channel.to_string(), id)]),
-        })
-        .collect();
+    let mut batch = Vec::with_capacity(channels.len());
+    for (event, (channel, id)) in body.batch.iter().zip(channels.iter().zip(ids)) {
+        let info = channel_info(&state, &signed.app, channel, InfoRequest::parse(event.info.as_deref())).await?;
+        batch.push(BatchItemResponse { info, ids: BTreeMap::from([(channel.to_string(), id)]) });
+    }
     Ok(Json(BatchResponse { batch }))
 }
 
@@ -112,12 +109,21 @@ async fn publish(state: &ServerState, app: &App, items: Vec<PublishItem>) -> Res
     })
 }
 
-pub fn channel_info(app: &App, channel: &ChannelName, info: InfoRequest) -> ChannelInfo {
-    let counts = app.hub.counts(channel.as_str());
-    ChannelInfo {
+pub async fn channel_info(
+    state: &ServerState,
+    app: &App,
+    channel: &ChannelName,
+    info: InfoRequest,
+) -> Result<ChannelInfo, ApiError> {
+    let counts = if info == InfoRequest::default() {
+        ChannelCounts::default() // nothing asked: no cluster round trip
+    } else {
+        crate::routes::channels::channel_counts(state, app, channel.as_str()).await?
+    };
+    Ok(ChannelInfo {
         occupied: None,
         subscription_count: info.subscription_count.then_some(counts.subscriptions),
         user_count: (info.user_count && channel.is_presence()).then_some(counts.users),
         cache: None,
-    }
+    })
 }

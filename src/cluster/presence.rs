@@ -1,0 +1,171 @@
+//! Cluster-wide presence rosters in Redis, per presence channel:
+//!
+//! - `{p}:presence:{app}:{channel}:sockets`: socket (`{node}:{serial}`) -> user id;
+//! - `{p}:presence:{app}:{channel}:users`: user id -> how many of their sockets are in, anywhere;
+//! - `{p}:presence:{app}:{channel}:info`: user id -> `user_info` (JSON text);
+//! - `{p}:presence_channels:{app}`: the presence channels with members, for the sweep.
+//!
+//! Joining and leaving are Lua scripts, so counting a user's sockets and announcing
+//! `member_added` / `member_removed` on the bus happen together: a user on two nodes is one
+//! member, added once and removed once. The sockets of a node that stopped sending heartbeats are
+//! removed by whichever node sweeps first (`census`), with `member_removed` for their users.
+
+use std::sync::LazyLock;
+
+use reprise_api::presence::{PresenceMember, roster};
+use serde_json::Value;
+
+use super::messages::BusMessage;
+use super::{Cluster, ClusterError};
+use crate::hub::Socket;
+
+/// KEYS: sockets, users, info, presence channels. ARGV: socket key, user id, user info, bus
+/// channel, channel name, added message. Returns the roster as [user, info, user, info...].
+static JOIN: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+            redis.call('SADD', KEYS[4], ARGV[5])
+            if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then
+                redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+                redis.call('PUBLISH', ARGV[4], ARGV[6])
+            end
+        end
+        return redis.call('HGETALL', KEYS[3])
+        ",
+    )
+});
+
+/// KEYS: sockets, users, info. ARGV: socket key, bus channel, app, channel. Returns 1 if the
+/// user left (their last socket), else 0.
+static LEAVE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local user = redis.call('HGET', KEYS[1], ARGV[1])
+        if not user then return 0 end
+        redis.call('HDEL', KEYS[1], ARGV[1])
+        if redis.call('HINCRBY', KEYS[2], user, -1) <= 0 then
+            redis.call('HDEL', KEYS[2], user)
+            redis.call('HDEL', KEYS[3], user)
+            redis.call('PUBLISH', ARGV[2], cjson.encode({k = 'pr', a = ARGV[3], c = ARGV[4], u = user}))
+            return 1
+        end
+        return 0
+        ",
+    )
+});
+
+impl Cluster {
+    fn presence_keys(&self, app: &str, channel: &str) -> [String; 3] {
+        ["sockets", "users", "info"].map(|part| self.key(&["presence", app, channel, part]))
+    }
+
+    fn presence_channels_key(&self, app: &str) -> String {
+        self.key(&["presence_channels", app])
+    }
+
+    /// Adds `socket` as `member` to the cluster-wide roster of `channel` (announcing the user if
+    /// it is their first socket anywhere) and returns the roster (`{"presence":{...}}`).
+    pub async fn join(
+        &self,
+        app: &str,
+        channel: &str,
+        socket: &Socket,
+        member: &PresenceMember,
+    ) -> Result<Value, ClusterError> {
+        let user_info = member.user_info.to_string();
+        let added = BusMessage::MemberAdded {
+            app: app.to_owned(),
+            channel: channel.to_owned(),
+            user_id: member.user_id.clone(),
+            user_info: user_info.clone(),
+            except_socket: socket.id.to_string(),
+        };
+        let [sockets, users, info] = self.presence_keys(app, channel);
+        let mut redis = self.connection();
+        let result: Result<Vec<String>, _> = JOIN
+            .key(sockets)
+            .key(users)
+            .key(info)
+            .key(self.presence_channels_key(app))
+            .arg(self.socket_key(socket))
+            .arg(&member.user_id)
+            .arg(user_info)
+            .arg(self.bus_channel())
+            .arg(channel)
+            .arg(added.to_json())
+            .invoke_async(&mut redis)
+            .await;
+        let flat = self.observe(result)?;
+        let members: Vec<(String, Value)> = flat
+            .chunks_exact(2)
+            .map(|pair| (pair[0].clone(), serde_json::from_str(&pair[1]).unwrap_or(Value::Null)))
+            .collect();
+        Ok(roster(members.iter().map(|(id, info)| (id.as_str(), info))))
+    }
+
+    /// Removes one socket (by its cluster key) from `channel`'s roster, announcing the user's
+    /// departure if it was their last socket anywhere. Returns whether they left.
+    pub async fn leave(&self, app: &str, channel: &str, socket_key: &str) -> Result<bool, ClusterError> {
+        let [sockets, users, info] = self.presence_keys(app, channel);
+        let mut redis = self.connection();
+        let result: Result<u8, _> = LEAVE
+            .key(sockets)
+            .key(users)
+            .key(info)
+            .arg(socket_key)
+            .arg(self.bus_channel())
+            .arg(app)
+            .arg(channel)
+            .invoke_async(&mut redis)
+            .await;
+        Ok(self.observe(result)? == 1)
+    }
+
+    /// The user ids present on `channel`, on every node.
+    pub async fn users(&self, app: &str, channel: &str) -> Result<Vec<String>, ClusterError> {
+        let [_, users, _] = self.presence_keys(app, channel);
+        let mut redis = self.connection();
+        let result = redis::cmd("HKEYS").arg(users).query_async(&mut redis).await;
+        self.observe(result)
+    }
+
+    /// How many distinct users are present on `channel`, on every node.
+    pub async fn user_count(&self, app: &str, channel: &str) -> Result<usize, ClusterError> {
+        let [_, users, _] = self.presence_keys(app, channel);
+        let mut redis = self.connection();
+        let result = redis::cmd("HLEN").arg(users).query_async(&mut redis).await;
+        self.observe(result)
+    }
+
+    /// Removes every presence socket of a node not in `live_nodes` (a node killed, or cut off
+    /// long enough to be presumed dead), with `member_removed` for users who had no other socket.
+    /// Returns how many sockets were removed.
+    pub async fn sweep_presence(&self, app: &str, live_nodes: &[String]) -> Result<usize, ClusterError> {
+        let mut redis = self.connection();
+        let channels: Result<Vec<String>, _> =
+            redis::cmd("SMEMBERS").arg(self.presence_channels_key(app)).query_async(&mut redis).await;
+        let mut removed = 0;
+        for channel in self.observe(channels)? {
+            let [sockets, _, _] = self.presence_keys(app, &channel);
+            let keys: Result<Vec<String>, _> = redis::cmd("HKEYS").arg(&sockets).query_async(&mut redis).await;
+            let keys = self.observe(keys)?;
+            if keys.is_empty() {
+                // Nobody left: forget the channel (a join re-adds it; SREM of a re-added one is
+                // harmless, the next join or sweep sees it again).
+                let forgot: Result<(), _> =
+                    redis::cmd("SREM").arg(self.presence_channels_key(app)).arg(&channel).query_async(&mut redis).await;
+                self.observe(forgot)?;
+                continue;
+            }
+            for key in keys {
+                let node = key.split(':').next().unwrap_or_default();
+                if !live_nodes.iter().any(|live| live == node) {
+                    self.leave(app, &channel, &key).await?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
