@@ -7,6 +7,7 @@ pub mod channel;
 pub mod codes;
 pub mod event_id;
 pub mod frames;
+pub mod history;
 pub mod http;
 pub mod presence;
 pub mod signature;
