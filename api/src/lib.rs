@@ -11,6 +11,7 @@ pub mod history;
 pub mod http;
 pub mod presence;
 pub mod signature;
+pub mod user;
 
 pub use channel::{ChannelKind, ChannelName, ChannelNameError};
 pub use codes::ErrorCode;
