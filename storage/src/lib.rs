@@ -14,6 +14,8 @@
 mod codec;
 pub mod conformance;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod sled_log;
 
 use std::sync::Arc;
