@@ -46,7 +46,9 @@ impl HistoryCursor {
         }
         let instant =
             OffsetDateTime::parse(since, &Rfc3339).map_err(|_| HistoryQueryError::InvalidSince(since.to_owned()))?;
-        let millis = instant.unix_timestamp_nanos() / 1_000_000;
+        // Rounded down, not toward zero: an instant a fraction of a millisecond before 1970 is
+        // before 1970, and one inside a millisecond includes that millisecond's events.
+        let millis = instant.unix_timestamp_nanos().div_euclid(1_000_000);
         let timestamp_ms = u64::try_from(millis).map_err(|_| HistoryQueryError::SinceBefore1970(since.to_owned()))?;
         Ok(HistoryCursor::FromTime { timestamp_ms })
     }
@@ -158,6 +160,24 @@ mod tests {
         assert_eq!(
             HistoryCursor::parse(Some("1969-12-31T00:00:00Z")),
             Err(HistoryQueryError::SinceBefore1970("1969-12-31T00:00:00Z".into()))
+        );
+    }
+
+    /// Found by the `history_query` fuzz target: an instant less than a millisecond before 1970
+    /// (here a leap second whose offset puts it at 1969-12-31T23:59:59.999999999Z) was rounded
+    /// toward zero to the epoch and accepted, although `since` before 1970 is refused.
+    #[test]
+    fn an_instant_just_before_1970_is_refused() {
+        for since in ["1970-01-01T02:00:60+02:01", "1969-12-31T23:59:59.9995Z"] {
+            assert_eq!(
+                HistoryCursor::parse(Some(since)),
+                Err(HistoryQueryError::SinceBefore1970(since.into())),
+                "{since}"
+            );
+        }
+        assert_eq!(
+            HistoryCursor::parse(Some("1970-01-01T00:00:00.0005Z")),
+            Ok(HistoryCursor::FromTime { timestamp_ms: 0 })
         );
     }
 
