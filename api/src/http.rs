@@ -1,5 +1,5 @@
-//! Pusher HTTP API payloads (requests and responses), plus Reprise's additions: the ids a publish
-//! was logged under, the history cursor and compaction.
+//! Pusher HTTP API payloads (requests and responses), plus Reprise's addition: the ids a publish
+//! was logged under. The history and compaction payloads are in [`crate::history`].
 
 use std::collections::BTreeMap;
 

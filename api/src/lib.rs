@@ -7,9 +7,11 @@ pub mod channel;
 pub mod codes;
 pub mod event_id;
 pub mod frames;
+pub mod history;
 pub mod http;
 pub mod presence;
 pub mod signature;
+pub mod user;
 
 pub use channel::{ChannelKind, ChannelName, ChannelNameError};
 pub use codes::ErrorCode;

@@ -252,9 +252,7 @@ impl Connection {
             log!(info, self, "signin refused: invalid signature");
             return self.write(frames::error(Some(ErrorCode::Unauthorized), "Invalid signin signature")).await;
         }
-        let user_id = serde_json::from_str::<Value>(user_data)
-            .ok()
-            .and_then(|data| data.get("id").and_then(Value::as_str).filter(|id| !id.is_empty()).map(str::to_owned));
+        let user_id = reprise_api::user::parse_user_id(user_data).ok();
         let Some(user_id) = user_id else {
             let message = "user_data must be a JSON object with a non-empty string id";
             return self.write(frames::error(Some(ErrorCode::Unauthorized), message)).await;

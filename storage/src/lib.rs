@@ -17,6 +17,8 @@ mod codec;
 pub mod conformance;
 mod error;
 pub mod faulty;
+#[doc(hidden)]
+pub mod fuzzing;
 mod sled_log;
 mod watermark;
 
