@@ -56,6 +56,9 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 /// itself unhealthy (it keeps retrying after that, and never exits on its own).
 pub const DEFAULT_REDIS_TIMEOUT_SECS: u64 = 5;
 
+/// How long an idle channel is kept in Redis: a week, long past any reconnect.
+pub const DEFAULT_CHANNEL_IDLE_TTL_SECS: u64 = 7 * 24 * 3600;
+
 /// Cluster mode: several nodes share the log, presence and fan-out through Redis. Off by default:
 /// then nothing touches Redis and the log is the embedded sled one.
 #[derive(Clone, Deserialize, PartialEq)]
@@ -73,6 +76,10 @@ pub struct ClusterConfig {
     pub redis_timeout_secs: u64,
     /// Replicas a publish waits for (`WAIT`) before it is acknowledged; 0 waits for none.
     pub wait_replicas: u32,
+    /// A channel nobody published to for this long expires from Redis (its stream and head), so
+    /// Redis memory stays bounded; 0 keeps channels forever. Its next event starts a new
+    /// sequence above the old one, and resumes from before get `recovered:false`.
+    pub channel_idle_ttl_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -83,6 +90,7 @@ impl Default for ClusterConfig {
             redis_url: DEFAULT_REDIS_URL.to_owned(),
             redis_timeout_secs: DEFAULT_REDIS_TIMEOUT_SECS,
             wait_replicas: 0,
+            channel_idle_ttl_secs: DEFAULT_CHANNEL_IDLE_TTL_SECS,
         }
     }
 }
@@ -96,6 +104,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("redis_url", &redact_url_password(&self.redis_url))
             .field("redis_timeout_secs", &self.redis_timeout_secs)
             .field("wait_replicas", &self.wait_replicas)
+            .field("channel_idle_ttl_secs", &self.channel_idle_ttl_secs)
             .finish()
     }
 }

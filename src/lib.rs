@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use reprise_storage::{DataLoss, EventLog, SledLog, StorageError};
+use reprise_storage::{DataLoss, EventLog, RedisLog, SledLog, StorageError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -66,6 +66,8 @@ pub enum ServerError {
     Serve(#[from] std::io::Error),
     #[error("flushing the event log on shutdown failed: {0}")]
     FinalFlush(StorageError),
+    #[error("cluster mode: cannot reach Redis at {url}: {source}")]
+    Redis { url: String, source: String },
     /// The server stopped itself because a part of it failed for good.
     #[error("stopped: {0}")]
     Failed(String),
@@ -75,6 +77,9 @@ pub enum ServerError {
 /// accepting, closes every socket with 4200, waits up to the grace period, flushes the log and
 /// returns.
 pub async fn run(listener: TcpListener, config: Arc<Config>, shutdown: CancellationToken) -> Result<(), ServerError> {
+    if config.cluster.enabled {
+        return run_clustered(listener, config, shutdown).await;
+    }
     let data_dir = config.server.data_dir.clone();
     let path = data_dir.display().to_string();
     let accept_data_loss = config.server.accept_data_loss;
@@ -93,6 +98,37 @@ pub async fn run(listener: TcpListener, config: Arc<Config>, shutdown: Cancellat
         None => {}
     }
     serve(listener, config, Arc::new(log), shutdown).await
+}
+
+/// Cluster mode: the log, presence and fan-out are shared through Redis; no data directory.
+async fn run_clustered(
+    listener: TcpListener,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let settings = config.cluster.clone();
+    let where_ = config::redact_url_password(&settings.redis_url);
+    let unreachable = |source: String| ServerError::Redis { url: where_.clone(), source };
+    let health = Arc::new(Health::default());
+    let cluster = Cluster::connect(&settings, Arc::clone(&health)).await.map_err(|e| unreachable(e.to_string()))?;
+    let handle = tokio::runtime::Handle::current();
+    let timeout = Duration::from_secs(settings.redis_timeout_secs);
+    let opened = tokio::task::spawn_blocking(move || {
+        let log = RedisLog::connect_with_timeout(&settings.redis_url, &settings.prefix, handle, timeout)?
+            .with_idle_ttl(Duration::from_secs(settings.channel_idle_ttl_secs));
+        Ok::<_, StorageError>(match settings.wait_replicas {
+            0 => log,
+            replicas => log.with_wait_replicas(replicas, timeout),
+        })
+    })
+    .await
+    .unwrap_or_else(|_| Err(StorageError::Backend("connecting was cancelled".into())));
+    let log = opened.map_err(|e| unreachable(e.to_string()))?;
+    if config.apps.iter().any(|app| app.max_connections.is_some()) {
+        tracing::warn!("cluster mode: max_connections is counted per node, not across the cluster");
+    }
+    let backend = Backend::Cluster { log: Arc::new(log), cluster: Arc::new(cluster) };
+    serve_on(listener, config, backend, health, shutdown).await
 }
 
 /// Where the log lives, and who fans out.

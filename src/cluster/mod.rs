@@ -38,6 +38,12 @@ pub trait SharedLog: EventLog {
     ) -> Result<Vec<EventId>, StorageError>;
 }
 
+impl SharedLog for reprise_storage::RedisLog {
+    fn append_announced(&self, events: &[NewEvent], except_sockets: &[Option<String>]) -> Result<Vec<EventId>, StorageError> {
+        reprise_storage::RedisLog::append_announced(self, events, except_sockets)
+    }
+}
+
 /// The `health` component Redis problems are reported under.
 pub const HEALTH_COMPONENT: &str = "redis";
 

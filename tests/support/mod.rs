@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod process;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -138,11 +139,7 @@ impl TestServer {
 
     /// A connected client that has received `connection_established`.
     pub async fn client(&self) -> WsClient {
-        let mut client = WsClient::connect(&self.ws_url(APP_KEY)).await;
-        let hello = client.expect_event("pusher:connection_established").await;
-        let data: Value = serde_json::from_str(hello["data"].as_str().expect("data is a string")).expect("json");
-        client.socket_id = data["socket_id"].as_str().expect("socket_id").to_owned();
-        client
+        WsClient::established(&self.ws_url(APP_KEY)).await
     }
 
     pub fn rest(&self) -> RestClient {
@@ -170,6 +167,15 @@ pub struct WsClient {
 }
 
 impl WsClient {
+    /// A client at `url` that has received `connection_established` (its socket id is known).
+    pub async fn established(url: &str) -> WsClient {
+        let mut client = WsClient::connect(url).await;
+        let hello = client.expect_event("pusher:connection_established").await;
+        let data: Value = serde_json::from_str(hello["data"].as_str().expect("data is a string")).expect("json");
+        client.socket_id = data["socket_id"].as_str().expect("socket_id").to_owned();
+        client
+    }
+
     pub async fn connect(url: &str) -> WsClient {
         let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connect");
         WsClient { stream, socket_id: String::new() }

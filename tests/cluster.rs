@@ -1,0 +1,305 @@
+//! Cluster mode with real parts: several `reprise` processes sharing a private `redis-server`
+//! (started on a free port per test; the shared one on 6379 is never touched), driven by real
+//! WebSocket and HTTP clients. Each test names the cross-node promise it guards.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::process::ServerProcess;
+use support::redis::RedisServer;
+use support::{RestClient, WsClient, data_of, event_id};
+
+/// Nodes sharing one Redis, each with its own (unused) data directory.
+struct TestCluster {
+    nodes: Vec<ServerProcess>,
+    redis: RedisServer,
+    dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    async fn start(nodes: usize) -> TestCluster {
+        let redis = RedisServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = TestCluster { nodes: Vec::new(), redis, dir };
+        for _ in 0..nodes {
+            cluster.add_node().await;
+        }
+        cluster
+    }
+
+    async fn add_node(&mut self) {
+        let n = self.nodes.len();
+        let data_dir = self.dir.path().join(format!("node{n}"));
+        let log = self.dir.path().join(format!("node{n}.log"));
+        let url = self.redis.url();
+        self.nodes.push(ServerProcess::start(&data_dir, log, &["--redis-url", &url]).await);
+    }
+
+    async fn client(&self, node: usize) -> WsClient {
+        WsClient::established(&self.nodes[node].ws_url()).await
+    }
+
+    fn rest(&self, node: usize) -> RestClient {
+        self.nodes[node].rest()
+    }
+}
+
+/// Polls `check` (up to 10 s) until it returns Some.
+async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One publish, through any node, reaches the channel's subscribers on every node once, with
+/// the same id everywhere.
+#[tokio::test]
+async fn a_publish_reaches_every_node_with_one_id() {
+    let cluster = TestCluster::start(3).await;
+    let mut clients = Vec::new();
+    for node in 0..3 {
+        let mut client = cluster.client(node).await;
+        client.subscribe("orders").await;
+        clients.push(client);
+    }
+    let id = cluster.rest(1).trigger_id("orders", "update", "shipped").await;
+    for client in &mut clients {
+        let frame = client.next_app_event().await;
+        assert_eq!((frame["data"].as_str(), frame["id"].as_str()), (Some("shipped"), Some(id.as_str())));
+    }
+    for client in &mut clients {
+        client.expect_silence(Duration::from_millis(200)).await;
+    }
+}
+
+/// Publishers on every node at once into one channel: every subscriber, on every node, sees one
+/// contiguous sequence in one order, with no gap and no duplicate.
+#[tokio::test]
+async fn concurrent_publishers_on_every_node_make_one_order() {
+    const PER_NODE: usize = 40;
+    let cluster = TestCluster::start(3).await;
+    let mut clients = Vec::new();
+    for node in 0..3 {
+        let mut client = cluster.client(node).await;
+        client.subscribe("race").await;
+        clients.push(client);
+    }
+    let publishers: Vec<_> = (0..3)
+        .map(|node| {
+            let rest = cluster.rest(node);
+            tokio::spawn(async move { rest.publish_n("race", "e", &format!("n{node}"), PER_NODE).await })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    let mut orders = Vec::new();
+    for client in &mut clients {
+        let mut seen = Vec::new();
+        for _ in 0..3 * PER_NODE {
+            let frame = client.next_app_event().await;
+            seen.push((event_id(&frame["id"]).seq(), frame["data"].as_str().unwrap().to_owned()));
+        }
+        let seqs: Vec<u64> = seen.iter().map(|(seq, _)| *seq).collect();
+        let first = seqs[0];
+        assert_eq!(seqs, (first..first + seqs.len() as u64).collect::<Vec<_>>(), "contiguous, in order");
+        orders.push(seen);
+    }
+    assert!(orders.windows(2).all(|pair| pair[0] == pair[1]), "every node delivered the same order");
+    let distinct: HashSet<_> = orders[0].iter().map(|(_, data)| data.clone()).collect();
+    assert_eq!(distinct.len(), 3 * PER_NODE, "no duplicate");
+}
+
+/// A client that was on node A resumes on node B with its last id and gets exactly what it
+/// missed (published through node C), then live events.
+#[tokio::test]
+async fn a_client_resumes_on_another_node() {
+    let cluster = TestCluster::start(3).await;
+    let mut on_a = cluster.client(0).await;
+    on_a.subscribe("orders").await;
+    cluster.rest(0).trigger("orders", "update", "1").await;
+    let last_seen = on_a.next_app_event().await["id"].as_str().unwrap().to_owned();
+    drop(on_a);
+    let missed = cluster.rest(2).publish_n("orders", "update", "missed", 5).await;
+    let mut on_b = cluster.client(1).await;
+    let replay = on_b.subscribe_since("orders", &last_seen).await;
+    assert_eq!((replay["recovered"].as_bool(), replay["count"].as_u64()), (Some(true), Some(5)), "{replay}");
+    for id in &missed {
+        assert_eq!(on_b.next_app_event().await["id"].as_str(), Some(id.as_str()));
+    }
+    let live = cluster.rest(0).trigger_id("orders", "update", "live").await;
+    assert_eq!(on_b.next_app_event().await["id"].as_str(), Some(live.as_str()));
+    let (status, page) = cluster.rest(2).history("orders", &[("since", &last_seen)]).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["events"].as_array().unwrap().len(), 6, "history answers the same on every node");
+}
+
+/// Presence is cluster-wide: the roster lists members on every node, `member_added` fires once
+/// per user (not per tab, not per node), and `/users` answers for the cluster.
+#[tokio::test]
+async fn presence_is_cluster_wide() {
+    let cluster = TestCluster::start(2).await;
+    let mut ann = cluster.client(0).await;
+    ann.subscribe_presence("presence-room", "ann", json!({"name": "Ann"})).await;
+    let mut bob = cluster.client(1).await;
+    let joined = bob.subscribe_presence("presence-room", "bob", json!({"name": "Bob"})).await;
+    let ids: HashSet<&str> = joined["presence"]["ids"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(ids, HashSet::from(["ann", "bob"]), "{joined}");
+    let added = ann.expect_event("pusher_internal:member_added").await;
+    assert_eq!(data_of(&added)["user_id"], "bob");
+
+    // Bob's second tab, on the other node: already present, so nobody is told.
+    let mut bob_tab = cluster.client(0).await;
+    bob_tab.subscribe_presence("presence-room", "bob", json!({"name": "Bob"})).await;
+    ann.expect_silence(Duration::from_millis(300)).await;
+    let (status, users) = cluster.rest(1).call("GET", &cluster.rest(1).path("/channels/presence-room/users"), &[], None).await;
+    assert_eq!(status, 200);
+    let listed: HashSet<&str> = users["users"].as_array().unwrap().iter().filter_map(|u| u["id"].as_str()).collect();
+    assert_eq!(listed, HashSet::from(["ann", "bob"]));
+
+    // Bob leaves one tab: still present. He closes the last: removed, once.
+    drop(bob);
+    ann.expect_silence(Duration::from_millis(500)).await;
+    drop(bob_tab);
+    let removed = ann.expect_event("pusher_internal:member_removed").await;
+    assert_eq!(data_of(&removed)["user_id"], "bob");
+}
+
+/// A node killed with `kill -9` cannot say goodbye: its members are removed by the others (with
+/// `member_removed`) within 15 seconds, and its clients resume on another node without a gap.
+#[tokio::test]
+async fn a_killed_nodes_members_are_removed_and_its_clients_resume_elsewhere() {
+    let mut cluster = TestCluster::start(2).await;
+    let mut watcher = cluster.client(1).await;
+    watcher.subscribe_presence("presence-room", "watcher", json!({})).await;
+    let mut doomed = cluster.client(0).await;
+    doomed.subscribe_presence("presence-room", "doomed", json!({})).await;
+    doomed.subscribe("orders").await;
+    watcher.expect_event("pusher_internal:member_added").await;
+    cluster.rest(1).trigger("orders", "update", "before").await;
+    let last_seen = doomed.next_app_event().await["id"].as_str().unwrap().to_owned();
+
+    let killed_at = Instant::now();
+    cluster.nodes[0].kill_9();
+    let missed = cluster.rest(1).publish_n("orders", "update", "while-down", 3).await;
+    let removed = watcher.expect_event("pusher_internal:member_removed").await;
+    assert_eq!(data_of(&removed)["user_id"], "doomed");
+    assert!(killed_at.elapsed() < Duration::from_secs(15), "took {:?}", killed_at.elapsed());
+
+    let mut resumed = cluster.client(1).await;
+    let replay = resumed.subscribe_since("orders", &last_seen).await;
+    assert_eq!(replay["recovered"], true, "{replay}");
+    for id in &missed {
+        assert_eq!(resumed.next_app_event().await["id"].as_str(), Some(id.as_str()));
+    }
+}
+
+/// Whispers (client events) and `toOthers` exclusion work across nodes.
+#[tokio::test]
+async fn client_events_cross_nodes() {
+    let cluster = TestCluster::start(2).await;
+    let mut alice = cluster.client(0).await;
+    alice.subscribe_private("private-chat").await;
+    let mut bob = cluster.client(1).await;
+    bob.subscribe_private("private-chat").await;
+    alice.send_json(json!({"event": "client-typing", "channel": "private-chat", "data": {"who": "alice"}})).await;
+    let typing = bob.expect_event("client-typing").await;
+    assert_eq!(data_of(&typing)["who"], "alice");
+    alice.expect_silence(Duration::from_millis(300)).await;
+
+    // A publish with Bob's socket id (toOthers) skips Bob on his node and reaches Alice on hers.
+    let body = json!({"name": "saved", "channel": "private-chat", "data": "x", "socket_id": bob.socket_id});
+    let (status, _) = cluster.rest(0).call("POST", &cluster.rest(0).path("/events"), &[], Some(&body)).await;
+    assert_eq!(status, 200);
+    assert_eq!(alice.expect_event("saved").await["data"], "x");
+    let skipped = bob.recv().await;
+    assert_eq!(skipped["event"], "pusher_internal:skipped", "Bob is told the id, not the event: {skipped}");
+}
+
+/// The HTTP API answers for the whole cluster: occupied channels and their counts include
+/// every node's subscribers, and `terminate_connections` closes the user's sockets everywhere.
+#[tokio::test]
+async fn the_http_api_answers_for_the_cluster() {
+    let cluster = TestCluster::start(2).await;
+    let mut a = cluster.client(0).await;
+    a.subscribe("news").await;
+    let mut b = cluster.client(1).await;
+    b.subscribe("news").await;
+    let rest = cluster.rest(0);
+    let path = rest.path("/channels/news");
+    eventually("both subscriptions counted", || {
+        let rest = &rest;
+        let path = &path;
+        async move {
+            let (_, info) = rest.call("GET", path, &[("info", "subscription_count")], None).await;
+            (info["subscription_count"] == 2).then_some(())
+        }
+    })
+    .await;
+    let (_, list) = rest.call("GET", &rest.path("/channels"), &[], None).await;
+    assert!(list["channels"]["news"].is_object(), "{list}");
+
+    let mut mallory_a = cluster.client(0).await;
+    mallory_a.subscribe_presence("presence-room", "mallory", json!({})).await;
+    let mut mallory_b = cluster.client(1).await;
+    mallory_b.subscribe_presence("presence-room", "mallory", json!({})).await;
+    let (status, _) = rest.call("POST", &rest.path("/users/mallory/terminate_connections"), &[], Some(&json!({}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(mallory_a.expect_close().await, 4200);
+    assert_eq!(mallory_b.expect_close().await, 4200);
+}
+
+/// Redis goes away: publishes answer 503 (nothing half-published) and `/up` says why, while
+/// connected clients stay connected. It comes back empty: publishing works again, ids are never
+/// reused, and a client resuming from before the loss is told `recovered:false`.
+#[tokio::test]
+async fn a_lost_redis_is_survived_and_an_empty_one_is_honest() {
+    let mut cluster = TestCluster::start(2).await;
+    let mut client = cluster.client(1).await;
+    client.subscribe("orders").await;
+    let before = cluster.rest(0).trigger_id("orders", "update", "before").await;
+    client.next_app_event().await;
+
+    cluster.redis.stop();
+    let body = json!({"name": "update", "channel": "orders", "data": "during"});
+    let (status, _) = cluster.rest(0).call("POST", &cluster.rest(0).path("/events"), &[], Some(&body)).await;
+    assert_eq!(status, 503, "nothing is acknowledged without Redis");
+    eventually("the node to say it is unhealthy", || {
+        let url = format!("{}/up", cluster.nodes[0].base());
+        async move { reqwest::get(url).await.ok().filter(|r| r.status() == 503) }
+    })
+    .await;
+
+    cluster.redis.restart(); // empty: no persistence
+    let after = eventually("publishing works again", || {
+        let rest = cluster.rest(0);
+        let body = json!({"name": "update", "channel": "orders", "data": "after"});
+        async move {
+            let (status, response) = rest.call("POST", &rest.path("/events"), &[], Some(&body)).await;
+            (status == 200).then(|| response["ids"]["orders"].as_str().unwrap().to_owned())
+        }
+    })
+    .await;
+    assert_ne!(after, before);
+    assert!(event_id(&json!(after)).seq() > event_id(&json!(before)).seq(), "sequences are never reused");
+    let frame = client.next_app_event().await;
+    assert_eq!(frame["data"], "after", "the connected client stayed connected and gets new events");
+
+    let mut resumed = cluster.client(0).await;
+    let replay = resumed.subscribe_since("orders", &before).await;
+    assert_eq!(replay["recovered"], false, "what was published before the loss is gone: {replay}");
+    let up = eventually("the node healthy again", || {
+        let url = format!("{}/up", cluster.nodes[0].base());
+        async move { reqwest::get(url).await.ok().filter(|r| r.status() == 200) }
+    })
+    .await;
+    assert_eq!(up.status(), 200);
+}
