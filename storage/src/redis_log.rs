@@ -101,7 +101,7 @@ static COMPACT_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
 
 /// A read never asks Redis for more entries than this at once, whatever `limit` says (it must fit
 /// Redis's COUNT and Lua's exact integers).
-const READ_MAX_EVENTS: usize = 1 << 40;
+const READ_MAX_EVENTS: u64 = 1 << 40;
 
 /// How many keys one `SCAN` step of [`EventLog::stats`] asks for.
 const STATS_SCAN_COUNT: u64 = 1000;
@@ -308,14 +308,12 @@ impl RedisLog {
     }
 
     fn run_read(&self, key: &LogKey, cursor: Cursor, limit: usize) -> Result<ReadReply, StorageError> {
-        // The script looks for the first event whose (time, seq) is above a bound. An id whose
-        // middle bits are not zero is not one of ours: it sorts after each of ours with its time.
+        // The script looks for the first event whose (time, seq) is above a bound.
         let (mode, bound_ts, bound_seq, own_id) = match cursor {
             Cursor::Oldest => ("oldest", 0, "0".to_owned(), None),
             Cursor::After(id) => {
-                let ours = id == EventId::new(id.timestamp_ms(), id.seq());
-                let bound_seq = if ours { id.seq().to_string() } else { "inf".to_owned() };
-                ("above", id.timestamp_ms(), bound_seq, (ours && id.seq() > 0).then_some(id))
+                let own_id = (has_our_shape(id) && id.seq() > 0).then_some(id);
+                ("above", id.timestamp_ms(), seq_bound(id), own_id)
             }
             // Every event has a sequence above 0, so "above (t, 0)" is "at or after t".
             Cursor::FromTime { timestamp_ms } => ("above", timestamp_ms, "0".to_owned(), None),
@@ -330,7 +328,7 @@ impl RedisLog {
             .arg(bound_seq)
             .arg(own_id.map(|id| format!("{}-0", id.seq())).unwrap_or_default())
             .arg(own_id.map(|id| id.timestamp_ms().to_string()).unwrap_or_default())
-            .arg(limit.min(READ_MAX_EVENTS).to_string());
+            .arg(u64::try_from(limit).unwrap_or(u64::MAX).min(READ_MAX_EVENTS).to_string());
         let mut connection = self.connection.clone();
         let reply: Vec<String> = self.call("read", invocation.invoke_async(&mut connection))?;
         ReadReply::decode(&reply)
@@ -460,10 +458,6 @@ impl EventLog for RedisLog {
             return Ok(0);
         }
         let text = |value: Option<u64>| value.map(|value| value.to_string()).unwrap_or_default();
-        let before_seq = rule.before.map(|id| {
-            // An id with middle bits sorts after each of ours with its time (see `run_read`).
-            if id == EventId::new(id.timestamp_ms(), id.seq()) { id.seq().to_string() } else { "inf".to_owned() }
-        });
         let mut invocation = COMPACT_SCRIPT.prepare_invoke();
         invocation
             .arg(&self.prefix)
@@ -472,7 +466,7 @@ impl EventLog for RedisLog {
             .arg(text(rule.keep_last))
             .arg(text(rule.older_than_ms))
             .arg(text(rule.before.map(EventId::timestamp_ms)))
-            .arg(before_seq.unwrap_or_default());
+            .arg(rule.before.map(seq_bound).unwrap_or_default());
         let mut connection = self.connection.clone();
         let removed: String = self.call("compact", invocation.invoke_async(&mut connection))?;
         number(&removed)
@@ -599,6 +593,17 @@ fn optional_id(timestamp_ms: &str, seq: &str) -> Result<Option<EventId>, Storage
         (None, None) => Ok(None),
         _ => Err(StorageError::Corrupt(format!("half an id: time {timestamp_ms:?}, sequence {seq:?}"))),
     }
+}
+
+/// True when `id` is laid out as ours are: its 16 middle bits are zero.
+fn has_our_shape(id: EventId) -> bool {
+    id == EventId::new(id.timestamp_ms(), id.seq())
+}
+
+/// The sequence part of a (time, sequence) bound in the scripts: an id whose middle bits are set
+/// sorts after each of ours with its time, so its bound is above every sequence ('inf').
+fn seq_bound(id: EventId) -> String {
+    if has_our_shape(id) { id.seq().to_string() } else { "inf".to_owned() }
 }
 
 /// `prefix` as a SCAN pattern that matches only itself.
