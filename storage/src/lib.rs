@@ -1,5 +1,6 @@
 //! Reprise's durable per-channel event log: the [`EventLog`] trait the server talks to, the embedded
-//! [`SledLog`] backend, and the [`conformance`] suite every backend must pass.
+//! [`SledLog`] backend, the [`RedisLog`] backend a cluster of nodes shares, and the [`conformance`]
+//! suite every backend must pass.
 //!
 //! Each channel (scoped by app, see [`LogKey`]) has its own append-only sequence of events. An event's
 //! [`EventId`] carries its append time and its per-channel sequence number (1, 2, 3, ...), so ids
@@ -19,6 +20,8 @@ mod error;
 pub mod faulty;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod private_redis;
+mod redis_log;
 mod sled_log;
 mod watermark;
 
@@ -27,6 +30,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use error::StorageError;
+pub use redis_log::{BusEvent, RedisLog, parse_bus_message};
 pub use reprise_api::EventId;
 pub use sled_log::SledLog;
 
