@@ -66,8 +66,8 @@ pub enum ServerError {
     Serve(#[from] std::io::Error),
     #[error("flushing the event log on shutdown failed: {0}")]
     FinalFlush(StorageError),
-    #[error("cluster mode: cannot reach Redis at {url}: {source}")]
-    Redis { url: String, source: String },
+    #[error("cluster mode: cannot reach Redis at {url}: {reason}")]
+    Redis { url: String, reason: String },
     /// The server stopped itself because a part of it failed for good.
     #[error("stopped: {0}")]
     Failed(String),
@@ -108,7 +108,7 @@ async fn run_clustered(
 ) -> Result<(), ServerError> {
     let settings = config.cluster.clone();
     let where_ = config::redact_url_password(&settings.redis_url);
-    let unreachable = |source: String| ServerError::Redis { url: where_.clone(), source };
+    let unreachable = |reason: String| ServerError::Redis { url: where_.clone(), reason };
     let health = Arc::new(Health::default());
     let cluster = Cluster::connect(&settings, Arc::clone(&health)).await.map_err(|e| unreachable(e.to_string()))?;
     let handle = tokio::runtime::Handle::current();

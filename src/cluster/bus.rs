@@ -54,6 +54,11 @@ pub async fn run(cluster: Arc<Cluster>, state: Arc<ServerState>, shutdown: Cance
             // was published while the bus was down.
             tracing::info!("cluster bus reconnected: restoring presence and catching up");
             rejoin_presence(&cluster, &state).await;
+            for app in state.apps.iter() {
+                for (channel, _) in app.hub.occupied("") {
+                    cluster.count_changed(&app.config.id, &channel);
+                }
+            }
             catch_up(&state).await;
         }
         reconnected = true;
@@ -65,7 +70,8 @@ pub async fn run(cluster: Arc<Cluster>, state: Arc<ServerState>, shutdown: Cance
                     None => break,
                 },
                 _ = ping.tick() => {
-                    let pinged = tokio::time::timeout(PING_INTERVAL, sink.ping::<String>()).await;
+                    // Any reply will do: in subscribed mode Redis answers a PING with an array.
+                    let pinged = tokio::time::timeout(PING_INTERVAL, sink.ping::<redis::Value>()).await;
                     if !matches!(pinged, Ok(Ok(_))) {
                         break;
                     }

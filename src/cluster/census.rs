@@ -22,11 +22,12 @@ const ROUND: Duration = Duration::from_secs(1);
 /// Heartbeats, the sweep of dead nodes' presence and the check for lost bus messages run every
 /// this many rounds.
 const HEARTBEAT_ROUNDS: u32 = 2;
-const SWEEP_ROUNDS: u32 = 3;
+const SWEEP_ROUNDS: u32 = 2;
 /// A node whose heartbeat is older than this is dead: its presence members are removed (with
-/// `member_removed`) and its counts no longer count. With a heartbeat every 2 s and a sweep every
-/// 3 s, a killed node's members are gone within about 12 s.
-pub const NODE_DEAD_AFTER: Duration = Duration::from_secs(9);
+/// `member_removed`) and its counts no longer count. Three missed heartbeats (every 2 s), so a
+/// slow round is not a death; with a sweep every 2 s, a killed node's members are gone within
+/// about 9 s.
+pub const NODE_DEAD_AFTER: Duration = Duration::from_secs(6);
 
 /// KEYS: nodes. ARGV: node id, dead-after ms. Records this node's heartbeat (Redis time, so
 /// nodes' clocks need not agree) and returns the live nodes.

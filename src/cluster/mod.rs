@@ -39,7 +39,11 @@ pub trait SharedLog: EventLog {
 }
 
 impl SharedLog for reprise_storage::RedisLog {
-    fn append_announced(&self, events: &[NewEvent], except_sockets: &[Option<String>]) -> Result<Vec<EventId>, StorageError> {
+    fn append_announced(
+        &self,
+        events: &[NewEvent],
+        except_sockets: &[Option<String>],
+    ) -> Result<Vec<EventId>, StorageError> {
         reprise_storage::RedisLog::append_announced(self, events, except_sockets)
     }
 }

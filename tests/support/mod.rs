@@ -221,6 +221,24 @@ impl WsClient {
         }
     }
 
+    /// Like `expect_event`, waiting up to `within` in all (for events slower than one read).
+    pub async fn expect_event_within(&mut self, event: &str, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("no {event} within {within:?}"));
+            if let Some(Ok(Message::Text(text))) = message {
+                let frame: Value = serde_json::from_str(&text).expect("server sent JSON");
+                if frame["event"] == event {
+                    return frame;
+                }
+            } else if !matches!(message, Some(Ok(_))) {
+                panic!("connection closed while waiting for {event}");
+            }
+        }
+    }
+
     /// Reads until the server closes; returns the close code.
     pub async fn expect_close(&mut self) -> u16 {
         loop {
