@@ -39,6 +39,10 @@ pub const DEFAULT_RETENTION_INTERVAL_SECS: u64 = 60;
 /// enough for a slow mobile link; short enough that a connection that never speaks gives its
 /// descriptor back soon. hyper's own default.
 pub const DEFAULT_HTTP_HEADER_TIMEOUT_SECS: u64 = 30;
+/// How long one write to the log (an append, an fsync, a compaction) may take before the disk is
+/// declared failed and the server stops (src/log_guard.rs). Far above any healthy fsync, even on
+/// a loaded network disk; short enough that publishes stuck behind a dead disk are answered.
+pub const DEFAULT_LOG_WRITE_TIMEOUT_SECS: u64 = 30;
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -72,6 +76,7 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     pub retention_interval_secs: u64,
     pub http_header_timeout_secs: u64,
+    pub log_write_timeout_secs: u64,
     /// Most open connections (HTTP and WebSocket); none means derived from the open-files limit.
     pub max_open_connections: Option<usize>,
     /// Open a log that lost durable appends anyway (`reprise start --accept-data-loss`). Only a
@@ -93,6 +98,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             retention_interval_secs: DEFAULT_RETENTION_INTERVAL_SECS,
             http_header_timeout_secs: DEFAULT_HTTP_HEADER_TIMEOUT_SECS,
+            log_write_timeout_secs: DEFAULT_LOG_WRITE_TIMEOUT_SECS,
             max_open_connections: None,
             accept_data_loss: false,
         }
@@ -349,6 +355,9 @@ impl Config {
         }
         if self.server.http_header_timeout_secs == 0 {
             problems.push("server.http_header_timeout_secs must be at least 1".to_owned());
+        }
+        if self.server.log_write_timeout_secs == 0 {
+            problems.push("server.log_write_timeout_secs must be at least 1".to_owned());
         }
         if self.server.max_open_connections == Some(0) {
             problems.push("server.max_open_connections must be at least 1 (omit it for the default)".to_owned());

@@ -65,6 +65,9 @@ struct Job {
 #[derive(Clone)]
 pub struct Publisher {
     jobs_tx: mpsc::Sender<Job>,
+    /// Fired when a write to the log stalled (`log_guard`): the committer may never answer, so
+    /// publishes stop waiting for it.
+    stalled: CancellationToken,
 }
 
 impl Publisher {
@@ -83,6 +86,7 @@ impl Publisher {
         tasks: &TaskTracker,
         health: Arc<Health>,
         shutdown: CancellationToken,
+        stalled: CancellationToken,
     ) -> Publisher {
         let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE_JOBS);
         // A thread of its own: every commit blocks on an fsync, and handing each one to the
@@ -109,7 +113,7 @@ impl Publisher {
         if durability == Durability::Buffered {
             tasks.spawn(run_flusher(log, flush_every, shutdown));
         }
-        Publisher { jobs_tx }
+        Publisher { jobs_tx, stalled }
     }
 
     /// Logs `items` and fans them out; returns their ids once they are as durable as configured.
@@ -121,8 +125,18 @@ impl Publisher {
     ) -> Result<Vec<EventId>, PublishError> {
         let (reply, answer) = oneshot::channel();
         let job = Job { app_id: app_id.to_owned(), hub: Arc::clone(hub), items, reply };
-        self.jobs_tx.send(job).await.map_err(|_| PublishError::ShuttingDown)?;
-        answer.await.map_err(|_| PublishError::ShuttingDown)?
+        tokio::select! {
+            biased;
+            sent = self.jobs_tx.send(job) => sent.map_err(|_| PublishError::ShuttingDown)?,
+            // Never queued: nothing was published.
+            () = self.stalled.cancelled() => return Err(PublishError::Storage),
+        }
+        tokio::select! {
+            biased;
+            answer = answer => answer.map_err(|_| PublishError::ShuttingDown)?,
+            // The committer may have appended it, or not yet taken it.
+            () = self.stalled.cancelled() => Err(PublishError::OutcomeUnknown),
+        }
     }
 }
 
