@@ -225,7 +225,10 @@ impl Connection {
             let message = "user_data must be a JSON object with a non-empty string id";
             return self.write(frames::error(Some(ErrorCode::Unauthorized), message)).await;
         };
-        self.membership.sign_in(user_id);
+        for channel in self.membership.sign_in(user_id) {
+            log!(info, self, channel, "signed in as another user: left the previous user's channel");
+            self.replay_watermarks.remove(&channel);
+        }
         self.write(frames::signin_success(user_data)).await
     }
 }

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use reprise_api::ChannelName;
+
 use super::admission::ConnectionSlot;
 use crate::apps::App;
 use crate::hub::Socket;
@@ -51,10 +53,26 @@ impl Membership {
         self.user_id.as_deref()
     }
 
-    /// Records a sign-in as `user_id`, replacing an earlier one.
-    pub fn sign_in(&mut self, user_id: String) {
-        self.app.hub.sign_in(&user_id, &self.socket, self.user_id.as_deref());
+    /// Records a sign-in as `user_id`, replacing an earlier one. Signing in as another user
+    /// leaves the earlier user's `#server-to-user-` channel, whose events are that user's alone;
+    /// returns the channels left.
+    pub fn sign_in(&mut self, user_id: String) -> Vec<String> {
+        let previous = self.user_id.take().filter(|previous| *previous != user_id);
+        let left: Vec<String> = match &previous {
+            Some(previous) => ChannelName::for_user(previous)
+                .ok()
+                .filter(|channel| self.is_subscribed(channel.as_str()))
+                .map(|channel| channel.as_str().to_owned())
+                .into_iter()
+                .collect(),
+            None => Vec::new(),
+        };
+        for channel in &left {
+            self.leave(channel);
+        }
+        self.app.hub.sign_in(&user_id, &self.socket, previous.as_deref());
         self.user_id = Some(user_id);
+        left
     }
 }
 
