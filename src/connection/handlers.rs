@@ -15,6 +15,9 @@ use crate::config::ClientEventsFrom;
 use crate::hub::Frame;
 use crate::publisher::{PublishError, PublishItem};
 
+/// The `type` of a subscription refused by a presence limit (soketi's name for it).
+const LIMIT_REACHED: &str = "LimitReached";
+
 impl Connection {
     /// Handles one client frame. Returns false if the socket is gone.
     pub(super) async fn handle_text(&mut self, text: &str) -> bool {
@@ -88,6 +91,12 @@ impl Connection {
         } else {
             None
         };
+        let max_member_bytes = config.presence_max_member_size_bytes;
+        if member.as_ref().is_some_and(|member| member.user_info.to_string().len() > max_member_bytes) {
+            let message = format!("The maximum size of a presence member's user_info is {max_member_bytes} bytes");
+            return self.subscription_error(channel.as_str(), LIMIT_REACHED, &message, 413).await;
+        }
+        let max_members = config.presence_max_members;
         let since = match request.since.as_deref().map(str::parse::<EventId>) {
             None => None,
             Some(Ok(id)) => Some(id),
@@ -110,7 +119,10 @@ impl Connection {
 
         // Subscribe, then read: live events from here on queue in the outbox while the log is
         // read, and the watermark drops the ones the replay already contains. No gap, no duplicate.
-        let roster = app.hub.subscribe(&channel, &self.membership.socket, member);
+        let Ok(roster) = app.hub.subscribe(&channel, &self.membership.socket, member, max_members) else {
+            let message = format!("The maximum number of members of a presence channel ({max_members}) was reached");
+            return self.subscription_error(channel.as_str(), LIMIT_REACHED, &message, 403).await;
+        };
         self.membership.add(channel.as_str());
         let read = async {
             let head = self.state.log.published_head(&app.hub, &key).await?;

@@ -107,7 +107,7 @@ mod tests {
         let room = ChannelName::parse("presence-room").unwrap();
         let watcher = Socket::new(SocketId::fixed("1.1"), 16);
         let as_member = |id: &str| Some(PresenceMember { user_id: id.into(), user_info: Value::Null });
-        app.hub.subscribe(&room, &watcher, as_member("watcher"));
+        app.hub.subscribe(&room, &watcher, as_member("watcher"), usize::MAX).unwrap();
 
         let app_in_task = Arc::clone(&app);
         let room_in_task = room.clone();
@@ -115,7 +115,7 @@ mod tests {
             let socket = Socket::new(SocketId::fixed("2.2"), 16);
             let slot = reserve_slot(&app_in_task).unwrap();
             let mut membership = Membership::new(Arc::clone(&app_in_task), Arc::clone(&socket), slot);
-            app_in_task.hub.subscribe(&room_in_task, &socket, as_member("ghost"));
+            app_in_task.hub.subscribe(&room_in_task, &socket, as_member("ghost"), usize::MAX).unwrap();
             membership.add(room_in_task.as_str());
             membership.sign_in("ghost".into());
             panic!("a bug in the middle of handling a frame");
