@@ -37,6 +37,8 @@ impl StorageError {
     pub(crate) fn from_sled(error: sled::Error) -> Self {
         match error {
             sled::Error::Corruption { .. } => StorageError::Corrupt(error.to_string()),
+            // Another process holding the directory is reported as an IO error; the disk is fine.
+            _ if crate::sled_log::is_lock_contention(&error) => StorageError::Backend(error.to_string()),
             sled::Error::Io(io) => StorageError::Io(io.to_string()),
             other => StorageError::Backend(other.to_string()),
         }

@@ -662,7 +662,7 @@ fn next_id(head: Option<EventId>, now_ms: u64) -> Result<EventId, StorageError> 
 }
 
 /// sled reports a held file lock as an `Other` IO error; only its message tells (sled is pinned).
-fn is_lock_contention(error: &sled::Error) -> bool {
+pub(crate) fn is_lock_contention(error: &sled::Error) -> bool {
     matches!(error, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
 }
 
