@@ -18,6 +18,13 @@ pub const DEFAULT_PING_INTERVAL_SECS: u64 = 60;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 10_000;
 /// Reverb's limit on a REST request body, in bytes.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 10_000;
+/// Pusher's limit: members (distinct users) of one presence channel. Every joiner gets the whole
+/// roster in one frame and every member gets each join and leave, so a roster costs its size
+/// squared; past a hundred, Pusher recommends other designs.
+pub const DEFAULT_PRESENCE_MAX_MEMBERS: usize = 100;
+/// Pusher's limit: one presence member's `user_info`, as JSON, in bytes. With the member cap it
+/// bounds a roster frame to about 100 KB.
+pub const DEFAULT_PRESENCE_MAX_MEMBER_SIZE_BYTES: usize = 1024;
 /// Pusher's limit: client events per second per socket.
 pub const DEFAULT_CLIENT_EVENTS_PER_SEC: u32 = 10;
 /// Most events a resume replays on subscribe; past it the client is told `recovered:false`.
@@ -39,6 +46,10 @@ pub const DEFAULT_RETENTION_INTERVAL_SECS: u64 = 60;
 /// enough for a slow mobile link; short enough that a connection that never speaks gives its
 /// descriptor back soon. hyper's own default.
 pub const DEFAULT_HTTP_HEADER_TIMEOUT_SECS: u64 = 30;
+/// How long one write to the log (an append, an fsync, a compaction) may take before the disk is
+/// declared failed and the server stops (src/log_guard.rs). Far above any healthy fsync, even on
+/// a loaded network disk; short enough that publishes stuck behind a dead disk are answered.
+pub const DEFAULT_LOG_WRITE_TIMEOUT_SECS: u64 = 30;
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -144,6 +155,7 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     pub retention_interval_secs: u64,
     pub http_header_timeout_secs: u64,
+    pub log_write_timeout_secs: u64,
     /// Most open connections (HTTP and WebSocket); none means derived from the open-files limit.
     pub max_open_connections: Option<usize>,
     /// Open a log that lost durable appends anyway (`reprise start --accept-data-loss`). Only a
@@ -165,6 +177,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             retention_interval_secs: DEFAULT_RETENTION_INTERVAL_SECS,
             http_header_timeout_secs: DEFAULT_HTTP_HEADER_TIMEOUT_SECS,
+            log_write_timeout_secs: DEFAULT_LOG_WRITE_TIMEOUT_SECS,
             max_open_connections: None,
             accept_data_loss: false,
         }
@@ -206,6 +219,10 @@ pub struct AppConfig {
     pub retention_max_events: Option<u64>,
     /// Retention: drop events older than this (background compaction).
     pub retention_max_age_secs: Option<u64>,
+    /// Most members (distinct users) of one presence channel.
+    pub presence_max_members: usize,
+    /// Largest `user_info` of a presence member, as JSON, in bytes.
+    pub presence_max_member_size_bytes: usize,
 }
 
 impl Default for AppConfig {
@@ -225,6 +242,8 @@ impl Default for AppConfig {
             log_client_events: false,
             retention_max_events: None,
             retention_max_age_secs: None,
+            presence_max_members: DEFAULT_PRESENCE_MAX_MEMBERS,
+            presence_max_member_size_bytes: DEFAULT_PRESENCE_MAX_MEMBER_SIZE_BYTES,
         }
     }
 }
@@ -247,6 +266,8 @@ impl std::fmt::Debug for AppConfig {
             log_client_events,
             retention_max_events,
             retention_max_age_secs,
+            presence_max_members,
+            presence_max_member_size_bytes,
         } = self;
         f.debug_struct("AppConfig")
             .field("id", id)
@@ -263,6 +284,8 @@ impl std::fmt::Debug for AppConfig {
             .field("log_client_events", log_client_events)
             .field("retention_max_events", retention_max_events)
             .field("retention_max_age_secs", retention_max_age_secs)
+            .field("presence_max_members", presence_max_members)
+            .field("presence_max_member_size_bytes", presence_max_member_size_bytes)
             .finish()
     }
 }
@@ -472,6 +495,9 @@ impl Config {
         if self.server.http_header_timeout_secs == 0 {
             problems.push("server.http_header_timeout_secs must be at least 1".to_owned());
         }
+        if self.server.log_write_timeout_secs == 0 {
+            problems.push("server.log_write_timeout_secs must be at least 1".to_owned());
+        }
         if self.server.max_open_connections == Some(0) {
             problems.push("server.max_open_connections must be at least 1 (omit it for the default)".to_owned());
         }
@@ -516,6 +542,10 @@ impl Config {
             }
             if app.max_request_size_bytes < 100 {
                 problems.push(format!("{at}.max_request_size_bytes must be at least 100"));
+            }
+            if app.presence_max_members == 0 || app.presence_max_member_size_bytes == 0 {
+                problems
+                    .push(format!("{at}.presence_max_members and .presence_max_member_size_bytes must be at least 1"));
             }
             if app.retention_max_events == Some(0) || app.retention_max_age_secs == Some(0) {
                 problems.push(format!("{at}: retention settings must be at least 1 (omit them to keep everything)"));

@@ -14,6 +14,7 @@ pub mod connection;
 pub mod error;
 pub mod health;
 pub mod hub;
+pub mod log_guard;
 pub mod log_service;
 pub mod publisher;
 pub mod routes;
@@ -32,6 +33,7 @@ use crate::capacity::ConnectionCap;
 use crate::cluster::{Cluster, SharedLog};
 use crate::config::Config;
 use crate::health::Health;
+use crate::log_guard::GuardedLog;
 use crate::log_service::LogService;
 use crate::publisher::{FanOut, Publisher};
 
@@ -163,14 +165,22 @@ pub async fn serve_on(
     };
     // Publisher and retention tasks outlive the sockets: they finish after the state is dropped.
     let background = TaskTracker::new();
+    // Every write goes through the guard: a disk failure stops the server (src/log_guard.rs).
+    let guarded = Arc::new(GuardedLog::new(log, Arc::clone(&health), shutdown.clone()));
+    let stalled = guarded.stalled();
+    // Watches until the final flush is over, whenever `serve` returns.
+    let watchdog_stop = CancellationToken::new();
+    let _stop_watchdog = watchdog_stop.clone().drop_guard();
+    let write_timeout = Duration::from_secs(config.server.log_write_timeout_secs);
+    tokio::spawn(Arc::clone(&guarded).watch(write_timeout, watchdog_stop));
+    let log: Arc<dyn EventLog> = guarded;
     let publisher = Publisher::start(
         Arc::clone(&log),
         fan_out,
-        config.server.durability,
-        Duration::from_millis(config.server.flush_every_ms),
+        (config.server.durability, Duration::from_millis(config.server.flush_every_ms)),
         &background,
         Arc::clone(&health),
-        shutdown.clone(),
+        (shutdown.clone(), stalled.clone()),
     );
     let log_service = Arc::new(LogService::new(Arc::clone(&log), config.server.replay_cap_events));
     background.spawn(log_service::compaction::run_retention(
@@ -226,10 +236,24 @@ pub async fn serve_on(
     if tokio::time::timeout_at(deadline, background.wait()).await.is_err() {
         tracing::warn!("publishes still committing at the end of the grace period");
     }
-    match tokio::task::spawn_blocking(move || log.flush()).await {
-        Ok(flushed) => flushed.map_err(ServerError::FinalFlush)?,
+    // A disk that stopped answering would hold the process here for good.
+    let flushed = if stalled.is_cancelled() {
+        None
+    } else {
+        let flush = tokio::task::spawn_blocking(move || log.flush());
+        tokio::select! {
+            flushed = flush => Some(flushed),
+            () = stalled.cancelled() => None,
+        }
+    };
+    match flushed {
+        Some(Ok(Ok(()))) => {}
+        // After a fatal problem the exit reports that problem; the flush's failure follows from it.
+        Some(Ok(Err(error))) if health.fatal().is_some() => tracing::error!(%error, "final log flush failed"),
+        Some(Ok(Err(error))) => return Err(ServerError::FinalFlush(error)),
         // The runtime is being dropped under us; sled flushes on drop as well.
-        Err(_) => tracing::warn!("final flush cancelled by the runtime shutting down"),
+        Some(Err(_)) => tracing::warn!("final flush cancelled by the runtime shutting down"),
+        None => tracing::error!("no final log flush: the disk is not answering"),
     }
     if let Some(problem) = health.fatal() {
         return Err(ServerError::Failed(problem));

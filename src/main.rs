@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -93,7 +94,7 @@ fn main() -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     raise_open_files_limit();
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let listener = listen(&config.server.host, config.server.port)
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.server.host, config.server.port))?;
@@ -101,8 +102,15 @@ fn main() -> anyhow::Result<()> {
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         reprise::run(listener, Arc::new(config), shutdown).await?;
         Ok(())
-    })
+    });
+    // Not a plain drop, which waits for every blocking call: one stuck on a disk that stopped
+    // answering would keep the process from ever exiting.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    served
 }
+
+/// How long the runtime waits, after `run` returned, for calls still blocked in the log.
+const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Pending connections the kernel may queue before `accept`. A reconnect storm (a load balancer
 /// recycling, every laptop waking at 9:00) arrives all at once; with the usual 128, SYNs beyond it

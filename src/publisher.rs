@@ -74,6 +74,9 @@ pub enum FanOut {
 #[derive(Clone)]
 pub struct Publisher {
     jobs_tx: mpsc::Sender<Job>,
+    /// Fired when a write to the log stalled (`log_guard`): the committer may never answer, so
+    /// publishes stop waiting for it.
+    stalled: CancellationToken,
 }
 
 impl Publisher {
@@ -85,14 +88,16 @@ impl Publisher {
     /// shut down. It is not restarted: a panic may have left a group appended but not fanned out
     /// (live subscribers would miss those events) or the hub's in-flight counts unbalanced, and
     /// only a fresh start (which reads everything back from the log) is known to be consistent.
+    ///
+    /// `shutdown` stops the server; `stalled` fires when a log write never returned (see
+    /// `log_guard`).
     pub fn start(
         log: Arc<dyn EventLog>,
         fan_out: FanOut,
-        durability: Durability,
-        flush_every: Duration,
+        (durability, flush_every): (Durability, Duration),
         tasks: &TaskTracker,
         health: Arc<Health>,
-        shutdown: CancellationToken,
+        (shutdown, stalled): (CancellationToken, CancellationToken),
     ) -> Publisher {
         let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE_JOBS);
         // A thread of its own: every commit blocks on an fsync, and handing each one to the
@@ -119,7 +124,7 @@ impl Publisher {
         if durability == Durability::Buffered {
             tasks.spawn(run_flusher(log, flush_every, shutdown));
         }
-        Publisher { jobs_tx }
+        Publisher { jobs_tx, stalled }
     }
 
     /// Logs `items` and fans them out; returns their ids once they are as durable as configured.
@@ -131,8 +136,18 @@ impl Publisher {
     ) -> Result<Vec<EventId>, PublishError> {
         let (reply, answer) = oneshot::channel();
         let job = Job { app_id: app_id.to_owned(), hub: Arc::clone(hub), items, reply };
-        self.jobs_tx.send(job).await.map_err(|_| PublishError::ShuttingDown)?;
-        answer.await.map_err(|_| PublishError::ShuttingDown)?
+        tokio::select! {
+            biased;
+            sent = self.jobs_tx.send(job) => sent.map_err(|_| PublishError::ShuttingDown)?,
+            // Never queued: nothing was published.
+            () = self.stalled.cancelled() => return Err(PublishError::Storage),
+        }
+        tokio::select! {
+            biased;
+            answer = answer => answer.map_err(|_| PublishError::ShuttingDown)?,
+            // The committer may have appended it, or not yet taken it.
+            () = self.stalled.cancelled() => Err(PublishError::OutcomeUnknown),
+        }
     }
 }
 

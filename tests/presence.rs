@@ -197,3 +197,63 @@ async fn subscribing_twice_keeps_one_membership_and_repeats_the_roster() {
     assert_eq!(again["presence"]["hash"]["ann"], json!({"name":"Ann"}), "{again}");
     watcher.expect_silence(Duration::from_millis(200)).await;
 }
+
+/// The next frame, asserted to be a `LimitReached` subscription error on `ROOM` with `status`.
+async fn expect_limit_reached(client: &mut WsClient, status: u16) {
+    let frame = client.recv().await;
+    assert_eq!(frame["event"], "pusher:subscription_error", "{frame}");
+    assert_eq!(frame["channel"], ROOM, "{frame}");
+    let data = data_of(&frame);
+    assert_eq!(data["type"], "LimitReached", "{frame}");
+    assert_eq!(data["status"], status, "{frame}");
+}
+
+/// Pusher's limit of 100 members per presence channel (issue 11: the roster had no cap, so 50
+/// members of 9 KB each handed every joiner a 451 KB frame). The 101st user is refused with a
+/// `LimitReached` subscription error; another tab of a member still joins; once a member leaves,
+/// the refused user gets in.
+#[tokio::test]
+async fn the_101st_member_of_a_presence_channel_is_refused() {
+    let server = TestServer::start().await;
+    let mut members = Vec::new();
+    for i in 0..100 {
+        let mut client = server.client().await;
+        client.subscribe_presence(ROOM, &format!("user-{i}"), json!({"n": i})).await;
+        members.push(client);
+    }
+    let mut late = server.client().await;
+    late.send_presence_subscribe(ROOM, "user-100", json!({}), None).await;
+    expect_limit_reached(&mut late, 403).await;
+    assert_eq!(
+        server.rest().call("GET", &server.rest().path(&format!("/channels/{ROOM}/users")), &[], None).await.1["users"]
+            .as_array()
+            .unwrap()
+            .len(),
+        100
+    );
+
+    let mut second_tab = server.client().await;
+    let roster = second_tab.subscribe_presence(ROOM, "user-0", json!({"n": 0})).await;
+    assert_eq!(roster["presence"]["count"], 100);
+
+    members.pop(); // user-99 leaves
+    members[0].expect_event("pusher_internal:member_removed").await;
+    let roster = late.subscribe_presence(ROOM, "user-100", json!({})).await;
+    assert_eq!(roster["presence"]["count"], 100);
+}
+
+/// Pusher's limit of 1 KB of `user_info` per presence member: the issue's 9 KB member is refused
+/// (`LimitReached`, 413) and never reaches the roster; 1 KB of it is accepted.
+#[tokio::test]
+async fn a_presence_member_with_more_than_1_kb_of_user_info_is_refused() {
+    let server = TestServer::start().await;
+    let mut big = server.client().await;
+    big.send_presence_subscribe(ROOM, "big", json!({"bio": "x".repeat(9 * 1024)}), None).await;
+    expect_limit_reached(&mut big, 413).await;
+
+    let mut fits = server.client().await;
+    let info = json!({"bio": "x".repeat(1024 - r#"{"bio":""}"#.len())});
+    assert_eq!(info.to_string().len(), 1024);
+    let roster = fits.subscribe_presence(ROOM, "fits", info).await;
+    assert_eq!(roster["presence"]["ids"], json!(["fits"]), "the refused member is not in the roster");
+}

@@ -10,6 +10,8 @@ use futures_util::SinkExt;
 use reprise_api::signature;
 use serde_json::{Value, json};
 use support::{APP_KEY, APP_SECRET, TestServer, WsClient, data_of};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -335,4 +337,95 @@ async fn client_that_answers_pings_stays_connected() {
     }
     assert!(pings >= 2, "expected the server to keep pinging, got {pings} pings");
     round_trip(&mut client).await;
+}
+
+/// Opens a WebSocket by hand over TCP, so a test can send frames no client library would, and
+/// reads past `connection_established`.
+async fn raw_websocket(server: &TestServer) -> TcpStream {
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /app/{APP_KEY}?protocol=7&client=js&version=8.4.0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tokio::time::timeout(SILENCE * 10, stream.read_u8()).await.unwrap().unwrap());
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let (opcode, payload) = read_frame(&mut stream).await.expect("connection_established");
+    assert_eq!(opcode, 1, "{}", String::from_utf8_lossy(&payload));
+    stream
+}
+
+/// The next frame from the server (unmasked): its opcode and payload; None if the connection
+/// ended without one.
+async fn read_frame(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let read = async {
+        let mut header = [0_u8; 2];
+        stream.read_exact(&mut header).await.ok()?;
+        let length = match header[1] & 0x7f {
+            126 => u64::from(stream.read_u16().await.ok()?),
+            127 => stream.read_u64().await.ok()?,
+            short => u64::from(short),
+        };
+        let mut payload = vec![0_u8; usize::try_from(length).unwrap()];
+        stream.read_exact(&mut payload).await.ok()?;
+        Some((header[0] & 0x0f, payload))
+    };
+    tokio::time::timeout(SILENCE * 10, read).await.expect("a frame or the end of the connection in time")
+}
+
+/// A client frame (masked, as clients must) with the given first byte (FIN, RSV, opcode).
+fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut frame = vec![first_byte];
+    match u16::try_from(payload.len()) {
+        Ok(short) if short < 126 => frame.push(0x80 | u8::try_from(short).unwrap()),
+        Ok(medium) => frame.extend([0x80 | 126].into_iter().chain(medium.to_be_bytes())),
+        Err(_) => frame.extend([0x80 | 127].into_iter().chain(u64::try_from(payload.len()).unwrap().to_be_bytes())),
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, byte)| byte ^ mask[i % 4]));
+    frame
+}
+
+/// Sends `frame` on a fresh raw WebSocket and returns the code of the close frame that comes
+/// back (skipping any other frame); panics if the connection ends without one.
+async fn close_code_after(server: &TestServer, frame: &[u8]) -> u16 {
+    let mut stream = raw_websocket(server).await;
+    stream.write_all(frame).await.unwrap();
+    loop {
+        match read_frame(&mut stream).await {
+            Some((0x8, payload)) => return u16::from_be_bytes([payload[0], payload[1]]),
+            Some(_) => {}
+            None => panic!("the connection ended without a close frame"),
+        }
+    }
+}
+
+/// A text frame that is not UTF-8 is answered with close 1007 (RFC 6455 7.4.1) before the
+/// connection ends; it used to be a bare TCP close.
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_gets_close_1007() {
+    let server = TestServer::start().await;
+    assert_eq!(close_code_after(&server, &client_frame(0x81, &[0xc3, 0x28])).await, 1007);
+}
+
+/// Protocol violations (a continuation with nothing to continue, a reserved opcode) are
+/// answered with close 1002; they used to be a bare TCP close.
+#[tokio::test]
+async fn protocol_violations_get_close_1002() {
+    let server = TestServer::start().await;
+    assert_eq!(close_code_after(&server, &client_frame(0x80, b"orphan")).await, 1002, "orphan continuation");
+    assert_eq!(close_code_after(&server, &client_frame(0x83, b"reserved")).await, 1002, "reserved opcode 3");
+}
+
+/// A text frame over the WebSocket layer's limit (8 × `max_message_size_bytes`) gets close 1009.
+#[tokio::test]
+async fn a_frame_over_the_transport_limit_gets_close_1009() {
+    let server = TestServer::start().await;
+    let too_big = vec![b'x'; 8 * server.config.apps[0].max_message_size_bytes + 1];
+    assert_eq!(close_code_after(&server, &client_frame(0x81, &too_big)).await, 1009);
 }

@@ -94,3 +94,26 @@ async fn a_signed_in_user_receives_events_sent_to_it() {
     assert_eq!(event["data"], r#"{"text":"hi"}"#);
     bob.expect_silence(std::time::Duration::from_millis(200)).await;
 }
+
+/// A socket signed in as ann and subscribed to `#server-to-user-ann` that signs in again as bob
+/// no longer receives ann's events (it used to keep her channel): the second sign-in leaves it.
+/// It can subscribe to bob's channel, and signing in again as bob keeps it.
+#[tokio::test]
+async fn signing_in_as_another_user_leaves_the_previous_users_channel() {
+    let server = TestServer::start().await;
+    let mut socket = server.client().await;
+    let (ann, bob) = (r#"{"id":"ann"}"#, r#"{"id":"bob"}"#);
+    let auth = valid_auth(&socket, ann);
+    assert_eq!(sign_in(&mut socket, ann, &auth).await["event"], "pusher:signin_success");
+    socket.subscribe("#server-to-user-ann").await;
+
+    let auth = valid_auth(&socket, bob);
+    assert_eq!(sign_in(&mut socket, bob, &auth).await["event"], "pusher:signin_success");
+    server.rest().trigger("#server-to-user-ann", "notice", "for ann").await;
+    socket.expect_silence(std::time::Duration::from_millis(200)).await;
+
+    socket.subscribe("#server-to-user-bob").await;
+    assert_eq!(sign_in(&mut socket, bob, &auth).await["event"], "pusher:signin_success");
+    server.rest().trigger("#server-to-user-bob", "notice", "for bob").await;
+    assert_eq!(socket.expect_event("notice").await["data"], "for bob");
+}

@@ -16,6 +16,9 @@ use crate::config::ClientEventsFrom;
 use crate::hub::Frame;
 use crate::publisher::{PublishError, PublishItem};
 
+/// The `type` of a subscription refused by a presence limit (soketi's name for it).
+const LIMIT_REACHED: &str = "LimitReached";
+
 impl Connection {
     /// Handles one client frame. Returns false if the socket is gone.
     pub(super) async fn handle_text(&mut self, text: &str) -> bool {
@@ -89,6 +92,12 @@ impl Connection {
         } else {
             None
         };
+        let max_member_bytes = config.presence_max_member_size_bytes;
+        if member.as_ref().is_some_and(|member| member.user_info.to_string().len() > max_member_bytes) {
+            let message = format!("The maximum size of a presence member's user_info is {max_member_bytes} bytes");
+            return self.subscription_error(channel.as_str(), LIMIT_REACHED, &message, 413).await;
+        }
+        let max_members = config.presence_max_members;
         let since = match request.since.as_deref().map(str::parse::<EventId>) {
             None => None,
             Some(Ok(id)) => Some(id),
@@ -112,7 +121,10 @@ impl Connection {
         // Subscribe, then read: live events from here on queue in the outbox while the log is
         // read, and the watermark drops the ones the replay already contains. No gap, no duplicate.
         let cluster_member = self.state.cluster.as_ref().and(member.clone());
-        let roster = app.hub.subscribe(&channel, &self.membership.socket, member);
+        let Ok(roster) = app.hub.subscribe(&channel, &self.membership.socket, member, max_members) else {
+            let message = format!("The maximum number of members of a presence channel ({max_members}) was reached");
+            return self.subscription_error(channel.as_str(), LIMIT_REACHED, &message, 403).await;
+        };
         self.membership.add(channel.as_str());
         // In cluster mode the roster is the cluster's, and joining it announces the member.
         let roster = match (&self.state.cluster, cluster_member) {
@@ -257,7 +269,10 @@ impl Connection {
             let message = "user_data must be a JSON object with a non-empty string id";
             return self.write(frames::error(Some(ErrorCode::Unauthorized), message)).await;
         };
-        self.membership.sign_in(user_id);
+        for channel in self.membership.sign_in(user_id) {
+            log!(info, self, channel, "signed in as another user: left the previous user's channel");
+            self.replay_watermarks.remove(&channel);
+        }
         self.write(frames::signin_success(user_data)).await
     }
 }

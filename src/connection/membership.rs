@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use reprise_api::ChannelName;
+
 use super::admission::ConnectionSlot;
 use crate::apps::App;
 use crate::cluster::Cluster;
@@ -77,10 +79,26 @@ impl Membership {
         self.user_id.as_deref()
     }
 
-    /// Records a sign-in as `user_id`, replacing an earlier one.
-    pub fn sign_in(&mut self, user_id: String) {
-        self.app.hub.sign_in(&user_id, &self.socket, self.user_id.as_deref());
+    /// Records a sign-in as `user_id`, replacing an earlier one. Signing in as another user
+    /// leaves the earlier user's `#server-to-user-` channel, whose events are that user's alone;
+    /// returns the channels left.
+    pub fn sign_in(&mut self, user_id: String) -> Vec<String> {
+        let previous = self.user_id.take().filter(|previous| *previous != user_id);
+        let left: Vec<String> = match &previous {
+            Some(previous) => ChannelName::for_user(previous)
+                .ok()
+                .filter(|channel| self.is_subscribed(channel.as_str()))
+                .map(|channel| channel.as_str().to_owned())
+                .into_iter()
+                .collect(),
+            None => Vec::new(),
+        };
+        for channel in &left {
+            self.leave(channel);
+        }
+        self.app.hub.sign_in(&user_id, &self.socket, previous.as_deref());
         self.user_id = Some(user_id);
+        left
     }
 }
 
@@ -116,7 +134,7 @@ mod tests {
         let room = ChannelName::parse("presence-room").unwrap();
         let watcher = Socket::new(SocketId::fixed("1.1"), 16);
         let as_member = |id: &str| Some(PresenceMember { user_id: id.into(), user_info: Value::Null });
-        app.hub.subscribe(&room, &watcher, as_member("watcher"));
+        app.hub.subscribe(&room, &watcher, as_member("watcher"), usize::MAX).unwrap();
 
         let app_in_task = Arc::clone(&app);
         let room_in_task = room.clone();
@@ -124,7 +142,7 @@ mod tests {
             let socket = Socket::new(SocketId::fixed("2.2"), 16);
             let slot = reserve_slot(&app_in_task).unwrap();
             let mut membership = Membership::new(Arc::clone(&app_in_task), Arc::clone(&socket), slot, None);
-            app_in_task.hub.subscribe(&room_in_task, &socket, as_member("ghost"));
+            app_in_task.hub.subscribe(&room_in_task, &socket, as_member("ghost"), usize::MAX).unwrap();
             membership.add(room_in_task.as_str());
             membership.sign_in("ghost".into());
             panic!("a bug in the middle of handling a frame");

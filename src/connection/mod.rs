@@ -94,6 +94,21 @@ fn bounded<F: Future>(write: F) -> Pin<Box<tokio::time::Timeout<F>>> {
     Box::pin(tokio::time::timeout(WRITE_STALL_TIMEOUT, write))
 }
 
+/// The close code (RFC 6455, section 7.4.1) for a frame the WebSocket layer refused: 1007 for a
+/// text frame that is not UTF-8, 1009 for a message over the size limit, 1002 for any other
+/// protocol violation (an orphan continuation, a reserved opcode or bit, an unmasked frame).
+/// None for a broken transport, which can carry no close frame.
+fn close_code_for(error: axum::Error) -> Option<(u16, &'static str)> {
+    use tokio_tungstenite::tungstenite::error::{Error, ProtocolError};
+    match error.into_inner().downcast_ref::<Error>()? {
+        Error::Utf8(_) => Some((1007, "Invalid UTF-8 in a text frame")),
+        Error::Capacity(_) => Some((1009, "Message too big")),
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        Error::Protocol(_) => Some((1002, "WebSocket protocol error")),
+        _ => None,
+    }
+}
+
 /// Why a connection ended.
 #[derive(Debug)]
 enum Ended {
@@ -248,7 +263,11 @@ impl Connection {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(_))) | None => return Some(Ended::ClientClosed),
             Some(Ok(_)) => return None, // pings are answered by the WebSocket layer; binary is ignored
-            Some(Err(_)) => return Some(Ended::Transport),
+            Some(Err(error)) => {
+                let Some((code, reason)) = close_code_for(error) else { return Some(Ended::Transport) };
+                log!(info, self, code, reason, "invalid WebSocket frame");
+                return Some(self.close(code, reason).await);
+            }
         };
         let max_message_bytes = self.membership.app.config.max_message_size_bytes;
         let answered = if text.len() > max_message_bytes {

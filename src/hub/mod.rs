@@ -45,6 +45,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A presence channel already holds its app's `presence_max_members`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RosterFull;
+
 /// Counts of one channel, for the HTTP API.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ChannelCounts {
@@ -160,15 +164,23 @@ impl AppHub {
 
     /// Registers `socket` on `channel`: every event fanned out from now on reaches its outbox.
     /// On presence channels `member` joins the roster and, if it is the user's first socket
-    /// there, the others get `member_added`. Returns the roster (`{"presence":{...}}`) on
-    /// presence channels.
+    /// there, the others get `member_added`; a new user is refused if the roster already holds
+    /// `max_members` (checked under the shard lock, so concurrent joins cannot overshoot).
+    /// Returns the roster (`{"presence":{...}}`) on presence channels.
     pub fn subscribe(
         &self,
         channel: &ChannelName,
         socket: &Arc<Socket>,
         member: Option<PresenceMember>,
-    ) -> Option<Value> {
+        max_members: usize,
+    ) -> Result<Option<Value>, RosterFull> {
         let mut shard = self.shard(channel.as_str());
+        if let (Some(state), Some(member)) = (shard.get(channel.as_str()), &member)
+            && state.members.len() >= max_members
+            && !state.members.contains_key(&member.user_id)
+        {
+            return Err(RosterFull);
+        }
         let state = shard.entry(channel.as_str().to_owned()).or_insert_with(Channel::new);
         let user_id = member.as_ref().map(|m| m.user_id.clone());
         let previous = state.subscribers.insert(socket.serial, Subscriber { socket: Arc::clone(socket), user_id });
@@ -180,7 +192,7 @@ impl AppHub {
                 state.send_to_all(&Frame::plain(added), Some(&socket.id));
             }
         }
-        channel.is_presence().then(|| roster(state))
+        Ok(channel.is_presence().then(|| roster(state)))
     }
 
     /// Removes `socket` from `channel`; on presence channels the last socket of a user leaves
@@ -446,10 +458,10 @@ mod tests {
         let hub = AppHub::default();
         let channel = name("presence-room");
         let watcher = socket("0.1", 16);
-        hub.subscribe(&channel, &watcher, member("w"));
+        hub.subscribe(&channel, &watcher, member("w"), usize::MAX).unwrap();
         let (tab1, tab2) = (socket("1.1", 16), socket("1.2", 16));
-        hub.subscribe(&channel, &tab1, member("u"));
-        hub.subscribe(&channel, &tab2, member("u"));
+        hub.subscribe(&channel, &tab1, member("u"), usize::MAX).unwrap();
+        hub.subscribe(&channel, &tab2, member("u"), usize::MAX).unwrap();
         let joined: Vec<_> = std::iter::from_fn(|| watcher.pop_frame()).collect();
         assert_eq!(joined.len(), 1, "one member_added for two tabs");
         assert!(joined[0].text.contains("member_added"));
@@ -466,7 +478,7 @@ mod tests {
         let hub = AppHub::default();
         let channel = name("news");
         let slow = socket("1.1", 1);
-        hub.subscribe(&channel, &slow, None);
+        hub.subscribe(&channel, &slow, None, usize::MAX).unwrap();
         let frame = Frame::plain("x".into());
         assert_eq!(hub.publish(&channel, &frame, None), 1);
         assert_eq!(hub.publish(&channel, &frame, None), 0);
@@ -478,8 +490,8 @@ mod tests {
         let hub = AppHub::default();
         let channel = name("news");
         let (a, b) = (socket("1.1", 4), socket("1.2", 4));
-        hub.subscribe(&channel, &a, None);
-        hub.subscribe(&channel, &b, None);
+        hub.subscribe(&channel, &a, None, usize::MAX).unwrap();
+        hub.subscribe(&channel, &b, None, usize::MAX).unwrap();
         hub.publish(&channel, &Frame::plain("e".into()), Some("1.1"));
         assert!(a.pop_frame().is_none());
         assert_eq!(b.pop_frame().unwrap().text.as_str(), "e");
@@ -492,14 +504,14 @@ mod tests {
         let hub = Arc::new(AppHub::default());
         let channel = name("orders");
         let early = socket("1.0", 4);
-        hub.subscribe(&channel, &early, None);
+        hub.subscribe(&channel, &early, None, usize::MAX).unwrap();
         let before = EventId::new(1, 1);
         hub.begin_logged("orders");
         hub.end_logged(&channel, Some((before, &Frame::plain("b".into()))), None);
         let in_flight = EventId::new(2, 2);
         hub.begin_logged("orders");
         let late = socket("1.1", 4);
-        hub.subscribe(&channel, &late, None);
+        hub.subscribe(&channel, &late, None, usize::MAX).unwrap();
         assert_eq!(probe_known(&hub, "orders"), Some(before));
         hub.end_logged(&channel, Some((in_flight, &Frame::plain("n".into()))), None);
         assert_eq!(late.pop_frame().unwrap().text.as_str(), "n");
@@ -539,7 +551,7 @@ mod tests {
         let (id, frame) = event(1);
         assert_eq!(hub.deliver(&channel, id, &frame, None), Delivery::NotTracked);
         let watcher = socket("1.1", 16);
-        hub.subscribe(&channel, &watcher, None);
+        hub.subscribe(&channel, &watcher, None, usize::MAX).unwrap();
         let HeadProbe::ReadLog(pin) = hub.probe_head("orders") else { panic!("cold channel") };
         assert_eq!(pin.settle(Some(EventId::new(1, 1))), Some(Some(EventId::new(1, 1))));
         let (id, frame) = event(1);
@@ -559,8 +571,8 @@ mod tests {
         let hub = AppHub::clustered();
         let channel = name("presence-room");
         let (a, b) = (socket("1.1", 4), socket("1.2", 4));
-        hub.subscribe(&channel, &a, member("a"));
-        hub.subscribe(&channel, &b, member("b"));
+        hub.subscribe(&channel, &a, member("a"), usize::MAX).unwrap();
+        hub.subscribe(&channel, &b, member("b"), usize::MAX).unwrap();
         hub.unsubscribe("presence-room", &b);
         assert!(a.pop_frame().is_none());
         assert_eq!(hub.users("presence-room"), vec!["a".to_owned()]);
@@ -578,7 +590,7 @@ mod tests {
         })
         .join();
         let a = socket("1.1", 4);
-        hub.subscribe(&channel, &a, None);
+        hub.subscribe(&channel, &a, None, usize::MAX).unwrap();
         assert_eq!(hub.publish(&channel, &Frame::plain("e".into()), None), 1);
         assert_eq!(a.close_code(), 0);
     }

@@ -73,6 +73,6 @@ impl BlobSync {
     }
 
     fn failed(&self, what: &str, error: &std::io::Error) -> StorageError {
-        StorageError::Backend(format!("{what} of sled's blob files in {} failed: {error}", self.dir.display()))
+        StorageError::Io(format!("{what} of sled's blob files in {} failed: {error}", self.dir.display()))
     }
 }

@@ -5,10 +5,17 @@
 /// recovered) are not errors: they are part of the normal results.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// The backend failed (IO error, lock held by another process, ...). The operation did not
-    /// happen; retrying may help.
+    /// The backend failed for a reason other than its disk (a lock held by another process, a
+    /// call that did not complete, ...). The operation did not happen; retrying may help.
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// The disk failed a read, write or sync (full, read-only, failing hardware). After a failed
+    /// write or sync the log cannot be trusted to write again until it is reopened: sled 0.34
+    /// keeps the first error of its log writer and returns it from every later write and flush
+    /// (only a new `open` clears it), and after a failed fsync the kernel may already have dropped
+    /// the pages it could not write, so a retry that succeeds proves nothing.
+    #[error("the event log's disk failed: {0}")]
+    Io(String),
     /// A stored record or key could not be decoded. Retrying will not help.
     #[error("corrupt log data: {0}")]
     Corrupt(String),
@@ -30,6 +37,9 @@ impl StorageError {
     pub(crate) fn from_sled(error: sled::Error) -> Self {
         match error {
             sled::Error::Corruption { .. } => StorageError::Corrupt(error.to_string()),
+            // Another process holding the directory is reported as an IO error; the disk is fine.
+            _ if crate::sled_log::is_lock_contention(&error) => StorageError::Backend(error.to_string()),
+            sled::Error::Io(io) => StorageError::Io(io.to_string()),
             other => StorageError::Backend(other.to_string()),
         }
     }

@@ -11,9 +11,11 @@ use crate::{ChannelHead, CompactRule, Cursor, EventLog, LogKey, LogStats, NewEve
 /// A failure [`FaultyLog`] can inject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
-    /// `append` fails before writing anything.
+    /// `append` fails before writing anything, for a reason other than the disk
+    /// ([`StorageError::Backend`]).
     Append,
-    /// `flush` fails (after the inner flush, as a disk error reported late would).
+    /// `flush` fails with a disk error ([`StorageError::Io`]), after the inner flush, as a disk
+    /// error reported late would.
     Flush,
     /// `head` and `read` fail.
     Read,
@@ -79,7 +81,10 @@ impl<L: EventLog> EventLog for FaultyLog<L> {
         let delay = *self.flush_delay.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         std::thread::sleep(delay);
         self.inner.flush()?;
-        Self::failing(&self.flush, "flush")
+        if self.flush.load(Ordering::SeqCst) {
+            return Err(StorageError::Io("injected flush failure: No space left on device".into()));
+        }
+        Ok(())
     }
 
     fn read(&self, key: &LogKey, cursor: Cursor, limit: usize) -> Result<ReadOutcome, StorageError> {

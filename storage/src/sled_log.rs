@@ -200,8 +200,7 @@ impl SledLog {
                 result => {
                     let mut log = Self::from_db(result.map_err(StorageError::from_sled)?)?;
                     // sled keeps its log in the file `db` of its directory, blobs in `blobs/`.
-                    let file =
-                        std::fs::File::open(path.join("db")).map_err(|e| StorageError::Backend(e.to_string()))?;
+                    let file = std::fs::File::open(path.join("db")).map_err(|e| StorageError::Io(e.to_string()))?;
                     log.log_file = Some(file);
                     log.blobs = Some(BlobSync::new(path.join("blobs")));
                     log.check_watermark(path, accept_data_loss)?;
@@ -476,7 +475,7 @@ impl EventLog for SledLog {
             sync.sync(blobs)?;
         }
         if let Some(file) = &self.log_file {
-            file.sync_data().map_err(|e| StorageError::Backend(format!("fdatasync of the log failed: {e}")))?;
+            file.sync_data().map_err(|e| StorageError::Io(format!("fdatasync of the log failed: {e}")))?;
         }
         if let Some(watermark) = &self.watermark {
             // Written in place with one fdatasync, and skipped when nothing was appended.
@@ -663,7 +662,7 @@ fn next_id(head: Option<EventId>, now_ms: u64) -> Result<EventId, StorageError> 
 }
 
 /// sled reports a held file lock as an `Other` IO error; only its message tells (sled is pinned).
-fn is_lock_contention(error: &sled::Error) -> bool {
+pub(crate) fn is_lock_contention(error: &sled::Error) -> bool {
     matches!(error, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
 }
 

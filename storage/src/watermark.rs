@@ -55,7 +55,7 @@ impl Watermark {
     pub(crate) fn open(dir: &Path) -> Result<(Watermark, Reading), StorageError> {
         let path = dir.join(WATERMARK_FILE);
         let failed = |what: &str, error: std::io::Error| {
-            StorageError::Backend(format!("watermark {}: {what}: {error}", path.display()))
+            StorageError::Io(format!("watermark {}: {what}: {error}", path.display()))
         };
         match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(file) => {
@@ -108,7 +108,7 @@ impl Watermark {
         self.file
             .write_all_at(&codec::encode_watermark(&next), offset)
             .and_then(|()| self.file.sync_data())
-            .map_err(|e| StorageError::Backend(format!("writing the watermark failed: {e}")))?;
+            .map_err(|e| StorageError::Io(format!("writing the watermark failed: {e}")))?;
         self.current = next;
         Ok(())
     }

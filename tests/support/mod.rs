@@ -62,11 +62,20 @@ impl TestServer {
 
     /// A server with the test app on a log the caller opened (for instance a failing double).
     pub async fn start_on_log(log: Arc<dyn reprise_storage::EventLog>) -> TestServer {
+        Self::start_on_log_with(log, |_| {}).await
+    }
+
+    /// Like [`TestServer::start_on_log`], with a configuration `adjust` may change.
+    pub async fn start_on_log_with(
+        log: Arc<dyn reprise_storage::EventLog>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let mut config = Config::default();
         config.server.host = "127.0.0.1".into();
         config.server.shutdown_grace_ms = 2000;
         config.apps = vec![test_app()];
+        adjust(&mut config);
         Self::launch_with(config, data_dir, Some(log)).await
     }
 

@@ -108,6 +108,18 @@ impl ServerProcess {
         RestClient { base: self.base(), app_id: APP_ID.into(), key: APP_KEY.into(), secret: APP_SECRET.into() }
     }
 
+    /// Waits (at most `timeout`) for the server to exit by itself; returns how, and its stderr.
+    pub async fn exited(&mut self, timeout: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, self.stderr());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("reprise did not exit within {timeout:?}:\n{}", self.stderr());
+    }
+
     /// `kill -9`: no shutdown path runs, no final flush.
     pub fn kill_9(&mut self) {
         self.child.kill().expect("SIGKILL the server");
