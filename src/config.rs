@@ -39,6 +39,10 @@ pub const DEFAULT_RETENTION_INTERVAL_SECS: u64 = 60;
 /// enough for a slow mobile link; short enough that a connection that never speaks gives its
 /// descriptor back soon. hyper's own default.
 pub const DEFAULT_HTTP_HEADER_TIMEOUT_SECS: u64 = 30;
+/// How often an event stream (`/app/{key}/stream`) that has nothing to send sends a comment, so
+/// that proxies and load balancers (nginx's default read timeout is 60 s, many idle timeouts are
+/// 30 s or more) keep it open. A few bytes per stream per interval.
+pub const DEFAULT_SSE_HEARTBEAT_SECS: u64 = 15;
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -72,6 +76,7 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     pub retention_interval_secs: u64,
     pub http_header_timeout_secs: u64,
+    pub sse_heartbeat_secs: u64,
     /// Most open connections (HTTP and WebSocket); none means derived from the open-files limit.
     pub max_open_connections: Option<usize>,
     /// Open a log that lost durable appends anyway (`reprise start --accept-data-loss`). Only a
@@ -93,6 +98,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             retention_interval_secs: DEFAULT_RETENTION_INTERVAL_SECS,
             http_header_timeout_secs: DEFAULT_HTTP_HEADER_TIMEOUT_SECS,
+            sse_heartbeat_secs: DEFAULT_SSE_HEARTBEAT_SECS,
             max_open_connections: None,
             accept_data_loss: false,
         }
@@ -349,6 +355,9 @@ impl Config {
         }
         if self.server.http_header_timeout_secs == 0 {
             problems.push("server.http_header_timeout_secs must be at least 1".to_owned());
+        }
+        if self.server.sse_heartbeat_secs == 0 {
+            problems.push("server.sse_heartbeat_secs must be at least 1".to_owned());
         }
         if self.server.max_open_connections == Some(0) {
             problems.push("server.max_open_connections must be at least 1 (omit it for the default)".to_owned());

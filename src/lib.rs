@@ -16,6 +16,7 @@ pub mod hub;
 pub mod log_service;
 pub mod publisher;
 pub mod routes;
+pub mod sse;
 
 use std::sync::Arc;
 use std::time::Duration;
