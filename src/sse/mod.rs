@@ -131,7 +131,7 @@ pub async fn open(
         let replay = state.log.replay(&key, since[index], head, channel.is_cache()).await.map_err(unavailable)?;
         stream.start_channel(&mut first, index, since[index].is_some(), &replay);
     }
-    sse::position(&mut first, &stream.cursor());
+    sse::position(&mut first, stream.cursor());
     Ok((stream, first))
 }
 

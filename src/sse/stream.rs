@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use reprise_api::sse::cursor::CursorWriter;
 use reprise_api::{ChannelName, EventId, frames, sse};
 use reprise_storage::StoredEvent;
 
@@ -26,6 +27,9 @@ pub struct Stream {
     watermarks: Vec<Option<u64>>,
     /// Channels subscribed in the hub so far (a prefix of `channels`).
     subscribed: usize,
+    /// Writes the cursor of each event sent into `cursor_text`, reused from event to event.
+    cursor_writer: CursorWriter,
+    cursor_text: String,
     _slot: ConnectionSlot,
 }
 
@@ -34,7 +38,18 @@ impl Stream {
     pub fn new(app: Arc<App>, socket: Arc<Socket>, channels: Vec<ChannelName>, slot: ConnectionSlot) -> Stream {
         let positions = vec![EventId::new(0, 0); channels.len()];
         let watermarks = vec![None; channels.len()];
-        Stream { app, socket, channels, positions, watermarks, subscribed: 0, _slot: slot }
+        let cursor_writer = CursorWriter::new(&channels);
+        Stream {
+            app,
+            socket,
+            channels,
+            positions,
+            watermarks,
+            subscribed: 0,
+            cursor_writer,
+            cursor_text: String::new(),
+            _slot: slot,
+        }
     }
 
     /// Registers the socket on every channel: from now on each event fanned out reaches its
@@ -52,8 +67,9 @@ impl Stream {
     }
 
     /// The cursor a client holding every event sent so far resumes from.
-    pub fn cursor(&self) -> String {
-        sse::cursor::encode(&self.channels, &self.positions)
+    pub fn cursor(&mut self) -> &str {
+        self.cursor_writer.write(&mut self.cursor_text, &self.positions);
+        &self.cursor_text
     }
 
     /// Appends what channel `index` gets at the start: the not-recovered notice, the replayed
@@ -84,7 +100,7 @@ impl Stream {
         let channel = self.channels[index].as_str();
         let frame = frames::event_frame(&event.event, channel, &event.data, Some(event.id), event.user_id.as_deref());
         self.positions[index] = event.id;
-        sse::event(out, Some(&self.cursor()), &event.event, &frame);
+        sse::event(out, Some(self.cursor()), &event.event, &frame);
     }
 
     /// Appends a live frame taken from the outbox, unless it is not a logged event (presence
@@ -101,10 +117,11 @@ impl Stream {
             None => {}
         }
         self.positions[index] = logged.id;
+        let cursor = self.cursor();
         match &logged.event {
-            Some(name) => sse::event(out, Some(&self.cursor()), name, &frame.text),
+            Some(name) => sse::event(out, Some(cursor), name, &frame.text),
             // A skipped marker: not delivered, but the cursor moves past it.
-            None => sse::position(out, &self.cursor()),
+            None => sse::position(out, cursor),
         }
     }
 }

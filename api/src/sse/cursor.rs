@@ -93,19 +93,43 @@ fn unzigzag(value: u64) -> i64 {
 
 /// The cursor text for `positions` (one per channel of `channels`, the stream's sorted channels).
 pub fn encode(channels: &[ChannelName], positions: &[EventId]) -> String {
-    assert_eq!(channels.len(), positions.len(), "one position per channel");
-    let mut bytes = Vec::with_capacity(HEADER_BYTES + 12 * positions.len());
-    bytes.push(VERSION);
-    bytes.extend_from_slice(&fingerprint(channels));
-    let mut previous_ms: i64 = 0;
-    for position in positions {
-        // Times are at most 48 bits, so they and their differences fit an i64.
-        let ms = i64::try_from(position.timestamp_ms()).expect("48-bit time");
-        put_varint(&mut bytes, zigzag(ms - previous_ms));
-        put_varint(&mut bytes, position.seq());
-        previous_ms = ms;
+    let mut text = String::new();
+    CursorWriter::new(channels).write(&mut text, positions);
+    text
+}
+
+/// Writes the cursors of one stream: the fingerprint is computed once and the buffers are
+/// reused, so the cursor of each event a stream sends costs no allocation.
+#[derive(Debug)]
+pub struct CursorWriter {
+    fingerprint: [u8; 4],
+    bytes: Vec<u8>,
+}
+
+impl CursorWriter {
+    pub fn new(channels: &[ChannelName]) -> CursorWriter {
+        CursorWriter {
+            fingerprint: fingerprint(channels),
+            bytes: Vec::with_capacity(HEADER_BYTES + 12 * channels.len()),
+        }
     }
-    URL_SAFE_NO_PAD.encode(bytes)
+
+    /// Replaces `text` with the cursor for `positions` (one per channel, in the stream's order).
+    pub fn write(&mut self, text: &mut String, positions: &[EventId]) {
+        self.bytes.clear();
+        self.bytes.push(VERSION);
+        self.bytes.extend_from_slice(&self.fingerprint);
+        let mut previous_ms: i64 = 0;
+        for position in positions {
+            // Times are at most 48 bits, so they and their differences fit an i64.
+            let ms = i64::try_from(position.timestamp_ms()).expect("48-bit time");
+            put_varint(&mut self.bytes, zigzag(ms - previous_ms));
+            put_varint(&mut self.bytes, position.seq());
+            previous_ms = ms;
+        }
+        text.clear();
+        URL_SAFE_NO_PAD.encode_string(&self.bytes, text);
+    }
 }
 
 /// The positions a cursor holds for `channels` (the stream's sorted channels).
