@@ -404,3 +404,30 @@ async fn open_with(server: &TestServer, path: &str) -> SseClient {
     assert_eq!(client.status, 200, "stream refused: {path}");
     client
 }
+
+/// Past `max_open_connections` a stream is not refused with an error status (`EventSource` would
+/// give up for good) but told `reprise:error` 4100 with a long `retry`, and ended, so it backs off
+/// and comes back.
+#[tokio::test]
+async fn over_capacity_streams_are_told_to_back_off() {
+    let server = TestServer::start_with(|config| config.server.max_open_connections = Some(2)).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        // A cache channel with no last event: an admitted stream says `reprise:cache_miss` first.
+        let mut client = SseClient::connect(server.addr, &stream_path(&["cache-busy"], ""), &[]).await;
+        assert_eq!(client.status, 200);
+        let first = client.next_event().await.expect("a first event");
+        if first.event != "reprise:cache_miss" {
+            let event = first;
+            assert_eq!(event.event, "reprise:error", "{event:?}");
+            assert_eq!(event.json()["code"], 4100, "{event:?}");
+            let retry = client.retry_ms.expect("retry advised");
+            assert!((5000..15000).contains(&retry), "{retry}");
+            assert!(client.next_event().await.is_none(), "the answer ends");
+            assert!(client.ended_cleanly);
+            return;
+        }
+        held.push(client);
+    }
+    panic!("no stream was over capacity with {} open", held.len());
+}

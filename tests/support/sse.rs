@@ -122,6 +122,7 @@ impl SseClient {
                 let mut body = vec![0; length];
                 self.reader.read_exact(&mut body).await.expect("the whole body");
                 self.pending.extend_from_slice(&body);
+                self.ended_cleanly = true;
                 return false; // all of it is in
             }
             let mut buffer = [0; 4096];
@@ -157,7 +158,8 @@ impl SseClient {
                 let line: Vec<u8> = self.pending.drain(..=at).collect();
                 return Some(String::from_utf8(line[..at].to_vec()).expect("UTF-8 stream"));
             }
-            if !self.fill().await {
+            // The end may come with the last bytes (a body with a length is read whole).
+            if !self.fill().await && !self.pending.contains(&b'\n') {
                 return None;
             }
         }
