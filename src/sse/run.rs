@@ -15,6 +15,8 @@ use super::{Stream, WRITE_STALL_TIMEOUT};
 use crate::ServerState;
 use crate::accept::AbortConnection;
 
+/// The batch buffer's capacity kept between wake-ups (as a WebSocket connection keeps).
+const BATCH_CAPACITY_KEPT: usize = 64;
 /// How long the last chunk of a stream that ends on shutdown may take to be taken.
 const LAST_CHUNK_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -57,6 +59,10 @@ pub async fn run(
                 let mut out = String::new();
                 for frame in batch.drain(..) {
                     stream.send_live(&mut out, &frame);
+                }
+                // A burst grew the batch; a quiet stream should not keep its room.
+                if batch.capacity() > BATCH_CAPACITY_KEPT {
+                    batch = VecDeque::new();
                 }
                 if out.is_empty() {
                     continue; // only frames a stream does not carry
