@@ -4,8 +4,8 @@
 # "latest round" of docs/benchmarks.md was taken; see there for the figures and the machine.
 #
 # Usage: benches/compare.sh ROUNDS "SCENARIOS" SERVER...
-#   SCENARIOS: any of fanout idle publish channels replay-ws replay-http storm
-#              (replay and storm need Reprise's replay extension)
+#   SCENARIOS: any of fanout idle publish channels replay-ws replay-http storm fanout-sse
+#              (replay, storm and fanout-sse, over event streams, need Reprise)
 #   SERVER:    reprise=<path to a reprise binary>    (port 18080, sync durability,
 #                                                     replay_cap_events = 200000)
 #              sockudo=<path to a sockudo binary>    (port 18081, benches/peers/sockudo.json)
@@ -41,6 +41,7 @@ scenario_args() {
   case "$1" in
     replay-ws) echo "replay --via ws" ;;
     replay-http) echo "replay --via http" ;;
+    fanout-sse) echo "fanout --transport sse" ;;
     fanout | idle | publish | channels | storm) echo "$1" ;;
     *) echo "unknown scenario $1" >&2; exit 2 ;;
   esac

@@ -88,6 +88,7 @@ run() {
 
 started=$SECONDS
 run fanout fanout --subscribers 50 --duration-secs 2 --rate 50
+run fanout-sse fanout --transport sse --subscribers 50 --duration-secs 2 --rate 50
 run channels channels --channels 100 --subscribers-per-channel 2 --publishers 4 --rate 200 --duration-secs 2
 run idle idle --connections 200 --channels 20 --settle-secs 1
 run publish --label sync publish --concurrency 16 --duration-secs 2 --warmup-secs 0.5

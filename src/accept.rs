@@ -1,6 +1,6 @@
 //! The accept loop: one task per HTTP connection (hyper's HTTP/1.1, with upgrades for the
-//! WebSocket), a deadline for every request head, the connection cap, and accept errors that
-//! neither spin nor stall.
+//! WebSocket), a deadline for every request head, the connection cap, a way for a handler to drop
+//! its connection ([`AbortConnection`]), and accept errors that neither spin nor stall.
 //!
 //! In place of `axum::serve`, which sets no header-read timeout (a socket that never sends a
 //! request is held forever), sleeps a second on every accept error and logs each one.
@@ -79,7 +79,13 @@ pub async fn serve(
             Admission::Refused => continue, // `stream` is closed here
         };
         let io = TokioIo::new(CountedIo::new(stream, counted));
+        let abort = CancellationToken::new();
         let service = TowerToHyperService::new(routes.clone());
+        let marker = AbortConnection(abort.clone());
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(marker.clone());
+            hyper::service::Service::call(&service, request)
+        });
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             // Also bounds the wait for the next request on a kept-alive connection: hyper
@@ -90,10 +96,14 @@ pub async fn serve(
             tokio::pin!(connection);
             let served = tokio::select! {
                 served = connection.as_mut() => served,
+                () = abort.cancelled() => return, // dropping the connection closes the socket
                 () = shutdown.cancelled() => {
                     // Finish the request in flight (an idle connection closes at once).
                     connection.as_mut().graceful_shutdown();
-                    connection.await
+                    tokio::select! {
+                        served = connection => served,
+                        () = abort.cancelled() => return,
+                    }
                 }
             };
             if let Err(error) = served {
@@ -103,6 +113,19 @@ pub async fn serve(
     }
     connections.close();
     connections.wait().await;
+}
+
+/// Lets a handler drop its HTTP connection at once (a request extension). A streamed response
+/// whose client stopped reading cannot be ended with a last chunk: hyper's write is stuck, and
+/// only closing the socket frees it (and its descriptor) before TCP gives up, minutes later.
+#[derive(Clone)]
+pub struct AbortConnection(CancellationToken);
+
+impl AbortConnection {
+    /// Closes the connection this request came on, whatever it is doing.
+    pub fn abort(&self) {
+        self.0.cancel();
+    }
 }
 
 /// A client's reset or abort while its connection was queued.

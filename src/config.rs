@@ -50,6 +50,10 @@ pub const DEFAULT_HTTP_HEADER_TIMEOUT_SECS: u64 = 30;
 /// declared failed and the server stops (src/log_guard.rs). Far above any healthy fsync, even on
 /// a loaded network disk; short enough that publishes stuck behind a dead disk are answered.
 pub const DEFAULT_LOG_WRITE_TIMEOUT_SECS: u64 = 30;
+/// How often an event stream (`/app/{key}/stream`) that has nothing to send sends a comment, so
+/// that proxies and load balancers (nginx's default read timeout is 60 s, many idle timeouts are
+/// 30 s or more) keep it open. A few bytes per stream per interval.
+pub const DEFAULT_SSE_HEARTBEAT_SECS: u64 = 15;
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -156,6 +160,7 @@ pub struct ServerConfig {
     pub retention_interval_secs: u64,
     pub http_header_timeout_secs: u64,
     pub log_write_timeout_secs: u64,
+    pub sse_heartbeat_secs: u64,
     /// Most open connections (HTTP and WebSocket); none means derived from the open-files limit.
     pub max_open_connections: Option<usize>,
     /// Open a log that lost durable appends anyway (`reprise start --accept-data-loss`). Only a
@@ -178,6 +183,7 @@ impl Default for ServerConfig {
             retention_interval_secs: DEFAULT_RETENTION_INTERVAL_SECS,
             http_header_timeout_secs: DEFAULT_HTTP_HEADER_TIMEOUT_SECS,
             log_write_timeout_secs: DEFAULT_LOG_WRITE_TIMEOUT_SECS,
+            sse_heartbeat_secs: DEFAULT_SSE_HEARTBEAT_SECS,
             max_open_connections: None,
             accept_data_loss: false,
         }
@@ -497,6 +503,9 @@ impl Config {
         }
         if self.server.log_write_timeout_secs == 0 {
             problems.push("server.log_write_timeout_secs must be at least 1".to_owned());
+        }
+        if self.server.sse_heartbeat_secs == 0 {
+            problems.push("server.sse_heartbeat_secs must be at least 1".to_owned());
         }
         if self.server.max_open_connections == Some(0) {
             problems.push("server.max_open_connections must be at least 1 (omit it for the default)".to_owned());

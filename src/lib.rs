@@ -18,6 +18,7 @@ pub mod log_guard;
 pub mod log_service;
 pub mod publisher;
 pub mod routes;
+pub mod sse;
 
 use std::sync::Arc;
 use std::time::Duration;

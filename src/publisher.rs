@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::SharedLog;
 use crate::config::Durability;
 use crate::health::Health;
-use crate::hub::{AppHub, Frame};
+use crate::hub::{AppHub, Frame, Logged};
 
 /// Publishes waiting for the committer. A full queue makes publishers wait (back-pressure on
 /// the HTTP API), never subscribers.
@@ -268,7 +268,9 @@ fn end_all(jobs: &[Job], ids: Option<&[EventId]>) {
                         Some(*id),
                         item.user_id.as_deref(),
                     );
-                    let frame = Arc::new(Frame { text: text.into(), logged: Some((item.channel.clone(), id.seq())) });
+                    let logged =
+                        Logged { channel: item.channel.clone(), id: *id, event: Some(item.event.as_str().into()) };
+                    let frame = Arc::new(Frame { text: text.into(), logged: Some(logged) });
                     job.hub.end_logged(&item.channel, Some((*id, &frame)), item.except_socket.as_deref());
                 }
                 None => job.hub.end_logged(&item.channel, None, None),

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reprise_api::{EventId, signature};
 use serde_json::{Value, json};
-use support::{APP_KEY, APP_SECRET, TestServer, data_of, event_id};
+use support::{APP_KEY, APP_SECRET, Rng, TestServer, data_of, event_id};
 
 /// How long "nothing else arrives" waits after the ping round trip.
 const SILENCE: Duration = Duration::from_millis(200);
@@ -302,23 +302,6 @@ async fn the_replay_cap_bounds_a_resume() {
         assert_event(&frame, "capped", "e", &format!("d-{i}"), id, "exactly the cap");
     }
     client.expect_silence(SILENCE).await;
-}
-
-/// xorshift64*: a deterministic PRNG, so a failing run can be reproduced from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform-ish in `low..=high`.
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low + 1)
-    }
 }
 
 /// Subscribe-then-read under load: while a publisher streams events, a client that disconnects

@@ -1,7 +1,8 @@
 //! The Reprise wire contract: what crosses a socket or an HTTP request, and nothing that does IO.
 //!
 //! Pusher protocol v7 frames, the Pusher HTTP API payloads and signatures, channel-name rules, and
-//! Reprise's replay extension (event ids, `since`, the replay block of `subscription_succeeded`).
+//! Reprise's replay extension (event ids, `since`, the replay block of `subscription_succeeded`), and
+//! the Server-Sent Events stream (framing, composite cursor, grant).
 
 pub mod channel;
 pub mod codes;
@@ -11,6 +12,7 @@ pub mod history;
 pub mod http;
 pub mod presence;
 pub mod signature;
+pub mod sse;
 pub mod user;
 
 pub use channel::{ChannelKind, ChannelName, ChannelNameError};

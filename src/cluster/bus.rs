@@ -20,7 +20,7 @@ use super::messages::BusMessage;
 use super::{Cluster, HEALTH_COMPONENT};
 use crate::ServerState;
 use crate::apps::App;
-use crate::hub::{Delivery, Frame};
+use crate::hub::{Delivery, Frame, Logged};
 
 /// Events read from the log per page when a gap is filled.
 const FILL_PAGE_EVENTS: usize = 1000;
@@ -132,7 +132,8 @@ async fn handle(cluster: &Cluster, state: &ServerState, payload: &[u8]) {
 
 fn logged_frame(channel: &ChannelName, id: EventId, event: &str, data: &str, user_id: Option<&str>) -> Arc<Frame> {
     let text = frames::event_frame(event, channel.as_str(), data, Some(id), user_id);
-    Arc::new(Frame { text: text.into(), logged: Some((channel.clone(), id.seq())) })
+    let logged = Logged { channel: channel.clone(), id, event: Some(event.into()) };
+    Arc::new(Frame { text: text.into(), logged: Some(logged) })
 }
 
 /// Delivers, from the log, the events of `channel` after `after` up to sequence `up_to`.

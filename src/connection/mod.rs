@@ -320,12 +320,12 @@ impl Connection {
         if self.replay_watermarks.is_empty() {
             return false;
         }
-        let Some((channel, seq)) = &frame.logged else { return false };
-        match self.replay_watermarks.get(channel.as_str()) {
-            Some(watermark) if seq <= watermark => true,
+        let Some(logged) = &frame.logged else { return false };
+        match self.replay_watermarks.get(logged.channel.as_str()) {
+            Some(&watermark) if logged.id.seq() <= watermark => true,
             Some(_) => {
                 // Live events arrive in sequence order: none after this one can be a duplicate.
-                self.replay_watermarks.remove(channel.as_str());
+                self.replay_watermarks.remove(logged.channel.as_str());
                 false
             }
             None => false,

@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 
 use self::channel::{Channel, Head, Subscriber};
 use self::signins::SignIns;
-pub use self::socket::{Frame, Socket, SocketId};
+pub use self::socket::{Frame, Logged, Socket, SocketId};
 
 /// Channel maps are split in shards so publishes to different channels rarely share a lock.
 const SHARDS: usize = 16;
@@ -234,7 +234,8 @@ impl AppHub {
         if let Some((id, frame)) = appended {
             if let (_, Some(excluded)) = state.send_to_all(frame, except) {
                 let text = frames::skipped(channel.as_str(), id);
-                excluded.send(&Arc::new(Frame { text: text.into(), logged: Some((channel.clone(), id.seq())) }));
+                let logged = Logged { channel: channel.clone(), id, event: None };
+                excluded.send(&Arc::new(Frame { text: text.into(), logged: Some(logged) }));
             }
             state.head = Head::Known(Some(id));
         }
@@ -258,7 +259,8 @@ impl AppHub {
         }
         if let (_, Some(excluded)) = state.send_to_all(frame, except) {
             let text = frames::skipped(channel.as_str(), id);
-            excluded.send(&Arc::new(Frame { text: text.into(), logged: Some((channel.clone(), id.seq())) }));
+            let logged = Logged { channel: channel.clone(), id, event: None };
+            excluded.send(&Arc::new(Frame { text: text.into(), logged: Some(logged) }));
         }
         state.head = Head::Known(Some(id));
         // A reader that read the log's head meanwhile must not settle an older one.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
-use reprise_api::{ChannelName, ErrorCode};
+use reprise_api::{ChannelName, ErrorCode, EventId};
 use tokio::sync::Notify;
 
 use super::lock;
@@ -15,9 +15,20 @@ use super::lock;
 #[derive(Debug)]
 pub struct Frame {
     pub text: Utf8Bytes,
-    /// For logged events: the channel and sequence, so a connection that just replayed up to
-    /// sequence N can drop a live copy of an event it already sent.
-    pub logged: Option<(ChannelName, u64)>,
+    /// For logged events (and the skipped marker of one): so that a connection that just
+    /// replayed up to sequence N can drop a live copy of an event it already sent, and a stream
+    /// can name the event and move its cursor.
+    pub logged: Option<Logged>,
+}
+
+/// What a frame of a logged event says about it.
+#[derive(Debug)]
+pub struct Logged {
+    pub channel: ChannelName,
+    pub id: EventId,
+    /// The event's name; `None` for the `pusher_internal:skipped` marker, which only moves the
+    /// receiver's cursor past the event.
+    pub event: Option<Box<str>>,
 }
 
 impl Frame {

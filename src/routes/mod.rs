@@ -4,6 +4,7 @@ pub mod channels;
 pub mod events;
 pub mod history;
 pub mod signed;
+pub mod stream;
 pub mod ws;
 
 use std::sync::Arc;
@@ -29,11 +30,13 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/apps/{app_id}/channels/{channel}/events", get(history::events))
         .route("/apps/{app_id}/users/{user_id}/terminate_connections", post(channels::terminate))
         .route("/apps/{app_id}/compact", post(history::compact))
-        // The HTTP API answers 503 over the connection cap; the two routes below decide for
+        // The HTTP API answers 503 over the connection cap; the routes below decide for
         // themselves: `/up` answers 200 (a full server is alive), the upgrade closes with 4100.
         .route_layer(axum::middleware::from_fn(capacity::refuse_over_capacity))
         .route("/up", get(up))
         .route("/app/{key}", get(ws::upgrade))
+        // Decides for itself too: over capacity it streams a "reconnect later" (see `sse`).
+        .route("/app/{key}/stream", get(stream::stream).options(stream::preflight))
         .with_state(state)
 }
 

@@ -61,7 +61,7 @@ pub async fn upgrade(
 }
 
 /// Reverb's rule: `*` allows all; otherwise the Origin's host must match one pattern (`*` wildcards).
-fn origin_allowed(app: &App, origin: Option<&str>) -> bool {
+pub(crate) fn origin_allowed(app: &App, origin: Option<&str>) -> bool {
     let patterns = &app.config.allowed_origins;
     if patterns.iter().any(|p| p == "*") {
         return true;

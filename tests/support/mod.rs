@@ -5,6 +5,7 @@
 
 pub mod process;
 pub mod redis;
+pub mod sse;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -469,5 +470,22 @@ impl WsClient {
                 return frame;
             }
         }
+    }
+}
+
+/// xorshift64*: a deterministic PRNG, so a failing run can be reproduced from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform-ish in `low..=high`.
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next() % (high - low + 1)
     }
 }

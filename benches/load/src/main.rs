@@ -3,7 +3,8 @@
 //! receives (count per subscriber, order, no duplicates) so that a fast wrong answer fails.
 //!
 //! Every scenario prints a table and ends with one line of JSON; it exits non-zero when its check
-//! fails. `replay` and `storm` use Reprise's replay extension (`since`, event ids).
+//! fails. `replay` and `storm` use Reprise's replay extension (`since`, event ids); `fanout` and
+//! `channels` can subscribe through Reprise's event streams (`--transport sse`).
 //! See docs/benchmarks.md for the commands and figures.
 
 mod publisher;
@@ -11,6 +12,7 @@ mod pusher;
 mod report;
 mod rest;
 mod scenarios;
+mod sse;
 mod stats;
 mod subscriber;
 mod ws;

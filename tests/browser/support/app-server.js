@@ -8,6 +8,8 @@
 //                             app secret, after the routes/channels.php check (user 1 owns order 1)
 //   GET  /orders/1            the order as the database has it, with the channel's head read from
 //                             Reprise first (what a controller rendering the page would pass on)
+//   GET  /stream              the order page with no library: a plain EventSource on a stream URL
+//                             signed for private-orders.1 (the Laravel route of docs/replay.md)
 
 import { createHmac } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
@@ -32,8 +34,9 @@ const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; ch
  * @param {{key: string, secret: string}} options.app
  * @param {number} options.wsPort where the page's WebSocket goes (the gate in front of Reprise)
  * @param {() => Promise<object>} options.order the order as the database has it, with its channel's head
+ * @param {number} [options.streamPort] where the stream page's EventSource goes (defaults to wsPort)
  */
-export async function startAppServer({ app, wsPort, order }) {
+export async function startAppServer({ app, wsPort, order, streamPort = wsPort }) {
   const server = createServer(async (request, response) => {
     try {
       await route(request, response);
@@ -48,6 +51,13 @@ export async function startAppServer({ app, wsPort, order }) {
       const html = (await readFile(join(PAGE_DIR, 'index.html'), 'utf8')).replace(
         '__REVERB_CONFIG__',
         JSON.stringify({ key: app.key, host: '127.0.0.1', port: wsPort }),
+      );
+      return send(response, 200, TYPES['.html'], html);
+    }
+    if (request.method === 'GET' && url.pathname === '/stream') {
+      const html = (await readFile(join(PAGE_DIR, 'stream.html'), 'utf8')).replace(
+        '__STREAM_URL__',
+        JSON.stringify(signedStreamUrl(app, `http://127.0.0.1:${streamPort}`, ['private-orders.1'], '1')),
       );
       return send(response, 200, TYPES['.html'], html);
     }
@@ -83,6 +93,18 @@ export async function startAppServer({ app, wsPort, order }) {
       return new Promise((done) => server.close(() => done()));
     },
   };
+}
+
+/**
+ * A stream URL with a grant, as the Laravel route in docs/replay.md makes it: an HMAC-SHA256 with
+ * the app secret of the channel list, an expiry and the user id.
+ */
+export function signedStreamUrl(app, base, channels, userId) {
+  const expires = Math.floor(Date.now() / 1000) + 8 * 3600;
+  const signed = ['reprise-stream', app.key, expires, channels.length, ...channels, userId ?? ''].join('\n');
+  const grant = `${expires}:${createHmac('sha256', app.secret).update(signed).digest('hex')}${userId == null ? '' : `:${userId}`}`;
+  const query = channels.map((channel) => `channel=${encodeURIComponent(channel)}`).join('&');
+  return `${base}/app/${app.key}/stream?${query}&grant=${encodeURIComponent(grant)}`;
 }
 
 /** A file under page/ for /js/<name> or /css/<name>, never outside it. */

@@ -7,21 +7,34 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use super::{SUBSCRIBE_ALL_TIMEOUT, add_cpu, add_latency};
 use crate::Env;
 use crate::publisher::{self, Until};
 use crate::report::{Check, Report};
+use crate::sse;
 use crate::stats::{self, Usage};
 use crate::subscriber::{self, Outcome, Shared, Tracker};
+
+/// How subscribers receive events.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// A Pusher WebSocket per subscriber.
+    Ws,
+    /// A Reprise event stream (`GET /app/{key}/stream`, Server-Sent Events) per subscriber.
+    Sse,
+}
 
 #[derive(Args, Debug)]
 pub struct FanoutArgs {
     /// Subscribers on the one channel.
     #[arg(long, default_value_t = 2000)]
     subscribers: usize,
+    /// How subscribers receive: Pusher WebSockets, or Reprise's event streams.
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    transport: Transport,
     /// Publishes per second (0 = back to back, each as soon as the previous is acknowledged).
     #[arg(long, default_value_t = 50.0)]
     rate: f64,
@@ -41,6 +54,8 @@ pub struct ChannelsArgs {
     channels: usize,
     #[arg(long, default_value_t = 2)]
     subscribers_per_channel: usize,
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    transport: Transport,
     /// Concurrent publishers; each owns every P-th channel and cycles through them.
     #[arg(long, default_value_t = 16)]
     publishers: usize,
@@ -59,6 +74,7 @@ struct Plan {
     scenario: &'static str,
     channels: usize,
     subscribers_per_channel: usize,
+    transport: Transport,
     publishers: usize,
     rate: f64,
     duration: Duration,
@@ -73,6 +89,7 @@ pub async fn fanout(env: &Env, args: FanoutArgs) -> anyhow::Result<bool> {
             scenario: "fanout",
             channels: 1,
             subscribers_per_channel: args.subscribers,
+            transport: args.transport,
             publishers: 1,
             rate: args.rate,
             duration: Duration::from_secs_f64(args.duration_secs),
@@ -90,6 +107,7 @@ pub async fn channels(env: &Env, args: ChannelsArgs) -> anyhow::Result<bool> {
             scenario: "channels",
             channels: args.channels.max(1),
             subscribers_per_channel: args.subscribers_per_channel,
+            transport: args.transport,
             publishers: args.publishers.clamp(1, args.channels.max(1)),
             rate: args.rate,
             duration: Duration::from_secs_f64(args.duration_secs),
@@ -114,11 +132,24 @@ async fn run(env: &Env, plan: Plan) -> anyhow::Result<bool> {
     // Round-robin over channels so every channel fills up at the same pace.
     for _ in 0..plan.subscribers_per_channel {
         for (channel, name) in names.iter().enumerate() {
-            let (shared, stop, target, name) =
-                (Arc::clone(&shared), stop.clone(), env.target.clone(), Arc::clone(name));
+            let (shared, stop, target, name, transport) =
+                (Arc::clone(&shared), stop.clone(), env.target.clone(), Arc::clone(name), plan.transport);
             subscribers.push(tokio::spawn(async move {
                 let mut outcome =
                     Outcome { channel, tracker: Tracker::default(), replay: None, ended: None, error: None };
+                if transport == Transport::Sse {
+                    match sse::open(&shared, &target, &name).await {
+                        Ok(mut conn) => {
+                            shared.subscribed.fetch_add(1, Ordering::AcqRel);
+                            outcome.ended = Some(sse::pump(&mut conn, &mut outcome.tracker, true, &stop).await);
+                        }
+                        Err(error) => {
+                            shared.failed.fetch_add(1, Ordering::AcqRel);
+                            outcome.error = Some(format!("stream open failed: {error}"));
+                        }
+                    }
+                    return outcome;
+                }
                 match subscriber::open(&shared, &target, &name, None).await {
                     Ok((mut conn, replay)) => {
                         shared.subscribed.fetch_add(1, Ordering::AcqRel);
@@ -196,6 +227,12 @@ async fn run(env: &Env, plan: Plan) -> anyhow::Result<bool> {
     }
 
     let mut report = Report::new(plan.scenario, env.label.as_deref());
+    report.add(
+        "transport",
+        format!("{:?}", plan.transport).to_lowercase(),
+        "transport",
+        format!("{:?}", plan.transport).to_lowercase(),
+    );
     report.figure("connections", "connections", connections);
     report.figure("channels", "channels", plan.channels);
     report.figure("subscribers per channel", "subscribers_per_channel", plan.subscribers_per_channel);
