@@ -3,6 +3,7 @@
 //! Pusher protocol v7 frames, the Pusher HTTP API payloads and signatures, channel-name rules, and
 //! Reprise's replay extension (event ids, `since`, the replay block of `subscription_succeeded`).
 
+pub mod backup;
 pub mod channel;
 pub mod codes;
 pub mod event_id;
