@@ -134,6 +134,37 @@ pub struct AppConfig {
     pub retention_max_events: Option<u64>,
     /// Retention: drop events older than this (background compaction).
     pub retention_max_age_secs: Option<u64>,
+    /// Where these settings came from, for the start-up line that names each app.
+    #[serde(skip)]
+    pub source: AppSource,
+}
+
+/// Where an app's settings came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppSource {
+    /// Built in code (a library user, a test).
+    #[default]
+    Code,
+    /// An `[[apps]]` entry of the TOML file.
+    File,
+    /// Reverb's `REVERB_APP_*` variables.
+    Environment,
+    /// An `[[apps]]` entry with the same key, overridden by `REVERB_APP_*` variables.
+    FileAndEnvironment,
+    /// The demo app of a loopback server with nothing configured.
+    Demo,
+}
+
+impl std::fmt::Display for AppSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AppSource::Code => "code",
+            AppSource::File => "config file",
+            AppSource::Environment => "REVERB_* variables",
+            AppSource::FileAndEnvironment => "config file, overridden by REVERB_* variables",
+            AppSource::Demo => "demo app",
+        })
+    }
 }
 
 impl Default for AppConfig {
@@ -153,6 +184,7 @@ impl Default for AppConfig {
             log_client_events: false,
             retention_max_events: None,
             retention_max_age_secs: None,
+            source: AppSource::Code,
         }
     }
 }
@@ -175,6 +207,7 @@ impl std::fmt::Debug for AppConfig {
             log_client_events,
             retention_max_events,
             retention_max_age_secs,
+            source,
         } = self;
         f.debug_struct("AppConfig")
             .field("id", id)
@@ -191,6 +224,7 @@ impl std::fmt::Debug for AppConfig {
             .field("log_client_events", log_client_events)
             .field("retention_max_events", retention_max_events)
             .field("retention_max_age_secs", retention_max_age_secs)
+            .field("source", source)
             .finish()
     }
 }
@@ -201,6 +235,7 @@ pub fn demo_app() -> AppConfig {
         id: "reprise-demo".to_owned(),
         key: "reprise-demo-key".to_owned(),
         secret: "reprise-demo-secret".to_owned(),
+        source: AppSource::Demo,
         ..AppConfig::default()
     }
 }
@@ -246,7 +281,11 @@ pub struct Overrides {
 impl Config {
     /// Parses a TOML document (unknown keys are errors).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::one(e.to_string()))
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::one(e.to_string()))?;
+        for app in &mut config.apps {
+            app.source = AppSource::File;
+        }
+        Ok(config)
     }
 
     /// Builds the configuration the way `reprise start` does: file (if any), then Reverb's
@@ -292,9 +331,12 @@ impl Config {
         // The variables describe one app: the file's app with that key (they win over the file
         // there), or a new one.
         let index = match self.apps.iter().position(|app| app.key == key) {
-            Some(index) => index,
+            Some(index) => {
+                self.apps[index].source = AppSource::FileAndEnvironment;
+                index
+            }
             None => {
-                self.apps.push(AppConfig { key, ..AppConfig::default() });
+                self.apps.push(AppConfig { key, source: AppSource::Environment, ..AppConfig::default() });
                 self.apps.len() - 1
             }
         };
@@ -469,6 +511,7 @@ mod tests {
             ("1", "k", "s")
         );
         assert_eq!(config.apps[0].max_connections, Some(5));
+        assert_eq!(config.apps[0].source, AppSource::Environment);
         assert_eq!(config.apps[0].max_message_size_bytes, DEFAULT_MAX_MESSAGE_BYTES);
     }
 
@@ -481,6 +524,9 @@ mod tests {
         assert_eq!(config.apps[0].secret, "env-secret");
         assert_eq!(config.apps[0].id, "file-id");
         assert_eq!(config.apps[0].ping_interval_secs, 5);
+        assert_eq!(config.apps[0].source, AppSource::FileAndEnvironment);
+        let file_only = Config::load(Some(text), &super::tests::env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(file_only.apps[0].source, AppSource::File);
     }
 
     #[test]
@@ -544,6 +590,7 @@ mod tests {
             Config::load(None, &env(&[]), &Overrides { host: Some("127.0.0.1".into()), ..Default::default() }).unwrap();
         let (config, demo) = loopback.finish().unwrap();
         assert_eq!(demo.unwrap().key, config.apps[0].key);
+        assert_eq!(config.apps[0].source, AppSource::Demo);
         let public = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
         let err = public.finish().unwrap_err();
         assert!(err.to_string().contains("REVERB_APP_KEY"), "{err}");
