@@ -40,40 +40,43 @@ enum Command {
     /// REVERB_APP_PING_INTERVAL, REVERB_APP_ACTIVITY_TIMEOUT, REVERB_APP_MAX_MESSAGE_SIZE,
     /// REVERB_APP_MAX_CONNECTIONS, REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM. Flags win over both.
     /// With no app on a loopback host, a demo app is created and printed.
-    Start {
-        /// Address to listen on [default: 0.0.0.0, or REVERB_SERVER_HOST].
-        #[arg(long)]
-        host: Option<String>,
-        /// Port to listen on [default: 8080, or REVERB_SERVER_PORT].
-        #[arg(long)]
-        port: Option<u16>,
-        /// TOML file with [server] options and [[apps]] (see docs/configuration.md).
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// Directory of the event log [default: ./data].
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
-        /// Seconds an HTTP connection has to send each request head, also the keep-alive idle
-        /// timeout [default: 30].
-        #[arg(long, value_name = "SECS")]
-        http_header_timeout_secs: Option<u64>,
-        /// Most open connections, HTTP and WebSocket; past it WebSockets are closed with 4100 and
-        /// API calls get 503 [default: the open-files limit minus 256].
-        #[arg(long, value_name = "N")]
-        max_open_connections: Option<usize>,
-        /// Start even though the event log lost events it had made durable (a damaged data
-        /// directory, which otherwise stops the start-up). What is left is kept, new ids never
-        /// repeat old ones, and every client resuming from before gets recovered:false. Use it
-        /// once, after reading docs/operations.md, not in a service file.
-        #[arg(long)]
-        accept_data_loss: bool,
-    },
+    Start(StartArgs),
     /// Inspect, back up and restore the event log of a stopped server (offline: they fail while
-    /// a server uses the data directory). See docs/operations.md, "Backup and restore".
+    /// a server uses the data directory). See docs/operations.md, "Backup, restore and inspect".
     Log {
         #[command(subcommand)]
         command: LogCommand,
     },
+}
+
+#[derive(Args)]
+struct StartArgs {
+    /// Address to listen on [default: 0.0.0.0, or REVERB_SERVER_HOST].
+    #[arg(long)]
+    host: Option<String>,
+    /// Port to listen on [default: 8080, or REVERB_SERVER_PORT].
+    #[arg(long)]
+    port: Option<u16>,
+    /// TOML file with [server] options and [[apps]] (see docs/configuration.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory of the event log [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Seconds an HTTP connection has to send each request head, also the keep-alive idle
+    /// timeout [default: 30].
+    #[arg(long, value_name = "SECS")]
+    http_header_timeout_secs: Option<u64>,
+    /// Most open connections, HTTP and WebSocket; past it WebSockets are closed with 4100 and
+    /// API calls get 503 [default: the open-files limit minus 256].
+    #[arg(long, value_name = "N")]
+    max_open_connections: Option<usize>,
+    /// Start even though the event log lost events it had made durable (a damaged data
+    /// directory, which otherwise stops the start-up). What is left is kept, new ids never
+    /// repeat old ones, and every client resuming from before gets recovered:false. Use it
+    /// once, after reading docs/operations.md, not in a service file.
+    #[arg(long)]
+    accept_data_loss: bool,
 }
 
 #[derive(Subcommand)]
@@ -118,8 +121,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
+        Command::Start(args) => start_server(args),
         Command::Log { command } => run_log_command(command),
-        start => start_server(start),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -175,19 +178,9 @@ fn report(error: &anyhow::Error, format: LogFormat) {
     }
 }
 
-fn start_server(command: Command) -> anyhow::Result<()> {
-    let Command::Start {
-        host,
-        port,
-        config,
-        data_dir,
-        http_header_timeout_secs,
-        max_open_connections,
-        accept_data_loss,
-    } = command
-    else {
-        unreachable!("only `start` is passed here")
-    };
+fn start_server(args: StartArgs) -> anyhow::Result<()> {
+    let StartArgs { host, port, config, data_dir, http_header_timeout_secs, max_open_connections, accept_data_loss } =
+        args;
     let file_text = config
         .as_ref()
         .map(|path| std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display())))
