@@ -677,8 +677,9 @@ impl EventLog for SledLog {
             None => self.create(key)?,
         };
         if compacted_through.is_some() {
-            // Metadata before the events it describes (see the module docs).
-            let meta = ChannelMeta { channel_id: state.channel_id, compacted_through: compacted, head };
+            // Metadata before the events it describes (see the module docs), and only the mark as
+            // its head: if the events never land, the channel ends at the mark, with no hole.
+            let meta = ChannelMeta { channel_id: state.channel_id, compacted_through: compacted, head: compacted };
             self.channels.insert(meta_key(key), codec::encode_meta(&meta)).map_err(StorageError::from_sled)?;
         }
         let mut batch = sled::Batch::default();
