@@ -16,8 +16,11 @@ out="$target_dir/smoke"
 mkdir -p "$out"
 : >"$out/results.jsonl"
 
-echo "==> building reprise and reprise-load (release)"
-cargo build --release -p reprise -p reprise-load
+# One optimised build for the binaries and, in the same resolution, the criterion benches (so
+# they cannot rot): `scripts/test` relies on this instead of a `cargo bench --no-run`, which
+# would compile every dependency optimised a second time.
+echo "==> building reprise, reprise-load and the criterion benches (release)"
+cargo build --release --workspace --bins --bench '*'
 
 # Both processes hold many sockets; every socket is a file.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

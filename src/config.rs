@@ -229,6 +229,37 @@ pub struct AppConfig {
     pub presence_max_members: usize,
     /// Largest `user_info` of a presence member, as JSON, in bytes.
     pub presence_max_member_size_bytes: usize,
+    /// Where these settings came from, for the start-up line that names each app.
+    #[serde(skip)]
+    pub source: AppSource,
+}
+
+/// Where an app's settings came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppSource {
+    /// Built in code (a library user, a test).
+    #[default]
+    Code,
+    /// An `[[apps]]` entry of the TOML file.
+    File,
+    /// Reverb's `REVERB_APP_*` variables.
+    Environment,
+    /// An `[[apps]]` entry with the same key, overridden by `REVERB_APP_*` variables.
+    FileAndEnvironment,
+    /// The demo app of a loopback server with nothing configured.
+    Demo,
+}
+
+impl std::fmt::Display for AppSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AppSource::Code => "code",
+            AppSource::File => "config file",
+            AppSource::Environment => "REVERB_* variables",
+            AppSource::FileAndEnvironment => "config file, overridden by REVERB_* variables",
+            AppSource::Demo => "demo app",
+        })
+    }
 }
 
 impl Default for AppConfig {
@@ -250,6 +281,7 @@ impl Default for AppConfig {
             retention_max_age_secs: None,
             presence_max_members: DEFAULT_PRESENCE_MAX_MEMBERS,
             presence_max_member_size_bytes: DEFAULT_PRESENCE_MAX_MEMBER_SIZE_BYTES,
+            source: AppSource::Code,
         }
     }
 }
@@ -274,6 +306,7 @@ impl std::fmt::Debug for AppConfig {
             retention_max_age_secs,
             presence_max_members,
             presence_max_member_size_bytes,
+            source,
         } = self;
         f.debug_struct("AppConfig")
             .field("id", id)
@@ -292,6 +325,7 @@ impl std::fmt::Debug for AppConfig {
             .field("retention_max_age_secs", retention_max_age_secs)
             .field("presence_max_members", presence_max_members)
             .field("presence_max_member_size_bytes", presence_max_member_size_bytes)
+            .field("source", source)
             .finish()
     }
 }
@@ -302,6 +336,7 @@ pub fn demo_app() -> AppConfig {
         id: "reprise-demo".to_owned(),
         key: "reprise-demo-key".to_owned(),
         secret: "reprise-demo-secret".to_owned(),
+        source: AppSource::Demo,
         ..AppConfig::default()
     }
 }
@@ -349,7 +384,11 @@ pub struct Overrides {
 impl Config {
     /// Parses a TOML document (unknown keys are errors).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::one(e.to_string()))
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::one(e.to_string()))?;
+        for app in &mut config.apps {
+            app.source = AppSource::File;
+        }
+        Ok(config)
     }
 
     /// Builds the configuration the way `reprise start` does: file (if any), then Reverb's
@@ -443,9 +482,12 @@ impl Config {
         // The variables describe one app: the file's app with that key (they win over the file
         // there), or a new one.
         let index = match self.apps.iter().position(|app| app.key == key) {
-            Some(index) => index,
+            Some(index) => {
+                self.apps[index].source = AppSource::FileAndEnvironment;
+                index
+            }
             None => {
-                self.apps.push(AppConfig { key, ..AppConfig::default() });
+                self.apps.push(AppConfig { key, source: AppSource::Environment, ..AppConfig::default() });
                 self.apps.len() - 1
             }
         };
@@ -641,6 +683,7 @@ mod tests {
             ("1", "k", "s")
         );
         assert_eq!(config.apps[0].max_connections, Some(5));
+        assert_eq!(config.apps[0].source, AppSource::Environment);
         assert_eq!(config.apps[0].max_message_size_bytes, DEFAULT_MAX_MESSAGE_BYTES);
     }
 
@@ -653,6 +696,9 @@ mod tests {
         assert_eq!(config.apps[0].secret, "env-secret");
         assert_eq!(config.apps[0].id, "file-id");
         assert_eq!(config.apps[0].ping_interval_secs, 5);
+        assert_eq!(config.apps[0].source, AppSource::FileAndEnvironment);
+        let file_only = Config::load(Some(text), &super::tests::env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(file_only.apps[0].source, AppSource::File);
     }
 
     #[test]
@@ -752,6 +798,7 @@ mod tests {
             Config::load(None, &env(&[]), &Overrides { host: Some("127.0.0.1".into()), ..Default::default() }).unwrap();
         let (config, demo) = loopback.finish().unwrap();
         assert_eq!(demo.unwrap().key, config.apps[0].key);
+        assert_eq!(config.apps[0].source, AppSource::Demo);
         let public = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
         let err = public.finish().unwrap_err();
         assert!(err.to_string().contains("REVERB_APP_KEY"), "{err}");

@@ -7,6 +7,7 @@
 
 mod accept;
 pub mod apps;
+pub mod backup;
 pub mod capacity;
 pub mod cluster;
 pub mod config;

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use reprise_storage::{
     ChannelHead, CompactRule, Cursor, EventId, EventLog, LogKey, LogStats, NewEvent, ReadOutcome, StorageError,
+    StoredEvent,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -139,6 +140,15 @@ impl EventLog for GuardedLog {
 
     fn compact(&self, key: &LogKey, rule: CompactRule) -> Result<u64, StorageError> {
         self.write("compaction", |log| log.compact(key, rule))
+    }
+
+    fn import(
+        &self,
+        key: &LogKey,
+        compacted_through: Option<EventId>,
+        events: &[StoredEvent],
+    ) -> Result<(), StorageError> {
+        self.write("import", |log| log.import(key, compacted_through, events))
     }
 
     // Reads are not guarded: a failed read changes nothing on disk, and the caller answers 503.

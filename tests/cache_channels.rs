@@ -11,6 +11,7 @@ use reprise::config::Config;
 use reprise_api::EventId;
 use reprise_storage::{
     ChannelHead, CompactRule, Cursor, EventLog, LogKey, LogStats, NewEvent, ReadOutcome, SledLog, StorageError,
+    StoredEvent,
 };
 use serde_json::json;
 use support::{APP_ID, APP_KEY, APP_SECRET, RestClient, TestServer, WsClient, data_of};
@@ -147,6 +148,9 @@ impl EventLog for GatedLog {
     }
     fn stats(&self) -> Result<LogStats, StorageError> {
         self.inner.stats()
+    }
+    fn import(&self, key: &LogKey, mark: Option<EventId>, events: &[StoredEvent]) -> Result<(), StorageError> {
+        self.inner.import(key, mark, events)
     }
 }
 

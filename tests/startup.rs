@@ -226,3 +226,110 @@ fn port_in_use_is_reported() {
     assert!(!output.status.success(), "started on a taken port:\n{}", text(&output));
     assert!(text(&output).contains(&port), "the error does not name the port:\n{}", text(&output));
 }
+
+/// Starts `command` with stdout and stderr in separate files under `dir`; returns the server and
+/// the paths of both.
+fn spawn_split(mut command: Command, dir: &Path) -> (Running, PathBuf) {
+    let stdout = dir.join("stdout.txt");
+    command.stdout(std::fs::File::create(&stdout).unwrap());
+    let log = dir.join("reprise.log");
+    command.stdin(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+    (Running { child: command.spawn().expect("spawn reprise"), log }, stdout)
+}
+
+/// A server with one app from the config file and one from Reverb's variables (both with their
+/// own secret), on `port`.
+fn two_app_server(dir: &Path, port: u16) -> Command {
+    let config = dir.join("reprise.toml");
+    std::fs::write(&config, "[[apps]]\nid = \"file-app\"\nkey = \"file-key\"\nsecret = \"file-secret-value\"\n")
+        .unwrap();
+    let mut command = reprise(dir);
+    command
+        .args(["start", "--host", "127.0.0.1", "--port", &port.to_string(), "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.join("log"))
+        .env("REVERB_APP_ID", "env-app")
+        .env("REVERB_APP_KEY", "env-key")
+        .env("REVERB_APP_SECRET", "env-secret-value")
+        .env_remove("NO_COLOR");
+    command
+}
+
+/// Logs go to stderr (stdout stays empty, for `reprise log export`), without ANSI colour when
+/// stderr is not a terminal, and the start-up names every app with its key and where its
+/// settings came from, never its secret.
+#[tokio::test]
+async fn logs_go_to_stderr_without_colour_and_name_each_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (mut server, stdout) = spawn_split(two_app_server(dir.path(), port), dir.path());
+    server.wait_until_up(port).await;
+    server.terminate().await;
+
+    let log = server.output();
+    assert_eq!(std::fs::read_to_string(&stdout).unwrap(), "", "something was logged to stdout");
+    assert!(log.contains("reprise listening"), "the log is not on stderr:\n{log}");
+    assert!(!log.contains('\u{1b}'), "ANSI escapes in a log that is not a terminal:\n{log}");
+    let line_of = |key: &str| {
+        let line = log.lines().find(|line| line.contains("app configured") && line.contains(key));
+        line.unwrap_or_else(|| panic!("no start-up line for {key}:\n{log}")).to_owned()
+    };
+    let file_line = line_of("key=file-key");
+    assert!(file_line.contains("app_id=file-app") && file_line.contains("source=config file"), "{file_line}");
+    let env_line = line_of("key=env-key");
+    assert!(env_line.contains("app_id=env-app") && env_line.contains("source=REVERB_* variables"), "{env_line}");
+    assert!(!log.contains("secret-value"), "a secret reached the log:\n{log}");
+}
+
+/// `--log-format json`: every stderr line is one JSON object with the level, a constant message
+/// and the fields, for log shippers; the app lines carry id, key and source, never the secret.
+#[tokio::test]
+async fn json_log_format_writes_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut command = two_app_server(dir.path(), port);
+    command.arg("--log-format").arg("json");
+    let (mut server, _stdout) = spawn_split(command, dir.path());
+    server.wait_until_up(port).await;
+    server.terminate().await;
+
+    let log = server.output();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}")))
+        .collect();
+    assert!(lines.iter().all(|line| line["level"].is_string() && line["message"].is_string()), "{log}");
+    let apps: Vec<&Value> = lines.iter().filter(|line| line["message"] == "app configured").collect();
+    assert_eq!(apps.len(), 2, "{log}");
+    assert!(
+        apps.iter()
+            .any(|app| app["app_id"] == "env-app" && app["key"] == "env-key" && app["source"] == "REVERB_* variables"),
+        "{log}"
+    );
+    assert!(lines.iter().any(|line| line["message"] == "reprise listening"), "{log}");
+    assert!(!log.contains("secret-value"), "a secret reached the log:\n{log}");
+}
+
+/// A second server on a data directory another one uses fails at once, prints the cause once
+/// (not again as a "caused by"), and says what is probably going on.
+#[tokio::test]
+async fn a_locked_data_directory_is_reported_once_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut first = reprise(dir.path());
+    first.args(["start", "--host", "127.0.0.1", "--port", &port.to_string(), "--data-dir"]).arg(dir.path().join("log"));
+    let mut server = Running::spawn(first, dir.path());
+    server.wait_until_up(port).await;
+
+    let mut second = reprise(dir.path());
+    second
+        .args(["start", "--host", "127.0.0.1", "--port", &free_port().to_string(), "--data-dir"])
+        .arg(dir.path().join("log"));
+    let output = run(second);
+    assert!(!output.status.success(), "a second server started on a locked directory:\n{}", text(&output));
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(errors.matches("could not acquire lock").count(), 1, "the cause is not printed exactly once:\n{errors}");
+    assert!(errors.contains("another reprise is probably running with this data directory"), "no hint:\n{errors}");
+    server.terminate().await;
+}

@@ -4,6 +4,7 @@
 //! Reprise's replay extension (event ids, `since`, the replay block of `subscription_succeeded`), and
 //! the Server-Sent Events stream (framing, composite cursor, grant).
 
+pub mod backup;
 pub mod channel;
 pub mod codes;
 pub mod event_id;

@@ -15,7 +15,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{ChannelHead, Clock, CompactRule, Cursor, EventId, EventLog, LogKey, LogStats, NewEvent, ReadOutcome};
+use crate::{
+    ChannelHead, Clock, CompactRule, Cursor, EventId, EventLog, LogKey, LogStats, NewEvent, ReadOutcome, StorageError,
+    StoredEvent,
+};
 
 /// Opens a fresh, empty log stamped by the given clock.
 pub type Factory<'a> = &'a dyn Fn(Clock) -> Box<dyn EventLog>;
@@ -84,6 +87,9 @@ pub const CASES: &[Case] = &[
     ("from_time_after_compaction", from_time_after_compaction),
     ("channels_lists_every_appended_channel_of_the_app", channels_lists_every_appended_channel_of_the_app),
     ("stats_count_channels_and_events", stats_count_channels_and_events),
+    ("import_restores_a_channel_exactly", import_restores_a_channel_exactly),
+    ("import_of_a_fully_compacted_channel_keeps_its_head", import_of_a_fully_compacted_channel_keeps_its_head),
+    ("import_refuses_gaps_and_reused_ids", import_refuses_gaps_and_reused_ids),
 ];
 
 /// Runs every check on fresh logs from `factory`; panics listing each one that failed (their
@@ -655,4 +661,92 @@ pub fn stats_count_channels_and_events(factory: Factory<'_>) {
     compact(&*log, &key("b", "one"), keep_last(0));
     let LogStats { channels, events, .. } = log.stats().expect("stats");
     assert_eq!((channels, events), (3, 4));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Import
+
+/// What a backup of `key` holds: its compaction mark and every event still in the log.
+fn backup_of(log: &dyn EventLog, key: &LogKey) -> (Option<EventId>, Vec<StoredEvent>) {
+    let mark = log.head(key).expect("head").compacted_through;
+    (mark, read(log, key, Cursor::Oldest, ALL).events)
+}
+
+fn stored(seq: u64, timestamp_ms: u64, data: &str) -> StoredEvent {
+    StoredEvent {
+        id: EventId::new(timestamp_ms, seq),
+        event: "message".to_owned(),
+        data: data.to_owned(),
+        user_id: None,
+    }
+}
+
+fn assert_refused(result: Result<(), StorageError>, what: &str) {
+    assert!(matches!(result, Err(StorageError::ImportRefused(_))), "{what}: expected a refusal, got {result:?}");
+}
+
+/// A compacted channel exported from one log and imported into an empty one reads back the same:
+/// same ids, fields, head and mark, the same `recovered` for old and current cursors; and appends
+/// continue after the imported head, never reusing an id.
+pub fn import_restores_a_channel_exactly(factory: Factory<'_>) {
+    let (source, clock) = open(factory);
+    let k = key("app", "presence-room");
+    let mut events = vec![event(&k, "first")];
+    events[0].user_id = Some("user-7".to_owned());
+    source.append(&events).expect("append");
+    clock.advance(5);
+    let ids = [vec![source.head(&k).expect("head").head.expect("a head")], append_n(&*source, &k, 4)].concat();
+    compact(&*source, &k, keep_last(3));
+    let (mark, held) = backup_of(&*source, &k);
+    assert_eq!(mark, Some(ids[1]));
+
+    let (target, _clock) = open(factory);
+    target.import(&k, mark, &held).expect("import");
+    assert_eq!(target.head(&k).expect("head"), source.head(&k).expect("head"));
+    for cursor in [Cursor::Oldest, Cursor::After(ids[0]), Cursor::After(ids[1]), Cursor::After(ids[3])] {
+        assert_eq!(read(&*target, &k, cursor, ALL), read(&*source, &k, cursor, ALL), "{cursor:?}");
+    }
+    assert_eq!(read(&*target, &k, Cursor::After(ids[3]), ALL).events[0].data, "3");
+    assert_eq!(target.channels("app").expect("channels"), vec![k.clone()]);
+    assert_eq!(target.stats().expect("stats").events, 3);
+    let next = append_one(&*target, &k, "after the restore");
+    assert_eq!(next.seq(), ids[4].seq() + 1);
+    assert!(next > ids[4], "{next} is not after the imported head {}", ids[4]);
+}
+
+/// A channel whose every event was compacted away is restored from its mark alone: the head
+/// survives, so new ids continue after it and an old cursor still reads as not recovered.
+pub fn import_of_a_fully_compacted_channel_keeps_its_head(factory: Factory<'_>) {
+    let (log, _clock) = open(factory);
+    let k = key("app", "ch");
+    let mark = EventId::new(START_MS, 40);
+    log.import(&k, Some(mark), &[]).expect("import");
+    assert_eq!(log.head(&k).expect("head"), ChannelHead { head: Some(mark), compacted_through: Some(mark) });
+    assert!(!read(&*log, &k, Cursor::Oldest, ALL).recovered);
+    assert!(!read(&*log, &k, Cursor::After(EventId::new(START_MS, 39)), ALL).recovered);
+    assert!(read(&*log, &k, Cursor::After(mark), ALL).recovered);
+    assert_eq!(append_one(&*log, &k, "x").seq(), 41);
+}
+
+/// An import never leaves a gap and never reuses a sequence or an id, and a refused one writes
+/// nothing, also when only a later event of the batch is wrong.
+pub fn import_refuses_gaps_and_reused_ids(factory: Factory<'_>) {
+    let (log, _clock) = open(factory);
+    let k = key("app", "ch");
+    let t = START_MS;
+    assert_refused(log.import(&k, None, &[stored(2, t, "x")]), "a first event that is not sequence 1");
+    assert_eq!(log.head(&k).expect("head"), ChannelHead::default(), "a refused import created the channel's head");
+    log.import(&k, None, &[stored(1, t, "a"), stored(2, t, "b")]).expect("import");
+    assert_refused(log.import(&k, None, &[stored(2, t + 1, "again")]), "a reused sequence");
+    assert_refused(log.import(&k, None, &[stored(4, t, "x")]), "a gap after the head");
+    assert_refused(log.import(&k, None, &[stored(3, t, "c"), stored(5, t, "e")]), "a gap inside the batch");
+    assert_refused(log.import(&k, None, &[stored(3, t - 1, "c")]), "an id before the head's");
+    assert_refused(log.import(&k, Some(EventId::new(t, 9)), &[]), "a mark on a channel that has events");
+    assert_eq!(data_of(&read(&*log, &k, Cursor::Oldest, ALL)), vec!["a", "b"], "a refused import wrote something");
+    let appended = append_one(&*log, &k, "c");
+    assert_eq!(appended.seq(), 3);
+    assert_refused(log.import(&k, None, &[stored(3, t, "c")]), "the sequence an append already took");
+    let next = EventId::new(appended.timestamp_ms(), 4);
+    log.import(&k, None, &[StoredEvent { id: next, ..stored(4, t, "d") }]).expect("import after an append");
+    assert_eq!(data_of(&read(&*log, &k, Cursor::Oldest, ALL)), vec!["a", "b", "c", "d"]);
 }

@@ -27,6 +27,14 @@ pub enum StorageError {
     /// [`crate::SledLog::open_accepting_data_loss`] opens it anyway.
     #[error("{0}")]
     DataLoss(crate::DataLoss),
+    /// Another process (or another open log) holds the data directory's lock. Retrying helps only
+    /// once that one has stopped.
+    #[error("the data directory is locked: {0}")]
+    Locked(String),
+    /// An import would leave a gap in a channel's sequence or reuse an id (see
+    /// [`crate::EventLog::import`]); nothing was written.
+    #[error("import refused: {0}")]
+    ImportRefused(String),
     /// The key cannot be stored (an app id or channel name containing a NUL byte).
     #[error("invalid log key: {0}")]
     InvalidKey(String),

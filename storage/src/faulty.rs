@@ -108,4 +108,14 @@ impl<L: EventLog> EventLog for FaultyLog<L> {
     fn stats(&self) -> Result<LogStats, StorageError> {
         self.inner.stats()
     }
+
+    fn import(
+        &self,
+        key: &LogKey,
+        compacted_through: Option<crate::EventId>,
+        events: &[crate::StoredEvent],
+    ) -> Result<(), StorageError> {
+        Self::failing(&self.append, "import")?;
+        self.inner.import(key, compacted_through, events)
+    }
 }

@@ -242,4 +242,21 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Size of the whole log. May scan it: for operators, not the hot path.
     fn stats(&self) -> Result<LogStats, StorageError>;
+
+    /// Writes a channel's events with the ids they already have: restoring a backup, or moving a
+    /// node's history to another backend. Atomic: all of it is written, or nothing.
+    ///
+    /// `compacted_through` (from a backup of a compacted channel) may only begin a channel that
+    /// has no head yet: it becomes the channel's head and its compaction mark, so old cursors
+    /// read as they did before. The events must continue the channel without a gap or a reused
+    /// id: the first one has sequence 1 on an empty channel, or the head's sequence + 1 and a
+    /// greater id; each next one the sequence after it and a greater id. Anything else fails with
+    /// [`StorageError::ImportRefused`] and writes nothing. Durable on the next
+    /// [`flush`](EventLog::flush); appends afterwards continue after the imported head.
+    fn import(
+        &self,
+        key: &LogKey,
+        compacted_through: Option<EventId>,
+        events: &[StoredEvent],
+    ) -> Result<(), StorageError>;
 }

@@ -95,6 +95,9 @@ static READ_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
         include_str!("redis_log/read.lua")
     ))
 });
+static IMPORT_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(concat!("#!lua\n", include_str!("redis_log/import.lua"))));
+
 static COMPACT_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!("#!lua\n", include_str!("redis_log/lookup.lua"), include_str!("redis_log/compact.lua")))
 });
@@ -370,6 +373,41 @@ impl ReadReply {
 impl EventLog for RedisLog {
     fn append(&self, events: &[NewEvent]) -> Result<Vec<EventId>, StorageError> {
         self.append_announced(events, &[])
+    }
+
+    fn import(
+        &self,
+        key: &LogKey,
+        compacted_through: Option<EventId>,
+        events: &[StoredEvent],
+    ) -> Result<(), StorageError> {
+        check_key(key)?;
+        if compacted_through.is_none() && events.is_empty() {
+            return Ok(());
+        }
+        let existing = self.head(key)?;
+        crate::sled_log::check_import(existing.head, existing.compacted_through, compacted_through, events)
+            .map_err(|problem| StorageError::ImportRefused(format!("{}/{}: {problem}", key.app, key.channel)))?;
+        let mut invocation = IMPORT_SCRIPT.prepare_invoke();
+        invocation
+            .arg(&self.prefix)
+            .arg(&key.app)
+            .arg(&key.channel)
+            .arg(existing.head.map(|head| head.seq().to_string()).unwrap_or_default())
+            .arg(compacted_through.map(|mark| mark.seq().to_string()).unwrap_or_default())
+            .arg(compacted_through.map(|mark| mark.timestamp_ms().to_string()).unwrap_or_default())
+            .arg(events.len().to_string());
+        for event in events {
+            invocation
+                .arg(event.id.seq().to_string())
+                .arg(event.id.timestamp_ms().to_string())
+                .arg(&event.event)
+                .arg(&event.data)
+                .arg(flagged(event.user_id.as_deref()));
+        }
+        let mut connection = self.connection.clone();
+        let _: u8 = self.call("import", invocation.invoke_async(&mut connection))?;
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StorageError> {

@@ -198,7 +198,14 @@ impl SledLog {
                     std::thread::sleep(OPEN_LOCK_RETRY_INTERVAL);
                 }
                 result => {
-                    let mut log = Self::from_db(result.map_err(StorageError::from_sled)?)?;
+                    let db = result.map_err(|error| {
+                        if is_lock_contention(&error) {
+                            StorageError::Locked(error.to_string())
+                        } else {
+                            StorageError::from_sled(error)
+                        }
+                    })?;
+                    let mut log = Self::from_db(db)?;
                     // sled keeps its log in the file `db` of its directory, blobs in `blobs/`.
                     let file = std::fs::File::open(path.join("db")).map_err(|e| StorageError::Io(e.to_string()))?;
                     log.log_file = Some(file);
@@ -637,6 +644,60 @@ impl EventLog for SledLog {
             .collect()
     }
 
+    fn import(
+        &self,
+        key: &LogKey,
+        compacted_through: Option<EventId>,
+        events: &[StoredEvent],
+    ) -> Result<(), StorageError> {
+        check_key(key)?;
+        if compacted_through.is_none() && events.is_empty() {
+            return Ok(());
+        }
+        let values: Vec<Vec<u8>> = events
+            .iter()
+            .map(|event| codec::encode_event(&event.event, &event.data, event.user_id.as_deref()))
+            .collect();
+        // Not the hot path: the channel is loaded under the lock, as an append does after a sweep.
+        let mut cache = self.lock();
+        let existing = match cache.get(key) {
+            Some(state) => Some(state),
+            None => self.load(key)?,
+        };
+        let (head, compacted) = check_import(
+            existing.and_then(|s| s.head),
+            existing.and_then(|s| s.compacted_through),
+            compacted_through,
+            events,
+        )
+        .map_err(|problem| StorageError::ImportRefused(format!("{}/{}: {problem}", key.app, key.channel)))?;
+        let state = match existing {
+            Some(state) => state,
+            None => self.create(key)?,
+        };
+        if compacted_through.is_some() {
+            // Metadata before the events it describes (see the module docs), and only the mark as
+            // its head: if the events never land, the channel ends at the mark, with no hole.
+            let meta = ChannelMeta { channel_id: state.channel_id, compacted_through: compacted, head: compacted };
+            self.channels.insert(meta_key(key), codec::encode_meta(&meta)).map_err(StorageError::from_sled)?;
+        }
+        let mut batch = sled::Batch::default();
+        for (event, value) in events.iter().zip(values) {
+            batch.insert(&event_key(state.channel_id, event.id)[..], value);
+        }
+        let totals = Totals {
+            appends: cache.totals.appends + u64::try_from(events.len()).expect("usize fits in u64"),
+            max_time_ms: head.map_or(0, EventId::timestamp_ms).max(cache.totals.max_time_ms),
+            ..cache.totals
+        };
+        batch.insert(TOTALS_KEY, codec::encode_totals(&totals));
+        self.events.apply_batch(batch).map_err(StorageError::from_sled)?;
+        cache.totals = totals;
+        cache.set(key, ChannelState { channel_id: state.channel_id, head, compacted_through: compacted });
+        cache.sweep_if_full();
+        Ok(())
+    }
+
     fn stats(&self) -> Result<LogStats, StorageError> {
         Ok(LogStats {
             // sled counts by scanning: fine for an operator's occasional look.
@@ -659,6 +720,42 @@ fn next_id(head: Option<EventId>, now_ms: u64) -> Result<EventId, StorageError> 
         .checked_add(1)
         .ok_or_else(|| StorageError::Corrupt(format!("channel head {head} has the largest sequence")))?;
     Ok(EventId::new(now_ms.max(head.timestamp_ms()), seq))
+}
+
+/// Checks an import against a channel's `head` and `compacted` mark (see [`EventLog::import`]);
+/// returns the channel's head and mark after it, or what is wrong.
+pub(crate) fn check_import(
+    head: Option<EventId>,
+    compacted: Option<EventId>,
+    mark: Option<EventId>,
+    events: &[StoredEvent],
+) -> Result<(Option<EventId>, Option<EventId>), String> {
+    let (mut head, compacted) = match (mark, head) {
+        (None, head) => (head, compacted),
+        (Some(mark), None) if mark.seq() > 0 => (Some(mark), Some(mark)),
+        (Some(mark), None) => return Err(format!("compaction mark {mark} has sequence 0")),
+        (Some(mark), Some(head)) => {
+            return Err(format!("compaction mark {mark} for a channel that already has events (head {head})"));
+        }
+    };
+    for event in events {
+        let Some(expected) = head.map_or(Some(1), |head| head.seq().checked_add(1)) else {
+            return Err(format!("event {} follows a head with the largest sequence", event.id));
+        };
+        let id = event.id;
+        if id.seq() < expected {
+            return Err(format!("event {id} (sequence {}) reuses a sequence the channel already has", id.seq()));
+        }
+        if id.seq() > expected {
+            let after = head.map_or_else(|| "the channel's start".to_owned(), |head| head.to_string());
+            return Err(format!("event {id} (sequence {}) leaves a gap after {after}", id.seq()));
+        }
+        if let Some(previous) = head.filter(|previous| id <= *previous) {
+            return Err(format!("event {id} is not after {previous}, the event before it"));
+        }
+        head = Some(id);
+    }
+    Ok((head, compacted))
 }
 
 /// sled reports a held file lock as an `Other` IO error; only its message tells (sled is pinned).

@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use reprise_storage::{
     ChannelHead, CompactRule, Cursor, EventId, EventLog, LogKey, LogStats, NewEvent, ReadOutcome, SledLog,
-    StorageError, conformance,
+    StorageError, StoredEvent, conformance,
 };
 
 #[test]
@@ -62,6 +62,14 @@ fn conformance_catches_a_broken_log() {
         }
         fn stats(&self) -> Result<LogStats, StorageError> {
             self.0.stats()
+        }
+        fn import(
+            &self,
+            key: &LogKey,
+            compacted_through: Option<EventId>,
+            events: &[StoredEvent],
+        ) -> Result<(), StorageError> {
+            self.0.import(key, compacted_through, events)
         }
     }
     let factory = |clock| -> Box<dyn EventLog> {

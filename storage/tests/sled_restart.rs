@@ -226,6 +226,6 @@ fn open_fails_while_another_log_holds_the_directory() {
     let _held = SledLog::open(dir.path()).unwrap();
     let started = Instant::now();
     let second = SledLog::open(dir.path());
-    assert!(matches!(second, Err(StorageError::Backend(_))), "{:?}", second.err());
+    assert!(matches!(second, Err(StorageError::Locked(_))), "{:?}", second.err());
     assert!(started.elapsed() >= SledLog::OPEN_LOCK_WAIT);
 }

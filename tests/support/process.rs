@@ -20,7 +20,7 @@ pub struct ServerProcess {
 }
 
 /// `reprise start` on loopback port `port` with the data directory `data_dir`, the test app, and
-/// `args` added; its log (stdout) and errors (stderr) both go to `output`.
+/// `args` added; its stdout and its log and errors (stderr) both go to `output`.
 fn command(data_dir: &Path, port: u16, args: &[&str], output: File) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_reprise"));
     command

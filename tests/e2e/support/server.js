@@ -2,7 +2,7 @@
 //
 // Each test file gets its own server (own port, own fresh data directory), configured the way a
 // Laravel app configures Reverb: one app through REVERB_APP_ID / REVERB_APP_KEY / REVERB_APP_SECRET.
-// The server's output (tracing goes to stdout) is kept in `.logs/<test file>.log` next to this
+// The server's output (tracing goes to stderr) is kept in `.logs/<test file>.log` next to this
 // directory, so a failure can be read after the run; set REPRISE_E2E_VERBOSE=1 to also stream it.
 
 import { spawn } from 'node:child_process';
