@@ -42,6 +42,12 @@ pub struct CommonArgs {
     host: String,
     #[arg(long, global = true, default_value_t = 8080, env = "REVERB_SERVER_PORT")]
     port: u16,
+    /// The nodes of one Reprise cluster, comma-separated, each `HOST:PORT` or a bare `PORT` (on
+    /// `--host`); replaces `--port`. `fanout` and `channels` spread their subscribers over the
+    /// nodes and send each publisher's publishes through every node in turn; `publish` puts its
+    /// publishers on the nodes in turn. Other scenarios use the first node only.
+    #[arg(long, global = true, value_name = "NODE,NODE,...")]
+    nodes: Option<String>,
     #[arg(long, global = true, default_value = "reprise-demo", env = "REVERB_APP_ID")]
     app_id: String,
     #[arg(long, global = true, default_value = "reprise-demo-key", env = "REVERB_APP_KEY")]
@@ -85,13 +91,53 @@ enum Scenario {
 /// What a scenario needs to know about the server and the run.
 #[derive(Debug, Clone)]
 pub struct Env {
+    /// The first node: the only one scenarios without a cluster run use.
     pub target: Target,
+    /// Every node, `target` first; one entry without `--nodes`.
+    pub nodes: Vec<Target>,
     pub server_pid: Option<u32>,
     pub label: Option<String>,
     pub payload_bytes: usize,
     pub connect_concurrency: usize,
     /// Makes channel names unique per run, so runs against one server never share a channel.
     pub run_id: String,
+}
+
+impl Env {
+    /// The node the `index`-th socket or publisher uses: the nodes in turn.
+    pub fn node(&self, index: usize) -> &Target {
+        &self.nodes[index % self.nodes.len()]
+    }
+
+    /// Every node, starting with the `index`-th one's: a publisher that sends its k-th publish
+    /// through `nodes_from(p)[k % n]` spreads its publishes over the cluster, and publishers
+    /// started at different nodes do not all hit the same node at once.
+    pub fn nodes_from(&self, index: usize) -> Vec<Target> {
+        let n = self.nodes.len();
+        (0..n).map(|k| self.nodes[(index + k) % n].clone()).collect()
+    }
+}
+
+/// The nodes to target: `--nodes` (comma-separated `HOST:PORT` or `PORT`, each on `host` when no
+/// host is given) or, without it, `host:port` alone. Every node must be on loopback.
+fn node_addrs(nodes: Option<&str>, host: &str, port: u16) -> anyhow::Result<Vec<SocketAddr>> {
+    let Some(list) = nodes else { return Ok(vec![loopback_addr(host, port)?]) };
+    let mut addrs = Vec::new();
+    for entry in list.split(',').map(str::trim) {
+        let (node_host, node_port) = match entry.rsplit_once(':') {
+            // `[::1]:8080` names an IPv6 host in brackets.
+            Some((h, p)) => (h.trim_start_matches('[').trim_end_matches(']'), p),
+            None => (host, entry),
+        };
+        let node_port: u16 =
+            node_port.parse().map_err(|_| anyhow::anyhow!("--nodes: {entry:?} is not HOST:PORT or PORT"))?;
+        let addr = loopback_addr(node_host, node_port)?;
+        if addrs.contains(&addr) {
+            bail!("--nodes: {addr} is named twice");
+        }
+        addrs.push(addr);
+    }
+    Ok(addrs)
 }
 
 fn loopback_addr(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
@@ -125,13 +171,18 @@ fn main() -> anyhow::Result<()> {
     if common.payload_bytes > 9_000 {
         bail!("--payload-bytes must stay under Pusher's 10 KB message limit");
     }
+    let nodes: Vec<Target> = node_addrs(common.nodes.as_deref(), &common.host, common.port)?
+        .into_iter()
+        .map(|addr| Target {
+            addr,
+            app_id: common.app_id.clone(),
+            key: common.key.clone(),
+            secret: common.secret.clone(),
+        })
+        .collect();
     let env = Env {
-        target: Target {
-            addr: loopback_addr(&common.host, common.port)?,
-            app_id: common.app_id,
-            key: common.key,
-            secret: common.secret,
-        },
+        target: nodes[0].clone(),
+        nodes,
         server_pid: common.server_pid,
         label: common.label,
         payload_bytes: common.payload_bytes,
@@ -160,4 +211,41 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(nodes: Option<&str>) -> anyhow::Result<Vec<String>> {
+        Ok(node_addrs(nodes, "127.0.0.1", 8080)?.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn without_nodes_the_one_target_is_host_and_port() {
+        assert_eq!(addrs(None).unwrap(), ["127.0.0.1:8080"]);
+    }
+
+    #[test]
+    fn nodes_are_kept_in_the_order_given_with_bare_ports_on_host() {
+        assert_eq!(
+            addrs(Some("127.0.0.1:9001, 9002,localhost:9003,[::1]:9004")).unwrap(),
+            ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003", "[::1]:9004"]
+        );
+    }
+
+    #[test]
+    fn a_node_off_loopback_is_refused() {
+        let error = addrs(Some("127.0.0.1:9001,10.0.0.5:9002")).unwrap_err().to_string();
+        assert!(error.contains("not a loopback address"), "{error}");
+    }
+
+    #[test]
+    fn malformed_or_repeated_nodes_are_refused() {
+        assert!(addrs(Some("127.0.0.1:http")).is_err());
+        assert!(addrs(Some("9001,,9002")).is_err());
+        assert!(addrs(Some("127.0.0.1:70000")).is_err());
+        let error = addrs(Some("9001,127.0.0.1:9001")).unwrap_err().to_string();
+        assert!(error.contains("named twice"), "{error}");
+    }
 }

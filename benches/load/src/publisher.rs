@@ -47,17 +47,34 @@ pub async fn run(
     payload_bytes: usize,
     published: Arc<[AtomicU64]>,
 ) -> PublisherReport {
+    run_via(vec![target], channels, rate, until, payload_bytes, published).await
+}
+
+/// [`run`] through several nodes of one cluster: a keep-alive connection to each, the k-th
+/// publish sent through `targets[k % n]`. Still one publish in flight, so each channel's events
+/// keep the publisher's order whichever node takes them.
+pub async fn run_via(
+    targets: Vec<Target>,
+    channels: Vec<(usize, Arc<str>)>,
+    rate: f64,
+    until: Until,
+    payload_bytes: usize,
+    published: Arc<[AtomicU64]>,
+) -> PublisherReport {
     let mut report = PublisherReport { publishes: 0, ack_ns: ack_histogram(), errors: Vec::new() };
-    if channels.is_empty() {
+    if channels.is_empty() || targets.is_empty() {
         return report;
     }
-    let mut rest = match Rest::connect(&target).await {
-        Ok(rest) => rest,
-        Err(error) => {
-            report.errors.push(format!("publisher cannot connect: {error:#}"));
-            return report;
+    let mut rests = Vec::with_capacity(targets.len());
+    for target in &targets {
+        match Rest::connect(target).await {
+            Ok(rest) => rests.push(rest),
+            Err(error) => {
+                report.errors.push(format!("publisher cannot connect to {}: {error:#}", target.addr));
+                return report;
+            }
         }
-    };
+    }
     let mut last_id_seq: Vec<Option<u64>> = vec![None; channels.len()];
     let started = Instant::now();
     let interval = (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
@@ -84,7 +101,8 @@ pub async fn run(
         let seq = published[*index].load(Ordering::Acquire) + 1;
         let sent = now_ns();
         let data = pusher::payload(seq, sent, payload_bytes);
-        match rest.trigger(name, &data).await {
+        let node = usize::try_from(report.publishes).unwrap_or(0) % rests.len();
+        match rests[node].trigger(name, &data).await {
             Ok(id) => {
                 report.ack_ns.saturating_record(now_ns().saturating_sub(sent).max(1_000));
                 published[*index].store(seq, Ordering::Release);

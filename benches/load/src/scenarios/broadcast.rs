@@ -129,11 +129,13 @@ async fn run(env: &Env, plan: Plan) -> anyhow::Result<bool> {
     let stop = CancellationToken::new();
     let connect_started = Instant::now();
     let mut subscribers = Vec::with_capacity(connections);
-    // Round-robin over channels so every channel fills up at the same pace.
-    for _ in 0..plan.subscribers_per_channel {
+    // Round-robin over channels so every channel fills up at the same pace, and over the nodes
+    // (with --nodes) so every channel has subscribers on every node.
+    for round in 0..plan.subscribers_per_channel {
         for (channel, name) in names.iter().enumerate() {
+            let node = env.node(channel + round).clone();
             let (shared, stop, target, name, transport) =
-                (Arc::clone(&shared), stop.clone(), env.target.clone(), Arc::clone(name), plan.transport);
+                (Arc::clone(&shared), stop.clone(), node, Arc::clone(name), plan.transport);
             subscribers.push(tokio::spawn(async move {
                 let mut outcome =
                     Outcome { channel, tracker: Tracker::default(), replay: None, ended: None, error: None };
@@ -187,8 +189,9 @@ async fn run(env: &Env, plan: Plan) -> anyhow::Result<bool> {
             let events = plan.events.map(|total| share(total, plan.publishers, p));
             let until = Until { duration: Some(plan.duration), events, stop: CancellationToken::new() };
             let rate = plan.rate / stats::as_f64(u64::try_from(plan.publishers).unwrap_or(1));
-            tasks.push(tokio::spawn(publisher::run(
-                env.target.clone(),
+            // Each publisher sends through every node in turn, starting at its own.
+            tasks.push(tokio::spawn(publisher::run_via(
+                env.nodes_from(p),
                 owned,
                 rate,
                 until,
@@ -233,6 +236,7 @@ async fn run(env: &Env, plan: Plan) -> anyhow::Result<bool> {
         "transport",
         format!("{:?}", plan.transport).to_lowercase(),
     );
+    report.figure("nodes", "nodes", env.nodes.len());
     report.figure("connections", "connections", connections);
     report.figure("channels", "channels", plan.channels);
     report.figure("subscribers per channel", "subscribers_per_channel", plan.subscribers_per_channel);

@@ -40,8 +40,9 @@ async fn phase(
     for (i, name) in names.iter().enumerate() {
         let until = Until { duration: Some(duration), events: None, stop: CancellationToken::new() };
         let channels = vec![(i, Arc::clone(name))];
+        // Publisher i on node i mod n: every node takes publishes, each channel through one node.
         tasks.push(tokio::spawn(publisher::run(
-            env.target.clone(),
+            env.node(i).clone(),
             channels,
             0.0,
             until,
@@ -93,6 +94,7 @@ pub async fn run(env: &Env, args: PublishArgs) -> anyhow::Result<bool> {
         "durability",
         env.label.clone(),
     );
+    report.figure("nodes", "nodes", env.nodes.len());
     report.figure("concurrent publishers", "concurrency", concurrency);
     report.figure("payload bytes", "payload_bytes", env.payload_bytes);
     report.figure("acknowledged publishes", "publishes", publishes);
