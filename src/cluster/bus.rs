@@ -97,7 +97,11 @@ async fn handle(cluster: &Cluster, state: &ServerState, payload: &[u8]) {
     };
     match message {
         BusMessage::Event { app, channel, seq, timestamp_ms, event, data, user_id, except_socket } => {
-            let (Some(app), Ok(channel)) = (state.apps.by_id(&app), ChannelName::parse(&channel)) else { return };
+            // Every node hears every event: most are for channels nobody here watches, so look
+            // before building a frame. (A subscriber that registers right after this look reads
+            // the event from the log: its head is settled from there.)
+            let Some(app) = state.apps.by_id(&app).filter(|app| app.hub.tracks(&channel)) else { return };
+            let Ok(channel) = ChannelName::parse(&channel) else { return };
             let id = EventId::new(timestamp_ms, seq);
             let frame = logged_frame(&channel, id, &event, &data, user_id.as_deref());
             if let Delivery::Gap { after } = app.hub.deliver(&channel, id, &frame, except_socket.as_deref()) {

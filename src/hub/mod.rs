@@ -269,6 +269,12 @@ impl AppHub {
         Delivery::Delivered
     }
 
+    /// Whether this hub has an entry for `channel` (a subscriber, or a reader settling its head).
+    /// Lets the cluster's bus skip, cheaply, the events of channels nobody here watches.
+    pub fn tracks(&self, channel: &str) -> bool {
+        self.shard(channel).contains_key(channel)
+    }
+
     /// The channels this node has subscribers on, with their published heads (for the cluster's
     /// check that no tail was lost).
     pub fn tracked_heads(&self) -> Vec<(String, Option<EventId>)> {
