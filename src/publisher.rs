@@ -21,6 +21,7 @@ use crate::cluster::SharedLog;
 use crate::config::Durability;
 use crate::health::Health;
 use crate::hub::{AppHub, Frame, Logged};
+use crate::metrics::{Metrics, PublishOutcome};
 
 /// Publishes waiting for the committer. A full queue makes publishers wait (back-pressure on
 /// the HTTP API), never subscribers.
@@ -77,6 +78,7 @@ pub struct Publisher {
     /// Fired when a write to the log stalled (`log_guard`): the committer may never answer, so
     /// publishes stop waiting for it.
     stalled: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl Publisher {
@@ -98,16 +100,24 @@ impl Publisher {
         tasks: &TaskTracker,
         health: Arc<Health>,
         (shutdown, stalled): (CancellationToken, CancellationToken),
+        metrics: Arc<Metrics>,
     ) -> Publisher {
         let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE_JOBS);
         // A thread of its own: every commit blocks on an fsync, and handing each one to the
         // blocking pool would cost a thread hand-off and a wake-up per commit.
         let (finished_tx, finished_rx) = oneshot::channel::<Result<(), String>>();
         let committer_log = Arc::clone(&log);
+        let committer_metrics = Arc::clone(&metrics);
         std::thread::Builder::new()
             .name("reprise-committer".into())
             .spawn(move || {
-                let _ = finished_tx.send(run_committer(committer_log.as_ref(), &fan_out, durability, jobs_rx));
+                let _ = finished_tx.send(run_committer(
+                    committer_log.as_ref(),
+                    &fan_out,
+                    durability,
+                    jobs_rx,
+                    &committer_metrics,
+                ));
             })
             .expect("the committer thread starts: without it no publish could ever be answered");
         // Lets the server wait for the last commits on shutdown, and stops it if the committer dies.
@@ -124,11 +134,29 @@ impl Publisher {
         if durability == Durability::Buffered {
             tasks.spawn(run_flusher(log, flush_every, shutdown));
         }
-        Publisher { jobs_tx, stalled }
+        Publisher { jobs_tx, stalled, metrics }
     }
 
     /// Logs `items` and fans them out; returns their ids once they are as durable as configured.
     pub async fn publish(
+        &self,
+        app_id: &str,
+        hub: &Arc<AppHub>,
+        items: Vec<PublishItem>,
+    ) -> Result<Vec<EventId>, PublishError> {
+        let answered = self.answer(app_id, hub, items).await;
+        if let Some(app) = self.metrics.app(app_id) {
+            app.publish(match &answered {
+                Ok(_) => PublishOutcome::Acknowledged,
+                Err(PublishError::Storage) => PublishOutcome::Refused,
+                Err(PublishError::NotDurable) => PublishOutcome::NotDurable,
+                Err(PublishError::OutcomeUnknown | PublishError::ShuttingDown) => PublishOutcome::Unknown,
+            });
+        }
+        answered
+    }
+
+    async fn answer(
         &self,
         app_id: &str,
         hub: &Arc<AppHub>,
@@ -158,6 +186,7 @@ fn run_committer(
     fan_out: &FanOut,
     durability: Durability,
     mut jobs_rx: mpsc::Receiver<Job>,
+    metrics: &Metrics,
 ) -> Result<(), String> {
     while let Some(first) = jobs_rx.blocking_recv() {
         let mut jobs = vec![first];
@@ -167,7 +196,11 @@ fn run_committer(
                 Err(_) => break,
             }
         }
-        match std::panic::catch_unwind(AssertUnwindSafe(|| commit(log, fan_out, durability, &jobs))) {
+        let started = std::time::Instant::now();
+        let committed = std::panic::catch_unwind(AssertUnwindSafe(|| commit(log, fan_out, durability, &jobs)));
+        metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        metrics.commit_size.observe(jobs.len() as f64);
+        match committed {
             Ok(outcome) => answer(jobs, outcome),
             Err(panic) => {
                 answer(jobs, Outcome::Unknown);

@@ -1,0 +1,109 @@
+//! Metrics: `/metrics` on its own listener, in the Prometheus text format, with the figures an
+//! operator reads (publishes by outcome, connections, fan-out, resumes), and nothing served when
+//! `metrics_port` is not set.
+
+mod support;
+
+use std::collections::HashMap;
+
+use support::{APP_ID, TestServer};
+
+/// A port nobody listens on right now, for the metrics listener the server binds itself.
+async fn free_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Every sample of the exposition, `name{labels}` -> value.
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn scrape(port: u16) -> (HashMap<String, f64>, String) {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.expect("scrape");
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("body");
+    (samples(&text), text)
+}
+
+fn value(samples: &HashMap<String, f64>, text: &str, series: &str) -> f64 {
+    *samples.get(series).unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+}
+
+/// Publishing, subscribing and resuming show up with the right values, per app.
+#[tokio::test]
+async fn metrics_count_publishes_connections_fan_out_and_resumes() {
+    let port = free_port().await;
+    let server = TestServer::start_with(|config| config.server.metrics_port = Some(port)).await;
+    let rest = server.rest();
+    let mut live = server.client().await;
+    live.subscribe("news").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(rest.trigger_id("news", "story", &format!("s{i}")).await);
+    }
+    for _ in 0..3 {
+        live.next_app_event().await;
+    }
+    let mut resuming = server.client().await;
+    let replay = resuming.subscribe_since("news", &ids[0]).await;
+    assert_eq!(replay["recovered"], true, "{replay}");
+
+    let (samples, text) = scrape(port).await;
+    let app = format!("app=\"{APP_ID}\"");
+    let at = |series: &str| value(&samples, &text, series);
+    assert_eq!(at(&format!("reprise_publishes_total{{{app},outcome=\"acknowledged\"}}")), 3.0);
+    assert_eq!(at(&format!("reprise_publishes_total{{{app},outcome=\"refused\"}}")), 0.0);
+    assert_eq!(at(&format!("reprise_connections_accepted_total{{{app}}}")), 2.0);
+    assert_eq!(at(&format!("reprise_connections_open{{{app}}}")), 2.0);
+    assert_eq!(at(&format!("reprise_channels{{{app}}}")), 1.0);
+    assert_eq!(at(&format!("reprise_subscriptions{{{app}}}")), 2.0);
+    assert_eq!(at(&format!("reprise_fan_out_frames_total{{{app}}}")), 3.0);
+    assert_eq!(at(&format!("reprise_resumes_total{{{app},outcome=\"recovered\"}}")), 1.0);
+    assert_eq!(at(&format!("reprise_resumes_total{{{app},outcome=\"not_recovered\"}}")), 0.0);
+    assert_eq!(at(&format!("reprise_events_replayed_total{{{app}}}")), 2.0);
+    // Two subscribes and nothing else sent by the clients.
+    assert_eq!(at(&format!("reprise_messages_received_total{{{app}}}")), 2.0);
+    // Three publishes, each its own group (they were sent one after the other).
+    assert_eq!(at("reprise_commit_publishes_count"), 3.0);
+    assert_eq!(at("reprise_commit_duration_seconds_count"), 3.0);
+    assert_eq!(at(&format!("reprise_slow_consumers_total{{{app}}}")), 0.0);
+}
+
+/// A connection that ends is counted as closed, by who closed it, and no longer as open.
+#[tokio::test]
+async fn metrics_count_closed_connections() {
+    let port = free_port().await;
+    let server = TestServer::start_with(|config| config.server.metrics_port = Some(port)).await;
+    let client = server.client().await;
+    // Dropped without a close frame: the socket just ends.
+    drop(client);
+    let closed = format!("reprise_connections_closed_total{{app=\"{APP_ID}\",reason=\"transport\"}}");
+    let open = format!("reprise_connections_open{{app=\"{APP_ID}\"}}");
+    // The server notices the hang-up on its own time: poll until it has.
+    for _ in 0..200 {
+        let (samples, _) = scrape(port).await;
+        if samples.get(&closed) == Some(&1.0) {
+            assert_eq!(samples.get(&open), Some(&0.0));
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let (_, text) = scrape(port).await;
+    panic!("the closed connection was never counted:\n{text}");
+}
+
+/// Without `metrics_port` nothing serves metrics: not the main listener either.
+#[tokio::test]
+async fn metrics_are_off_by_default() {
+    let server = TestServer::start().await;
+    assert_eq!(server.config.server.metrics_port, None);
+    let response = reqwest::get(server.url("/metrics")).await.expect("request");
+    assert_eq!(response.status(), 404);
+}
