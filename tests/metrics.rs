@@ -107,3 +107,48 @@ async fn metrics_are_off_by_default() {
     let response = reqwest::get(server.url("/metrics")).await.expect("request");
     assert_eq!(response.status(), 404);
 }
+
+/// Every metric the Grafana dashboard queries is one the server exports (a renamed metric would
+/// leave a panel silently empty).
+#[tokio::test]
+async fn the_dashboard_queries_only_exported_metrics() {
+    let port = free_port().await;
+    let server = TestServer::start_with(|config| config.server.metrics_port = Some(port)).await;
+    server.rest().trigger_id("news", "story", "s").await;
+    // A family shows up once it has a sample: end one connection for the closed counter.
+    drop(server.client().await);
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = scrape(port).await.1;
+        if text.contains("reprise_connections_closed_total") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    // From the declared families, so a counter with no sample yet counts as exported.
+    let exported: std::collections::HashSet<String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split_once(' '))
+        .flat_map(|(name, kind)| match kind {
+            "counter" => vec![format!("{name}_total")],
+            "histogram" => ["_bucket", "_sum", "_count"].iter().map(|suffix| format!("{name}{suffix}")).collect(),
+            _ => vec![name.to_owned()],
+        })
+        .collect();
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana-dashboard.json"))
+        .expect("docs/grafana-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for (at, _) in expr.match_indices("reprise_") {
+                let name: String = expr[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                assert!(exported.contains(&name), "panel {} queries {name}, not exported:\n{text}", panel["title"]);
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried > 10, "the dashboard queries {queried} metrics");
+}
