@@ -113,6 +113,7 @@ pub struct Metrics {
     connections_open: Family<AppLabel, Gauge>,
     channels: Family<AppLabel, Gauge>,
     subscriptions: Family<AppLabel, Gauge>,
+    presence_members: Family<AppLabel, Gauge>,
     slow_consumers: Family<AppLabel, Counter>,
     pub commit_size: Histogram,
     pub commit_seconds: Histogram,
@@ -135,6 +136,12 @@ impl Metrics {
         registry.register("channels", "Channels with a subscriber on this node", channels.clone());
         let subscriptions = Family::<AppLabel, Gauge>::default();
         registry.register("subscriptions", "Channel subscriptions on this node", subscriptions.clone());
+        let presence_members = Family::<AppLabel, Gauge>::default();
+        registry.register(
+            "presence_members",
+            "Members of presence channels on this node, summed over channels",
+            presence_members.clone(),
+        );
         let slow_consumers = Family::<AppLabel, Counter>::default();
         registry.register("slow_consumers", "Sockets closed because their outbox overflowed", slow_consumers.clone());
         let messages_in = Family::<AppLabel, Counter>::default();
@@ -203,6 +210,7 @@ impl Metrics {
             connections_open,
             channels,
             subscriptions,
+            presence_members,
             slow_consumers,
             commit_size,
             commit_seconds,
@@ -237,6 +245,9 @@ impl Metrics {
             let subscriptions: usize = occupied.iter().map(|(_, counts)| counts.subscriptions).sum();
             self.channels.get_or_create(&label).set(i64::try_from(occupied.len()).unwrap_or(i64::MAX));
             self.subscriptions.get_or_create(&label).set(i64::try_from(subscriptions).unwrap_or(i64::MAX));
+            // Only presence channels have members.
+            let members: usize = occupied.iter().map(|(_, counts)| counts.users).sum();
+            self.presence_members.get_or_create(&label).set(i64::try_from(members).unwrap_or(i64::MAX));
             // The hub counts slow consumers itself; the counter catches up with it.
             let slow = hub.slow_consumers.load(std::sync::atomic::Ordering::Relaxed);
             let counter = self.slow_consumers.get_or_create(&label);

@@ -76,6 +76,22 @@ async fn metrics_count_publishes_connections_fan_out_and_resumes() {
     assert_eq!(at(&format!("reprise_slow_consumers_total{{{app}}}")), 0.0);
 }
 
+/// Presence members are counted per user and channel: two sockets of one user are one member.
+#[tokio::test]
+async fn metrics_count_presence_members() {
+    let port = free_port().await;
+    let server = TestServer::start_with(|config| config.server.metrics_port = Some(port)).await;
+    let mut clients = Vec::new();
+    for user in ["ann", "ann", "bob"] {
+        let mut client = server.client().await;
+        client.subscribe_presence("presence-room", user, serde_json::json!({})).await;
+        clients.push(client);
+    }
+    let (samples, text) = scrape(port).await;
+    assert_eq!(value(&samples, &text, &format!("reprise_presence_members{{app=\"{APP_ID}\"}}")), 2.0);
+    assert_eq!(value(&samples, &text, &format!("reprise_subscriptions{{app=\"{APP_ID}\"}}")), 3.0);
+}
+
 /// A connection that ends is counted as closed, by who closed it, and no longer as open.
 #[tokio::test]
 async fn metrics_count_closed_connections() {
