@@ -196,6 +196,7 @@ pub async fn serve_on(
         config.apps.clone(),
         Duration::from_secs(config.server.retention_interval_secs),
         shutdown.clone(),
+        Arc::clone(&metrics),
     ));
     let tracker = TaskTracker::new();
     let state = Arc::new(ServerState {

@@ -51,6 +51,21 @@ struct ClosedLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CompactionLabels {
+    app: String,
+    trigger: &'static str,
+}
+
+/// Who asked for a compaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compaction {
+    /// `POST /apps/{id}/compact`.
+    Api,
+    /// The app's retention settings, applied in the background.
+    Retention,
+}
+
 /// What became of a publish (one HTTP API call or client event), as the `outcome` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishOutcome {
@@ -115,6 +130,8 @@ pub struct Metrics {
     subscriptions: Family<AppLabel, Gauge>,
     presence_members: Family<AppLabel, Gauge>,
     slow_consumers: Family<AppLabel, Counter>,
+    compactions: Family<CompactionLabels, Counter>,
+    compacted_events: Family<CompactionLabels, Counter>,
     pub commit_size: Histogram,
     pub commit_seconds: Histogram,
     /// Scrapes refresh the scrape-time figures one at a time, so counters copied from the hub
@@ -168,6 +185,10 @@ impl Metrics {
             "Client events refused by the rate limit",
             rate_limited.clone(),
         );
+        let compactions = Family::<CompactionLabels, Counter>::default();
+        registry.register("compactions", "Compactions of an app's log (one channel or all)", compactions.clone());
+        let compacted_events = Family::<CompactionLabels, Counter>::default();
+        registry.register("compacted_events", "Events removed from the log by compaction", compacted_events.clone());
         let commit_size = Histogram::new(COMMIT_SIZE_BUCKETS);
         registry.register("commit_publishes", "Publishes committed together in one group commit", commit_size.clone());
         let commit_seconds = Histogram::new(COMMIT_SECONDS_BUCKETS);
@@ -212,6 +233,8 @@ impl Metrics {
             subscriptions,
             presence_members,
             slow_consumers,
+            compactions,
+            compacted_events,
             commit_size,
             commit_seconds,
             scrape: Mutex::new(()),
@@ -231,6 +254,17 @@ impl Metrics {
             Closed::Transport => "transport".to_owned(),
         };
         self.closed.get_or_create(&ClosedLabels { app: app.app.clone(), reason }).inc();
+    }
+
+    /// Counts one compaction of `app` that removed `removed` events (rare: labels built here).
+    pub fn compacted(&self, app: &str, trigger: Compaction, removed: u64) {
+        let trigger = match trigger {
+            Compaction::Api => "api",
+            Compaction::Retention => "retention",
+        };
+        let labels = CompactionLabels { app: app.to_owned(), trigger };
+        self.compactions.get_or_create(&labels).inc();
+        self.compacted_events.get_or_create(&labels).inc_by(removed);
     }
 
     /// The text exposition, after reading the scrape-time figures from the hubs.

@@ -92,6 +92,21 @@ async fn metrics_count_presence_members() {
     assert_eq!(value(&samples, &text, &format!("reprise_subscriptions{{app=\"{APP_ID}\"}}")), 3.0);
 }
 
+/// A compaction through the API is counted with the events it removed.
+#[tokio::test]
+async fn metrics_count_compactions_and_events_removed() {
+    let port = free_port().await;
+    let server = TestServer::start_with(|config| config.server.metrics_port = Some(port)).await;
+    let rest = server.rest();
+    rest.publish_n("news", "story", "s", 5).await;
+    let (status, body) = rest.compact(serde_json::json!({"channel": "news", "keep_last": 2})).await;
+    assert_eq!((status, body["removed"].as_u64()), (200, Some(3)), "{body}");
+    let (samples, text) = scrape(port).await;
+    let labels = format!("{{app=\"{APP_ID}\",trigger=\"api\"}}");
+    assert_eq!(value(&samples, &text, &format!("reprise_compactions_total{labels}")), 1.0);
+    assert_eq!(value(&samples, &text, &format!("reprise_compacted_events_total{labels}")), 3.0);
+}
+
 /// A connection that ends is counted as closed, by who closed it, and no longer as open.
 #[tokio::test]
 async fn metrics_count_closed_connections() {
@@ -131,7 +146,9 @@ async fn the_dashboard_queries_only_exported_metrics() {
     let port = free_port().await;
     let server = TestServer::start_with(|config| config.server.metrics_port = Some(port)).await;
     server.rest().trigger_id("news", "story", "s").await;
-    // A family shows up once it has a sample: end one connection for the closed counter.
+    // A family shows up once it has a sample: compact once, end one connection.
+    let (status, body) = server.rest().compact(serde_json::json!({"keep_last": 1})).await;
+    assert_eq!(status, 200, "{body}");
     drop(server.client().await);
     let mut text = String::new();
     for _ in 0..200 {
