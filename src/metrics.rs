@@ -134,6 +134,7 @@ pub struct Metrics {
     compacted_events: Family<CompactionLabels, Counter>,
     pub commit_size: Histogram,
     pub commit_seconds: Histogram,
+    flush_seconds: Histogram,
     /// Scrapes refresh the scrape-time figures one at a time, so counters copied from the hub
     /// are never advanced twice.
     scrape: Mutex<()>,
@@ -198,6 +199,13 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             commit_seconds.clone(),
         );
+        let flush_seconds = Histogram::new(COMMIT_SECONDS_BUCKETS);
+        registry.register_with_unit(
+            "flush_duration",
+            "Time to make the log durable (fsync): per group with sync durability, per period with buffered",
+            prometheus_client::registry::Unit::Seconds,
+            flush_seconds.clone(),
+        );
         let apps = app_ids
             .into_iter()
             .map(|id| {
@@ -237,6 +245,7 @@ impl Metrics {
             compacted_events,
             commit_size,
             commit_seconds,
+            flush_seconds,
             scrape: Mutex::new(()),
         }
     }
@@ -254,6 +263,14 @@ impl Metrics {
             Closed::Transport => "transport".to_owned(),
         };
         self.closed.get_or_create(&ClosedLabels { app: app.app.clone(), reason }).inc();
+    }
+
+    /// Runs `flush` (the log's fsync) and records how long it took.
+    pub fn timed_flush<T>(&self, flush: impl FnOnce() -> T) -> T {
+        let started = std::time::Instant::now();
+        let flushed = flush();
+        self.flush_seconds.observe(started.elapsed().as_secs_f64());
+        flushed
     }
 
     /// Counts one compaction of `app` that removed `removed` events (rare: labels built here).

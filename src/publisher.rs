@@ -132,7 +132,7 @@ impl Publisher {
             supervisor_shutdown.cancel();
         });
         if durability == Durability::Buffered {
-            tasks.spawn(run_flusher(log, flush_every, shutdown));
+            tasks.spawn(run_flusher(log, flush_every, shutdown, Arc::clone(&metrics)));
         }
         Publisher { jobs_tx, stalled, metrics }
     }
@@ -197,7 +197,7 @@ fn run_committer(
             }
         }
         let started = std::time::Instant::now();
-        let committed = std::panic::catch_unwind(AssertUnwindSafe(|| commit(log, fan_out, durability, &jobs)));
+        let committed = std::panic::catch_unwind(AssertUnwindSafe(|| commit(log, fan_out, durability, &jobs, metrics)));
         metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
         metrics.commit_size.observe(jobs.len() as f64);
         match committed {
@@ -235,7 +235,7 @@ enum Outcome {
 
 /// Announces, appends, flushes and fans out one group of jobs (with the bus, the shared log
 /// announces and every node fans out).
-fn commit(log: &dyn EventLog, fan_out: &FanOut, durability: Durability, jobs: &[Job]) -> Outcome {
+fn commit(log: &dyn EventLog, fan_out: &FanOut, durability: Durability, jobs: &[Job], metrics: &Metrics) -> Outcome {
     let local = matches!(fan_out, FanOut::Local);
     let mut events = Vec::new();
     for job in jobs {
@@ -273,7 +273,7 @@ fn commit(log: &dyn EventLog, fan_out: &FanOut, durability: Durability, jobs: &[
         }
     };
     let flushed = match durability {
-        Durability::Sync => log.flush(),
+        Durability::Sync => metrics.timed_flush(|| log.flush()),
         Durability::Buffered => Ok(()),
     };
     // Fan out even if the flush failed: the events are in the log (history, replay), and live
@@ -340,15 +340,15 @@ fn answer(jobs: Vec<Job>, outcome: Outcome) {
 }
 
 /// With buffered durability, writes the log out every `every` (and once more on shutdown).
-async fn run_flusher(log: Arc<dyn EventLog>, every: Duration, shutdown: CancellationToken) {
+async fn run_flusher(log: Arc<dyn EventLog>, every: Duration, shutdown: CancellationToken, metrics: Arc<Metrics>) {
     let mut ticker = tokio::time::interval(every);
     loop {
         let stopping = tokio::select! {
             _ = ticker.tick() => false,
             () = shutdown.cancelled() => true,
         };
-        let log = Arc::clone(&log);
-        match tokio::task::spawn_blocking(move || log.flush()).await {
+        let (log, metrics) = (Arc::clone(&log), Arc::clone(&metrics));
+        match tokio::task::spawn_blocking(move || metrics.timed_flush(|| log.flush())).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(%error, "periodic log flush failed"),
             Err(_) => tracing::error!("periodic log flush panicked"),

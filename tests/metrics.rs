@@ -5,13 +5,22 @@
 mod support;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use support::{APP_ID, TestServer};
 
-/// A port nobody listens on right now, for the metrics listener the server binds itself.
+/// A port for the metrics listener, which the server binds itself. Taken below the kernel's
+/// ephemeral range (32768 and up on Linux), so no server's `127.0.0.1:0` listener can take it
+/// between this check and the server's bind; each test of this binary gets its own.
 async fn free_port() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("addr").port()
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + u16::try_from(std::process::id() % 1000).expect("below 1000") * 10;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed);
+        if tokio::net::TcpListener::bind(("127.0.0.1", port)).await.is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Every sample of the exposition, `name{labels}` -> value.
@@ -73,6 +82,8 @@ async fn metrics_count_publishes_connections_fan_out_and_resumes() {
     // Three publishes, each its own group (they were sent one after the other).
     assert_eq!(at("reprise_commit_publishes_count"), 3.0);
     assert_eq!(at("reprise_commit_duration_seconds_count"), 3.0);
+    // Sync durability (the default): one fsync per group.
+    assert_eq!(at("reprise_flush_duration_seconds_count"), 3.0);
     assert_eq!(at(&format!("reprise_slow_consumers_total{{{app}}}")), 0.0);
 }
 
