@@ -310,12 +310,46 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` on `listener` until `shutdown` fires.
+/// A live status page, self-contained (no outside scripts or styles), polling `/status.json`.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// Serves `/metrics`, the status page `/` and its `/status.json` on `listener` until `shutdown`
+/// fires.
 pub async fn serve(listener: TcpListener, state: Arc<ServerState>, shutdown: CancellationToken) {
-    let router = Router::new().route("/metrics", get(scrape)).with_state(state);
+    let router = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/", get(|| async { axum::response::Html(STATUS_PAGE) }))
+        .route("/status.json", get(status))
+        .with_state(state);
     if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await {
         tracing::error!(%error, "metrics listener failed");
     }
+}
+
+/// Each app's figures now, for the status page.
+async fn status(State(state): State<Arc<ServerState>>) -> axum::Json<serde_json::Value> {
+    let mut apps: Vec<serde_json::Value> = state
+        .apps
+        .iter()
+        .map(|app| {
+            let hub = &app.hub;
+            let occupied = hub.occupied("");
+            let counters = state.metrics.app(&app.config.id);
+            let count = |pick: fn(&AppMetrics) -> u64| counters.map_or(0, pick);
+            serde_json::json!({
+                "id": app.config.id,
+                "connections": hub.connections.load(std::sync::atomic::Ordering::Relaxed),
+                "channels": occupied.len(),
+                "subscriptions": occupied.iter().map(|(_, counts)| counts.subscriptions).sum::<usize>(),
+                "presence_members": occupied.iter().map(|(_, counts)| counts.users).sum::<usize>(),
+                "publishes_acknowledged": count(|app| app.acknowledged.get()),
+                "publishes_failed": count(|app| app.refused.get() + app.not_durable.get() + app.unknown.get()),
+                "slow_consumers": hub.slow_consumers.load(std::sync::atomic::Ordering::Relaxed),
+            })
+        })
+        .collect();
+    apps.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    axum::Json(serde_json::json!({ "apps": apps }))
 }
 
 async fn scrape(State(state): State<Arc<ServerState>>) -> Response {

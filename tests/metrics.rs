@@ -141,6 +141,28 @@ async fn metrics_count_closed_connections() {
     panic!("the closed connection was never counted:\n{text}");
 }
 
+/// The status page is served beside `/metrics`, and its JSON has each app's live figures.
+#[tokio::test]
+async fn the_status_page_and_its_json_show_live_figures() {
+    let port = free_port().await;
+    let server = TestServer::start_with(|config| config.server.metrics_port = Some(port)).await;
+    let mut client = server.client().await;
+    client.subscribe("news").await;
+    server.rest().trigger_id("news", "story", "s").await;
+    let page = reqwest::get(format!("http://127.0.0.1:{port}/")).await.expect("page");
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.expect("body").contains("status.json"));
+    let status: serde_json::Value =
+        reqwest::get(format!("http://127.0.0.1:{port}/status.json")).await.expect("status").json().await.expect("JSON");
+    let app = &status["apps"][0];
+    assert_eq!(app["id"], APP_ID, "{status}");
+    assert_eq!(
+        (&app["connections"], &app["channels"], &app["subscriptions"], &app["publishes_acknowledged"]),
+        (&serde_json::json!(1), &serde_json::json!(1), &serde_json::json!(1), &serde_json::json!(1)),
+        "{status}"
+    );
+}
+
 /// Without `metrics_port` nothing serves metrics: not the main listener either.
 #[tokio::test]
 async fn metrics_are_off_by_default() {
