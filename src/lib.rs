@@ -72,6 +72,8 @@ pub enum ServerError {
     DataLoss { path: String, loss: DataLoss },
     #[error("serving failed: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("cannot listen for metrics on {address}: {source}")]
+    MetricsListener { address: String, source: std::io::Error },
     #[error("flushing the event log on shutdown failed: {0}")]
     FinalFlush(StorageError),
     #[error("cluster mode: cannot reach Redis at {url}: {reason}")]
@@ -217,7 +219,10 @@ pub async fn serve_on(
     }
     if let Some(port) = config.server.metrics_port {
         let address = (config.server.metrics_host.as_str(), port);
-        let metrics_listener = TcpListener::bind(address).await?;
+        let metrics_listener = TcpListener::bind(address).await.map_err(|source| ServerError::MetricsListener {
+            address: format!("{}:{port}", config.server.metrics_host),
+            source,
+        })?;
         tracing::info!(address = %metrics_listener.local_addr()?, "metrics listening");
         background.spawn(metrics::serve(metrics_listener, Arc::clone(&state), shutdown.clone()));
     }

@@ -163,6 +163,21 @@ async fn the_status_page_and_its_json_show_live_figures() {
     );
 }
 
+/// A metrics port already taken stops the start-up with an error that names it.
+#[tokio::test]
+async fn a_taken_metrics_port_is_a_clear_start_up_error() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let mut config = reprise::config::Config::default();
+    config.server.metrics_port = Some(port);
+    config.apps = vec![support::test_app()];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let log = std::sync::Arc::new(reprise_storage::SledLog::open_temporary().expect("a temporary log"));
+    let served = reprise::serve(listener, std::sync::Arc::new(config), log, Default::default()).await;
+    let error = served.expect_err("the metrics port is taken").to_string();
+    assert!(error.contains(&format!("metrics on 127.0.0.1:{port}")), "{error}");
+}
+
 /// Without `metrics_port` nothing serves metrics: not the main listener either.
 #[tokio::test]
 async fn metrics_are_off_by_default() {
