@@ -1,5 +1,6 @@
 //! Prometheus metrics: one [`Metrics`] registry shared by the server, served as text at
-//! `/metrics` on a listener of its own (off unless `metrics_port` is set).
+//! `/metrics` on a listener of its own (off unless `metrics_port` is set), with a small live
+//! status page at `/` that polls `/status.json`.
 //!
 //! Counters on the hot path are pre-resolved per app ([`AppMetrics`], looked up once per
 //! connection or publish group): an atomic increment each, no allocation. Figures the server
@@ -25,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ServerState;
 
-/// The content type of the Prometheus text format that `prometheus-client` writes.
+/// `prometheus-client` writes the OpenMetrics text format, which Prometheus reads (and which is
+/// the plain Prometheus text format plus `# EOF`).
 const TEXT_FORMAT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Commit (append + fsync) latency buckets, in seconds: from a page-cache write to a very slow disk.
 const COMMIT_SECONDS_BUCKETS: [f64; 12] =
