@@ -178,6 +178,23 @@ async fn a_taken_metrics_port_is_a_clear_start_up_error() {
     assert!(error.contains(&format!("metrics on 127.0.0.1:{port}")), "{error}");
 }
 
+/// `reprise start --metrics-port` turns the listener on, on loopback.
+#[tokio::test]
+async fn the_metrics_port_flag_serves_metrics_from_the_binary() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port().await;
+    let flag = port.to_string();
+    let server = support::process::ServerProcess::start(
+        &dir.path().join("log"),
+        dir.path().join("stderr"),
+        &["--metrics-port", &flag],
+    )
+    .await;
+    let (samples, text) = scrape(port).await;
+    assert_eq!(value(&samples, &text, &format!("reprise_connections_open{{app=\"{APP_ID}\"}}")), 0.0);
+    drop(server);
+}
+
 /// Without `metrics_port` nothing serves metrics: not the main listener either.
 #[tokio::test]
 async fn metrics_are_off_by_default() {
