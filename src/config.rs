@@ -54,6 +54,9 @@ pub const DEFAULT_LOG_WRITE_TIMEOUT_SECS: u64 = 30;
 /// that proxies and load balancers (nginx's default read timeout is 60 s, many idle timeouts are
 /// 30 s or more) keep it open. A few bytes per stream per interval.
 pub const DEFAULT_SSE_HEARTBEAT_SECS: u64 = 15;
+/// Where `/metrics` listens once `metrics_port` is set: loopback, so that figures about every app
+/// are not served to the world unless the operator says so.
+pub const DEFAULT_METRICS_HOST: &str = "127.0.0.1";
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -163,6 +166,10 @@ pub struct ServerConfig {
     pub sse_heartbeat_secs: u64,
     /// Most open connections (HTTP and WebSocket); none means derived from the open-files limit.
     pub max_open_connections: Option<usize>,
+    /// Address of the metrics listener (`/metrics`, Prometheus text), see [`DEFAULT_METRICS_HOST`].
+    pub metrics_host: String,
+    /// Port of the metrics listener; none (the default) serves no metrics at all.
+    pub metrics_port: Option<u16>,
     /// Open a log that lost durable appends anyway (`reprise start --accept-data-loss`). Only a
     /// flag, never a file setting: left in a config file it would accept every later loss too.
     #[serde(skip)]
@@ -185,6 +192,8 @@ impl Default for ServerConfig {
             log_write_timeout_secs: DEFAULT_LOG_WRITE_TIMEOUT_SECS,
             sse_heartbeat_secs: DEFAULT_SSE_HEARTBEAT_SECS,
             max_open_connections: None,
+            metrics_host: DEFAULT_METRICS_HOST.to_owned(),
+            metrics_port: None,
             accept_data_loss: false,
         }
     }
@@ -378,6 +387,8 @@ pub struct Overrides {
     pub redis_url: Option<String>,
     pub http_header_timeout_secs: Option<u64>,
     pub max_open_connections: Option<usize>,
+    pub metrics_host: Option<String>,
+    pub metrics_port: Option<u16>,
     pub accept_data_loss: bool,
 }
 
@@ -418,6 +429,12 @@ impl Config {
         }
         if let Some(max) = overrides.max_open_connections {
             config.server.max_open_connections = Some(max);
+        }
+        if let Some(host) = &overrides.metrics_host {
+            config.server.metrics_host = host.clone();
+        }
+        if let Some(port) = overrides.metrics_port {
+            config.server.metrics_port = Some(port);
         }
         config.server.accept_data_loss = overrides.accept_data_loss;
         problems.extend(config.problems());
@@ -551,6 +568,12 @@ impl Config {
         }
         if self.server.max_open_connections == Some(0) {
             problems.push("server.max_open_connections must be at least 1 (omit it for the default)".to_owned());
+        }
+        if self.server.metrics_host.parse::<IpAddr>().is_err() {
+            problems.push(format!("server.metrics_host: {:?} is not an IP address", self.server.metrics_host));
+        }
+        if self.server.metrics_port.is_some_and(|port| port == self.server.port && port != 0) {
+            problems.push("server.metrics_port must differ from server.port".to_owned());
         }
         if self.server.outbox_frames < 16 {
             problems.push("server.outbox_frames must be at least 16".to_owned());
@@ -781,6 +804,19 @@ mod tests {
             Overrides { http_header_timeout_secs: Some(5), max_open_connections: Some(100), ..Default::default() };
         let config = Config::load(Some(text), &env(&[]), &flags).unwrap();
         assert_eq!((config.server.http_header_timeout_secs, config.server.max_open_connections), (5, Some(100)));
+    }
+
+    /// Metrics are off until a port is given, and then listen on loopback unless told otherwise.
+    #[test]
+    fn metrics_are_off_by_default_and_on_loopback_when_enabled() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!((config.server.metrics_port, config.server.metrics_host.as_str()), (None, "127.0.0.1"));
+        let on = Config::from_toml("[server]\nmetrics_port = 9601\n").unwrap();
+        assert_eq!(on.server.metrics_port, Some(9601));
+        let bad = Config::from_toml("[server]\nport = 9601\nmetrics_port = 9601\nmetrics_host = \"here\"\n").unwrap();
+        let problems = bad.problems();
+        assert!(problems.iter().any(|p| p.contains("metrics_port must differ")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("metrics_host")), "{problems:?}");
     }
 
     #[test]

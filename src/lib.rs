@@ -17,6 +17,7 @@ pub mod health;
 pub mod hub;
 pub mod log_guard;
 pub mod log_service;
+pub mod metrics;
 pub mod publisher;
 pub mod routes;
 pub mod sse;
@@ -37,6 +38,7 @@ use crate::config::Config;
 use crate::health::Health;
 use crate::log_guard::GuardedLog;
 use crate::log_service::LogService;
+use crate::metrics::Metrics;
 use crate::publisher::{FanOut, Publisher};
 
 /// What every handler and connection shares.
@@ -48,6 +50,8 @@ pub struct ServerState {
     pub publisher: Publisher,
     /// What is wrong right now, for `/up`.
     pub health: Arc<Health>,
+    /// Served at `/metrics` on the metrics listener, when there is one.
+    pub metrics: Arc<Metrics>,
     /// This node's handle on the cluster, in cluster mode.
     pub cluster: Option<Arc<Cluster>>,
     /// Fired once on shutdown: every connection closes with 4200 when it fires.
@@ -68,6 +72,8 @@ pub enum ServerError {
     DataLoss { path: String, loss: DataLoss },
     #[error("serving failed: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("cannot listen for metrics on {address}: {source}")]
+    MetricsListener { address: String, source: std::io::Error },
     #[error("flushing the event log on shutdown failed: {0}")]
     FinalFlush(StorageError),
     #[error("cluster mode: cannot reach Redis at {url}: {reason}")]
@@ -176,6 +182,7 @@ pub async fn serve_on(
     let write_timeout = Duration::from_secs(config.server.log_write_timeout_secs);
     tokio::spawn(Arc::clone(&guarded).watch(write_timeout, watchdog_stop));
     let log: Arc<dyn EventLog> = guarded;
+    let metrics = Arc::new(Metrics::new(config.apps.iter().map(|app| app.id.as_str())));
     let publisher = Publisher::start(
         Arc::clone(&log),
         fan_out,
@@ -183,6 +190,7 @@ pub async fn serve_on(
         &background,
         Arc::clone(&health),
         (shutdown.clone(), stalled.clone()),
+        Arc::clone(&metrics),
     );
     let log_service = Arc::new(LogService::new(Arc::clone(&log), config.server.replay_cap_events));
     background.spawn(log_service::compaction::run_retention(
@@ -190,6 +198,7 @@ pub async fn serve_on(
         config.apps.clone(),
         Duration::from_secs(config.server.retention_interval_secs),
         shutdown.clone(),
+        Arc::clone(&metrics),
     ));
     let tracker = TaskTracker::new();
     let state = Arc::new(ServerState {
@@ -198,6 +207,7 @@ pub async fn serve_on(
         log: log_service,
         publisher,
         health: Arc::clone(&health),
+        metrics,
         cluster: cluster.clone(),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
@@ -206,6 +216,15 @@ pub async fn serve_on(
         background.spawn(cluster::bus::run(Arc::clone(cluster), Arc::clone(&state), shutdown.clone()));
         background.spawn(cluster::census::run(Arc::clone(cluster), Arc::clone(&state), shutdown.clone()));
         tracing::info!(node = %cluster.node_id, "cluster mode: a node of the cluster");
+    }
+    if let Some(port) = config.server.metrics_port {
+        let address = (config.server.metrics_host.as_str(), port);
+        let metrics_listener = TcpListener::bind(address).await.map_err(|source| ServerError::MetricsListener {
+            address: format!("{}:{port}", config.server.metrics_host),
+            source,
+        })?;
+        tracing::info!(address = %metrics_listener.local_addr()?, "metrics listening");
+        background.spawn(metrics::serve(metrics_listener, Arc::clone(&state), shutdown.clone()));
     }
     let app = routes::router(Arc::clone(&state)).layer(DefaultBodyLimit::max(routes::signed::MAX_ANY_REQUEST_BYTES));
     let cap =

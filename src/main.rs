@@ -72,6 +72,12 @@ struct StartArgs {
     /// API calls get 503 [default: the open-files limit minus 256].
     #[arg(long, value_name = "N")]
     max_open_connections: Option<usize>,
+    /// Serve Prometheus metrics at /metrics on this port, on its own listener [default: off].
+    #[arg(long, value_name = "PORT")]
+    metrics_port: Option<u16>,
+    /// Address of the metrics listener [default: 127.0.0.1].
+    #[arg(long, value_name = "ADDR")]
+    metrics_host: Option<String>,
     /// Start even though the event log lost events it had made durable (a damaged data
     /// directory, which otherwise stops the start-up). What is left is kept, new ids never
     /// repeat old ones, and every client resuming from before gets recovered:false. Use it
@@ -190,6 +196,8 @@ fn start_server(args: StartArgs) -> anyhow::Result<()> {
         data_dir,
         http_header_timeout_secs,
         max_open_connections,
+        metrics_port,
+        metrics_host,
         accept_data_loss,
         redis_url,
     } = args;
@@ -197,8 +205,17 @@ fn start_server(args: StartArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|path| std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display())))
         .transpose()?;
-    let overrides =
-        Overrides { host, port, data_dir, redis_url, http_header_timeout_secs, max_open_connections, accept_data_loss };
+    let overrides = Overrides {
+        host,
+        port,
+        data_dir,
+        redis_url,
+        http_header_timeout_secs,
+        max_open_connections,
+        metrics_host,
+        metrics_port,
+        accept_data_loss,
+    };
     let (config, _demo) = Config::load(file_text.as_deref(), &ProcessEnv, &overrides).and_then(Config::finish)?;
     for app in &config.apps {
         // Never the secret, even the demo's: it is in the README.

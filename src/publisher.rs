@@ -21,6 +21,7 @@ use crate::cluster::SharedLog;
 use crate::config::Durability;
 use crate::health::Health;
 use crate::hub::{AppHub, Frame, Logged};
+use crate::metrics::{Metrics, PublishOutcome};
 
 /// Publishes waiting for the committer. A full queue makes publishers wait (back-pressure on
 /// the HTTP API), never subscribers.
@@ -77,6 +78,7 @@ pub struct Publisher {
     /// Fired when a write to the log stalled (`log_guard`): the committer may never answer, so
     /// publishes stop waiting for it.
     stalled: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl Publisher {
@@ -98,16 +100,24 @@ impl Publisher {
         tasks: &TaskTracker,
         health: Arc<Health>,
         (shutdown, stalled): (CancellationToken, CancellationToken),
+        metrics: Arc<Metrics>,
     ) -> Publisher {
         let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE_JOBS);
         // A thread of its own: every commit blocks on an fsync, and handing each one to the
         // blocking pool would cost a thread hand-off and a wake-up per commit.
         let (finished_tx, finished_rx) = oneshot::channel::<Result<(), String>>();
         let committer_log = Arc::clone(&log);
+        let committer_metrics = Arc::clone(&metrics);
         std::thread::Builder::new()
             .name("reprise-committer".into())
             .spawn(move || {
-                let _ = finished_tx.send(run_committer(committer_log.as_ref(), &fan_out, durability, jobs_rx));
+                let _ = finished_tx.send(run_committer(
+                    committer_log.as_ref(),
+                    &fan_out,
+                    durability,
+                    jobs_rx,
+                    &committer_metrics,
+                ));
             })
             .expect("the committer thread starts: without it no publish could ever be answered");
         // Lets the server wait for the last commits on shutdown, and stops it if the committer dies.
@@ -122,13 +132,31 @@ impl Publisher {
             supervisor_shutdown.cancel();
         });
         if durability == Durability::Buffered {
-            tasks.spawn(run_flusher(log, flush_every, shutdown));
+            tasks.spawn(run_flusher(log, flush_every, shutdown, Arc::clone(&metrics)));
         }
-        Publisher { jobs_tx, stalled }
+        Publisher { jobs_tx, stalled, metrics }
     }
 
     /// Logs `items` and fans them out; returns their ids once they are as durable as configured.
     pub async fn publish(
+        &self,
+        app_id: &str,
+        hub: &Arc<AppHub>,
+        items: Vec<PublishItem>,
+    ) -> Result<Vec<EventId>, PublishError> {
+        let answered = self.answer(app_id, hub, items).await;
+        if let Some(app) = self.metrics.app(app_id) {
+            app.publish(match &answered {
+                Ok(_) => PublishOutcome::Acknowledged,
+                Err(PublishError::Storage) => PublishOutcome::Refused,
+                Err(PublishError::NotDurable) => PublishOutcome::NotDurable,
+                Err(PublishError::OutcomeUnknown | PublishError::ShuttingDown) => PublishOutcome::Unknown,
+            });
+        }
+        answered
+    }
+
+    async fn answer(
         &self,
         app_id: &str,
         hub: &Arc<AppHub>,
@@ -158,6 +186,7 @@ fn run_committer(
     fan_out: &FanOut,
     durability: Durability,
     mut jobs_rx: mpsc::Receiver<Job>,
+    metrics: &Metrics,
 ) -> Result<(), String> {
     while let Some(first) = jobs_rx.blocking_recv() {
         let mut jobs = vec![first];
@@ -167,7 +196,11 @@ fn run_committer(
                 Err(_) => break,
             }
         }
-        match std::panic::catch_unwind(AssertUnwindSafe(|| commit(log, fan_out, durability, &jobs))) {
+        let started = std::time::Instant::now();
+        let committed = std::panic::catch_unwind(AssertUnwindSafe(|| commit(log, fan_out, durability, &jobs, metrics)));
+        metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        metrics.commit_size.observe(jobs.len() as f64);
+        match committed {
             Ok(outcome) => answer(jobs, outcome),
             Err(panic) => {
                 answer(jobs, Outcome::Unknown);
@@ -202,7 +235,7 @@ enum Outcome {
 
 /// Announces, appends, flushes and fans out one group of jobs (with the bus, the shared log
 /// announces and every node fans out).
-fn commit(log: &dyn EventLog, fan_out: &FanOut, durability: Durability, jobs: &[Job]) -> Outcome {
+fn commit(log: &dyn EventLog, fan_out: &FanOut, durability: Durability, jobs: &[Job], metrics: &Metrics) -> Outcome {
     let local = matches!(fan_out, FanOut::Local);
     let mut events = Vec::new();
     for job in jobs {
@@ -240,7 +273,7 @@ fn commit(log: &dyn EventLog, fan_out: &FanOut, durability: Durability, jobs: &[
         }
     };
     let flushed = match durability {
-        Durability::Sync => log.flush(),
+        Durability::Sync => metrics.timed_flush(|| log.flush()),
         Durability::Buffered => Ok(()),
     };
     // Fan out even if the flush failed: the events are in the log (history, replay), and live
@@ -307,15 +340,15 @@ fn answer(jobs: Vec<Job>, outcome: Outcome) {
 }
 
 /// With buffered durability, writes the log out every `every` (and once more on shutdown).
-async fn run_flusher(log: Arc<dyn EventLog>, every: Duration, shutdown: CancellationToken) {
+async fn run_flusher(log: Arc<dyn EventLog>, every: Duration, shutdown: CancellationToken, metrics: Arc<Metrics>) {
     let mut ticker = tokio::time::interval(every);
     loop {
         let stopping = tokio::select! {
             _ = ticker.tick() => false,
             () = shutdown.cancelled() => true,
         };
-        let log = Arc::clone(&log);
-        match tokio::task::spawn_blocking(move || log.flush()).await {
+        let (log, metrics) = (Arc::clone(&log), Arc::clone(&metrics));
+        match tokio::task::spawn_blocking(move || metrics.timed_flush(|| log.flush())).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(%error, "periodic log flush failed"),
             Err(_) => tracing::error!("periodic log flush panicked"),

@@ -409,6 +409,7 @@ async fn retention_loop_trims_channels() {
         vec![kept, untouched],
         Duration::from_millis(20),
         shutdown.clone(),
+        Arc::new(reprise::metrics::Metrics::new([APP_ID])),
     ));
     let key_a = LogKey::new(APP_ID, "a");
     let mut trimmed = false;

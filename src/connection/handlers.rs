@@ -155,6 +155,11 @@ impl Connection {
         };
         let mut data = roster.unwrap_or_else(|| json!({}));
         data["replay"] = replay.block(since.is_some());
+        if let (Some(app), Some(_)) = (self.app_metrics(), since) {
+            let resumes = if replay.recovered { &app.resumes_recovered } else { &app.resumes_not_recovered };
+            resumes.inc();
+            app.events_replayed.inc_by(replay.events.len() as u64);
+        }
         if !self.write(frames::subscription_succeeded(channel.as_str(), &data)).await {
             return false;
         }
@@ -212,6 +217,9 @@ impl Connection {
         }
         if !self.client_event_budget.take(config.client_events_per_sec) {
             log!(info, self, "client event rate limit exceeded");
+            if let Some(app) = self.app_metrics() {
+                app.client_events_rate_limited.inc();
+            }
             let message = "Client event rejected due to rate limit";
             return self.write(frames::error(Some(ErrorCode::ClientEventRateLimit), message)).await;
         }

@@ -20,6 +20,7 @@ use self::rate_limit::ClientEventBudget;
 use crate::ServerState;
 use crate::apps::App;
 use crate::hub::{Frame, Socket, SocketId};
+use crate::metrics::{AppMetrics, Closed};
 
 pub use self::admission::{ConnectionSlot, Refusal, refuse, reserve_slot};
 
@@ -77,8 +78,19 @@ pub fn run(
         client_event_budget: ClientEventBudget::default(),
     };
     async move {
+        if let Some(app) = connection.app_metrics() {
+            app.connections_accepted.inc();
+        }
         let reason = connection.serve().await;
         log!(debug, connection, ?reason, "connection closed");
+        if let Some(app) = connection.app_metrics() {
+            let how = match reason {
+                Ended::ClientClosed => Closed::ByClient,
+                Ended::Transport => Closed::Transport,
+                Ended::ClosedByServer(code) => Closed::ByServer(code),
+            };
+            connection.state.metrics.closed(app, how);
+        }
         // Dropping the connection (here, or while unwinding from a panic) drops its membership,
         // which leaves every channel and gives the slot back.
     }
@@ -114,7 +126,8 @@ fn close_code_for(error: axum::Error) -> Option<(u16, &'static str)> {
 enum Ended {
     ClientClosed,
     Transport,
-    ClosedByServer,
+    /// With the close code sent.
+    ClosedByServer(u16),
 }
 
 struct Connection {
@@ -269,6 +282,10 @@ impl Connection {
                 return Some(self.close(code, reason).await);
             }
         };
+        if let Some(app) = self.app_metrics() {
+            app.messages_in.inc();
+            app.bytes_in.inc_by(text.len() as u64);
+        }
         let max_message_bytes = self.membership.app.config.max_message_size_bytes;
         let answered = if text.len() > max_message_bytes {
             log!(info, self, bytes = text.len(), "message over max_message_size refused");
@@ -294,7 +311,12 @@ impl Connection {
         log!(debug, self, code, reason, "closing");
         // Bounded: a client that stopped reading cannot take the close frame either.
         let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.ws.send(close_message(code, reason))).await;
-        Ended::ClosedByServer
+        Ended::ClosedByServer(code)
+    }
+
+    /// This connection's app's counters (a map lookup: cheaper than carrying them in every socket).
+    fn app_metrics(&self) -> Option<&AppMetrics> {
+        self.state.metrics.app(&self.membership.app.config.id)
     }
 
     /// Writes one frame now. Returns false if the socket is gone.
@@ -304,10 +326,21 @@ impl Connection {
 
     /// Writes the frames taken from the outbox, then flushes once.
     async fn write_batch(&mut self) -> bool {
+        let (mut frames, mut bytes) = (0_u64, 0_u64);
         while let Some(frame) = self.batch.pop_front() {
-            if !self.is_replayed_already(&frame) && self.ws.feed(Message::Text(frame.text.clone())).await.is_err() {
+            if self.is_replayed_already(&frame) {
+                continue;
+            }
+            if self.ws.feed(Message::Text(frame.text.clone())).await.is_err() {
                 return false;
             }
+            frames += 1;
+            bytes += frame.text.len() as u64;
+        }
+        // Counted once per batch: one lookup however many frames were fanned out.
+        if let Some(app) = self.app_metrics() {
+            app.fan_out_frames.inc_by(frames);
+            app.fan_out_bytes.inc_by(bytes);
         }
         // A burst grew the buffer; an idle socket should not keep it.
         if self.batch.capacity() > BATCH_CAPACITY_KEPT {

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::LogService;
 use crate::config::AppConfig;
+use crate::metrics::{Compaction, Metrics};
 
 impl LogService {
     /// Compacts one channel of `app`, or every channel of it, with `rule`; the total removed.
@@ -26,11 +27,13 @@ impl LogService {
     }
 
     /// Applies every app's retention settings once; the total removed.
-    pub async fn apply_retention(&self, apps: &[AppConfig]) -> Result<u64, StorageError> {
+    pub async fn apply_retention(&self, apps: &[AppConfig], metrics: &Metrics) -> Result<u64, StorageError> {
         let mut removed = 0;
         for app in apps {
             if let Some(rule) = retention_rule(app) {
-                removed += self.compact(&app.id, None, rule).await?;
+                let removed_here = self.compact(&app.id, None, rule).await?;
+                metrics.compacted(&app.id, Compaction::Retention, removed_here);
+                removed += removed_here;
             }
         }
         Ok(removed)
@@ -70,6 +73,7 @@ pub async fn run_retention(
     apps: Vec<AppConfig>,
     every: Duration,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 ) {
     if apps.iter().all(|app| retention_rule(app).is_none()) {
         return;
@@ -80,7 +84,7 @@ pub async fn run_retention(
             _ = ticker.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        match service.apply_retention(&apps).await {
+        match service.apply_retention(&apps, &metrics).await {
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, "retention removed old events"),
             Err(error) => tracing::error!(%error, "retention failed"),

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::ServerState;
 use crate::error::ApiError;
 use crate::log_service::compaction::older_than_ms;
+use crate::metrics::Compaction;
 use crate::routes::channels::parse_channel;
 use crate::routes::signed::Signed;
 
@@ -65,6 +66,7 @@ pub async fn compact(State(state): State<Arc<ServerState>>, signed: Signed) -> R
     let channel = body.channel.as_deref().map(parse_channel).transpose()?;
     let channel = channel.as_ref().map(ChannelName::as_str);
     let removed = state.log.compact(&signed.app.config.id, channel, rule).await?;
+    state.metrics.compacted(&signed.app.config.id, Compaction::Api, removed);
     tracing::info!(removed, "compacted the event log");
     Ok(Json(json!({ "removed": removed })))
 }

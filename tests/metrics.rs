@@ -1,0 +1,252 @@
+//! Metrics: `/metrics` on its own listener, in the Prometheus text format, with the figures an
+//! operator reads (publishes by outcome, connections, fan-out, resumes), and nothing served when
+//! `metrics_port` is not set.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use support::{APP_ID, TestServer};
+
+/// A port for the metrics listener, which the server binds itself. Taken below the kernel's
+/// ephemeral range (32768 and up on Linux), so no server's `127.0.0.1:0` listener can take it
+/// between this check and the server's bind; each test of this binary gets its own.
+async fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + u16::try_from(std::process::id() % 1000).expect("below 1000") * 10;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed);
+        if tokio::net::TcpListener::bind(("127.0.0.1", port)).await.is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Every sample of the exposition, `name{labels}` -> value.
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn scrape(port: u16) -> (HashMap<String, f64>, String) {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.expect("scrape");
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("body");
+    (samples(&text), text)
+}
+
+fn value(samples: &HashMap<String, f64>, text: &str, series: &str) -> f64 {
+    *samples.get(series).unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+}
+
+/// Publishing, subscribing and resuming show up with the right values, per app.
+#[tokio::test]
+async fn metrics_count_publishes_connections_fan_out_and_resumes() {
+    let port = free_port().await;
+    let server = TestServer::start_with(|config| config.server.metrics_port = Some(port)).await;
+    let rest = server.rest();
+    let mut live = server.client().await;
+    live.subscribe("news").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(rest.trigger_id("news", "story", &format!("s{i}")).await);
+    }
+    for _ in 0..3 {
+        live.next_app_event().await;
+    }
+    let mut resuming = server.client().await;
+    let replay = resuming.subscribe_since("news", &ids[0]).await;
+    assert_eq!(replay["recovered"], true, "{replay}");
+
+    let (samples, text) = scrape(port).await;
+    let app = format!("app=\"{APP_ID}\"");
+    let at = |series: &str| value(&samples, &text, series);
+    assert_eq!(at(&format!("reprise_publishes_total{{{app},outcome=\"acknowledged\"}}")), 3.0);
+    assert_eq!(at(&format!("reprise_publishes_total{{{app},outcome=\"refused\"}}")), 0.0);
+    assert_eq!(at(&format!("reprise_connections_accepted_total{{{app}}}")), 2.0);
+    assert_eq!(at(&format!("reprise_connections_open{{{app}}}")), 2.0);
+    assert_eq!(at(&format!("reprise_channels{{{app}}}")), 1.0);
+    assert_eq!(at(&format!("reprise_subscriptions{{{app}}}")), 2.0);
+    assert_eq!(at(&format!("reprise_fan_out_frames_total{{{app}}}")), 3.0);
+    assert_eq!(at(&format!("reprise_resumes_total{{{app},outcome=\"recovered\"}}")), 1.0);
+    assert_eq!(at(&format!("reprise_resumes_total{{{app},outcome=\"not_recovered\"}}")), 0.0);
+    assert_eq!(at(&format!("reprise_events_replayed_total{{{app}}}")), 2.0);
+    // Two subscribes and nothing else sent by the clients.
+    assert_eq!(at(&format!("reprise_messages_received_total{{{app}}}")), 2.0);
+    // Three publishes, each its own group (they were sent one after the other).
+    assert_eq!(at("reprise_commit_publishes_count"), 3.0);
+    assert_eq!(at("reprise_commit_duration_seconds_count"), 3.0);
+    // Sync durability (the default): one fsync per group.
+    assert_eq!(at("reprise_flush_duration_seconds_count"), 3.0);
+    assert_eq!(at(&format!("reprise_slow_consumers_total{{{app}}}")), 0.0);
+}
+
+/// Presence members are counted per user and channel: two sockets of one user are one member.
+#[tokio::test]
+async fn metrics_count_presence_members() {
+    let port = free_port().await;
+    let server = TestServer::start_with(|config| config.server.metrics_port = Some(port)).await;
+    let mut clients = Vec::new();
+    for user in ["ann", "ann", "bob"] {
+        let mut client = server.client().await;
+        client.subscribe_presence("presence-room", user, serde_json::json!({})).await;
+        clients.push(client);
+    }
+    let (samples, text) = scrape(port).await;
+    assert_eq!(value(&samples, &text, &format!("reprise_presence_members{{app=\"{APP_ID}\"}}")), 2.0);
+    assert_eq!(value(&samples, &text, &format!("reprise_subscriptions{{app=\"{APP_ID}\"}}")), 3.0);
+}
+
+/// A compaction through the API is counted with the events it removed.
+#[tokio::test]
+async fn metrics_count_compactions_and_events_removed() {
+    let port = free_port().await;
+    let server = TestServer::start_with(|config| config.server.metrics_port = Some(port)).await;
+    let rest = server.rest();
+    rest.publish_n("news", "story", "s", 5).await;
+    let (status, body) = rest.compact(serde_json::json!({"channel": "news", "keep_last": 2})).await;
+    assert_eq!((status, body["removed"].as_u64()), (200, Some(3)), "{body}");
+    let (samples, text) = scrape(port).await;
+    let labels = format!("{{app=\"{APP_ID}\",trigger=\"api\"}}");
+    assert_eq!(value(&samples, &text, &format!("reprise_compactions_total{labels}")), 1.0);
+    assert_eq!(value(&samples, &text, &format!("reprise_compacted_events_total{labels}")), 3.0);
+}
+
+/// A connection that ends is counted as closed, by who closed it, and no longer as open.
+#[tokio::test]
+async fn metrics_count_closed_connections() {
+    let port = free_port().await;
+    let server = TestServer::start_with(|config| config.server.metrics_port = Some(port)).await;
+    let client = server.client().await;
+    // Dropped without a close frame: the socket just ends.
+    drop(client);
+    let closed = format!("reprise_connections_closed_total{{app=\"{APP_ID}\",reason=\"transport\"}}");
+    let open = format!("reprise_connections_open{{app=\"{APP_ID}\"}}");
+    // The server notices the hang-up on its own time: poll until it has.
+    for _ in 0..200 {
+        let (samples, _) = scrape(port).await;
+        if samples.get(&closed) == Some(&1.0) {
+            assert_eq!(samples.get(&open), Some(&0.0));
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let (_, text) = scrape(port).await;
+    panic!("the closed connection was never counted:\n{text}");
+}
+
+/// The status page is served beside `/metrics`, and its JSON has each app's live figures.
+#[tokio::test]
+async fn the_status_page_and_its_json_show_live_figures() {
+    let port = free_port().await;
+    let server = TestServer::start_with(|config| config.server.metrics_port = Some(port)).await;
+    let mut client = server.client().await;
+    client.subscribe("news").await;
+    server.rest().trigger_id("news", "story", "s").await;
+    let page = reqwest::get(format!("http://127.0.0.1:{port}/")).await.expect("page");
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.expect("body").contains("status.json"));
+    let status: serde_json::Value =
+        reqwest::get(format!("http://127.0.0.1:{port}/status.json")).await.expect("status").json().await.expect("JSON");
+    let app = &status["apps"][0];
+    assert_eq!(app["id"], APP_ID, "{status}");
+    assert_eq!(
+        (&app["connections"], &app["channels"], &app["subscriptions"], &app["publishes_acknowledged"]),
+        (&serde_json::json!(1), &serde_json::json!(1), &serde_json::json!(1), &serde_json::json!(1)),
+        "{status}"
+    );
+}
+
+/// A metrics port already taken stops the start-up with an error that names it.
+#[tokio::test]
+async fn a_taken_metrics_port_is_a_clear_start_up_error() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let mut config = reprise::config::Config::default();
+    config.server.metrics_port = Some(port);
+    config.apps = vec![support::test_app()];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let log = std::sync::Arc::new(reprise_storage::SledLog::open_temporary().expect("a temporary log"));
+    let served = reprise::serve(listener, std::sync::Arc::new(config), log, Default::default()).await;
+    let error = served.expect_err("the metrics port is taken").to_string();
+    assert!(error.contains(&format!("metrics on 127.0.0.1:{port}")), "{error}");
+}
+
+/// `reprise start --metrics-port` turns the listener on, on loopback.
+#[tokio::test]
+async fn the_metrics_port_flag_serves_metrics_from_the_binary() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port().await;
+    let flag = port.to_string();
+    let server = support::process::ServerProcess::start(
+        &dir.path().join("log"),
+        dir.path().join("stderr"),
+        &["--metrics-port", &flag],
+    )
+    .await;
+    let (samples, text) = scrape(port).await;
+    assert_eq!(value(&samples, &text, &format!("reprise_connections_open{{app=\"{APP_ID}\"}}")), 0.0);
+    drop(server);
+}
+
+/// Without `metrics_port` nothing serves metrics: not the main listener either.
+#[tokio::test]
+async fn metrics_are_off_by_default() {
+    let server = TestServer::start().await;
+    assert_eq!(server.config.server.metrics_port, None);
+    let response = reqwest::get(server.url("/metrics")).await.expect("request");
+    assert_eq!(response.status(), 404);
+}
+
+/// Every metric the Grafana dashboard queries is one the server exports (a renamed metric would
+/// leave a panel silently empty).
+#[tokio::test]
+async fn the_dashboard_queries_only_exported_metrics() {
+    let port = free_port().await;
+    let server = TestServer::start_with(|config| config.server.metrics_port = Some(port)).await;
+    server.rest().trigger_id("news", "story", "s").await;
+    // A family shows up once it has a sample: compact once, end one connection.
+    let (status, body) = server.rest().compact(serde_json::json!({"keep_last": 1})).await;
+    assert_eq!(status, 200, "{body}");
+    drop(server.client().await);
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = scrape(port).await.1;
+        if text.contains("reprise_connections_closed_total") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    // From the declared families, so a counter with no sample yet counts as exported.
+    let exported: std::collections::HashSet<String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split_once(' '))
+        .flat_map(|(name, kind)| match kind {
+            "counter" => vec![format!("{name}_total")],
+            "histogram" => ["_bucket", "_sum", "_count"].iter().map(|suffix| format!("{name}{suffix}")).collect(),
+            _ => vec![name.to_owned()],
+        })
+        .collect();
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana-dashboard.json"))
+        .expect("docs/grafana-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for (at, _) in expr.match_indices("reprise_") {
+                let name: String = expr[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                assert!(exported.contains(&name), "panel {} queries {name}, not exported:\n{text}", panel["title"]);
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried > 10, "the dashboard queries {queried} metrics");
+}
