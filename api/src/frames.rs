@@ -205,6 +205,20 @@ pub fn member_removed(channel: &str, user_id: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// Found by the `client_frame` fuzz target: a number with more digits than an f64 holds, in
+    /// a client event's data, must mean the same number once the data is written back (as the
+    /// server does when it relays it). serde_json's default parsing could be one unit off in the
+    /// last place; `float_roundtrip` makes it exact.
+    #[test]
+    fn a_long_number_in_client_event_data_survives_being_written_back() {
+        let text = r#"{"event":"client-typing","channel":"private-room","data":{"t":1844674455555555555555555555555555555555555555555555555555555555555555555555555555555555555555555555555073709551616,"c":0}}"#;
+        let message = parse_client_message(text).unwrap();
+        let ClientMessage::ClientEvent { event, channel, data } = &message else { panic!("a client event") };
+        let written = serde_json::json!({"event": event, "channel": channel, "data": data}).to_string();
+        assert_eq!(parse_client_message(&written).as_ref(), Ok(&message));
+    }
+
     use super::*;
     use serde_json::json;
 
