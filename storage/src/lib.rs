@@ -260,3 +260,51 @@ pub trait EventLog: Send + Sync + 'static {
         events: &[StoredEvent],
     ) -> Result<(), StorageError>;
 }
+
+/// Checks an import against a channel's `head` and `compacted` mark (see [`EventLog::import`]);
+/// returns the channel's head and mark after it, or [`StorageError::ImportRefused`] saying what
+/// is wrong. The rule is the trait's, so every backend checks with it before writing anything.
+pub(crate) fn check_import(
+    key: &LogKey,
+    head: Option<EventId>,
+    compacted: Option<EventId>,
+    mark: Option<EventId>,
+    events: &[StoredEvent],
+) -> Result<(Option<EventId>, Option<EventId>), StorageError> {
+    check_import_rule(head, compacted, mark, events)
+        .map_err(|problem| StorageError::ImportRefused(format!("{}/{}: {problem}", key.app, key.channel)))
+}
+
+fn check_import_rule(
+    head: Option<EventId>,
+    compacted: Option<EventId>,
+    mark: Option<EventId>,
+    events: &[StoredEvent],
+) -> Result<(Option<EventId>, Option<EventId>), String> {
+    let (mut head, compacted) = match (mark, head) {
+        (None, head) => (head, compacted),
+        (Some(mark), None) if mark.seq() > 0 => (Some(mark), Some(mark)),
+        (Some(mark), None) => return Err(format!("compaction mark {mark} has sequence 0")),
+        (Some(mark), Some(head)) => {
+            return Err(format!("compaction mark {mark} for a channel that already has events (head {head})"));
+        }
+    };
+    for event in events {
+        let Some(expected) = head.map_or(Some(1), |head| head.seq().checked_add(1)) else {
+            return Err(format!("event {} follows a head with the largest sequence", event.id));
+        };
+        let id = event.id;
+        if id.seq() < expected {
+            return Err(format!("event {id} (sequence {}) reuses a sequence the channel already has", id.seq()));
+        }
+        if id.seq() > expected {
+            let after = head.map_or_else(|| "the channel's start".to_owned(), |head| head.to_string());
+            return Err(format!("event {id} (sequence {}) leaves a gap after {after}", id.seq()));
+        }
+        if let Some(previous) = head.filter(|previous| id <= *previous) {
+            return Err(format!("event {id} is not after {previous}, the event before it"));
+        }
+        head = Some(id);
+    }
+    Ok((head, compacted))
+}

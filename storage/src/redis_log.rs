@@ -386,8 +386,7 @@ impl EventLog for RedisLog {
             return Ok(());
         }
         let existing = self.head(key)?;
-        crate::sled_log::check_import(existing.head, existing.compacted_through, compacted_through, events)
-            .map_err(|problem| StorageError::ImportRefused(format!("{}/{}: {problem}", key.app, key.channel)))?;
+        crate::check_import(key, existing.head, existing.compacted_through, compacted_through, events)?;
         let mut invocation = IMPORT_SCRIPT.prepare_invoke();
         invocation
             .arg(&self.prefix)

@@ -664,13 +664,13 @@ impl EventLog for SledLog {
             Some(state) => Some(state),
             None => self.load(key)?,
         };
-        let (head, compacted) = check_import(
+        let (head, compacted) = crate::check_import(
+            key,
             existing.and_then(|s| s.head),
             existing.and_then(|s| s.compacted_through),
             compacted_through,
             events,
-        )
-        .map_err(|problem| StorageError::ImportRefused(format!("{}/{}: {problem}", key.app, key.channel)))?;
+        )?;
         let state = match existing {
             Some(state) => state,
             None => self.create(key)?,
@@ -720,42 +720,6 @@ fn next_id(head: Option<EventId>, now_ms: u64) -> Result<EventId, StorageError> 
         .checked_add(1)
         .ok_or_else(|| StorageError::Corrupt(format!("channel head {head} has the largest sequence")))?;
     Ok(EventId::new(now_ms.max(head.timestamp_ms()), seq))
-}
-
-/// Checks an import against a channel's `head` and `compacted` mark (see [`EventLog::import`]);
-/// returns the channel's head and mark after it, or what is wrong.
-pub(crate) fn check_import(
-    head: Option<EventId>,
-    compacted: Option<EventId>,
-    mark: Option<EventId>,
-    events: &[StoredEvent],
-) -> Result<(Option<EventId>, Option<EventId>), String> {
-    let (mut head, compacted) = match (mark, head) {
-        (None, head) => (head, compacted),
-        (Some(mark), None) if mark.seq() > 0 => (Some(mark), Some(mark)),
-        (Some(mark), None) => return Err(format!("compaction mark {mark} has sequence 0")),
-        (Some(mark), Some(head)) => {
-            return Err(format!("compaction mark {mark} for a channel that already has events (head {head})"));
-        }
-    };
-    for event in events {
-        let Some(expected) = head.map_or(Some(1), |head| head.seq().checked_add(1)) else {
-            return Err(format!("event {} follows a head with the largest sequence", event.id));
-        };
-        let id = event.id;
-        if id.seq() < expected {
-            return Err(format!("event {id} (sequence {}) reuses a sequence the channel already has", id.seq()));
-        }
-        if id.seq() > expected {
-            let after = head.map_or_else(|| "the channel's start".to_owned(), |head| head.to_string());
-            return Err(format!("event {id} (sequence {}) leaves a gap after {after}", id.seq()));
-        }
-        if let Some(previous) = head.filter(|previous| id <= *previous) {
-            return Err(format!("event {id} is not after {previous}, the event before it"));
-        }
-        head = Some(id);
-    }
-    Ok((head, compacted))
 }
 
 /// sled reports a held file lock as an `Other` IO error; only its message tells (sled is pinned).
