@@ -30,7 +30,7 @@ pub(crate) const EVENT_FORMAT_VERSION: u8 = 2;
 /// The version of the channel records this build writes.
 pub(crate) const META_FORMAT_VERSION: u8 = 1;
 /// The version of the log-wide totals record this build writes.
-pub(crate) const TOTALS_FORMAT_VERSION: u8 = 1;
+pub(crate) const TOTALS_FORMAT_VERSION: u8 = 2;
 /// The version of the watermark slots this build writes.
 pub(crate) const WATERMARK_FORMAT_VERSION: u8 = 1;
 /// The size of one watermark slot: magic (2), version (1), zero (1), CRC-32 (4), generation (8),
@@ -90,6 +90,15 @@ struct TotalsV1 {
     lost_through_ms: Option<u64>,
 }
 
+/// The log-wide totals (version 2): version 1 and the events held.
+#[derive(Serialize, Deserialize)]
+struct TotalsV2 {
+    appends: u64,
+    max_time_ms: u64,
+    lost_through_ms: Option<u64>,
+    held: u64,
+}
+
 /// What the whole log has seen, stored in the same sled batch as every append.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Totals {
@@ -100,6 +109,10 @@ pub(crate) struct Totals {
     /// Set when a data loss was accepted: every id that may have been handed out and lost has a
     /// timestamp at or below this, and every id handed out since has a later one.
     pub(crate) lost_through_ms: Option<u64>,
+    /// Events the log holds now: appended or imported, not yet compacted away. Written in the same
+    /// batch as the events it counts. None when read from a version 1 record, which did not
+    /// count them (the log then counts them once when it opens).
+    pub(crate) held: Option<u64>,
 }
 
 /// One slot of the watermark file: how far appends had been made durable.
@@ -180,19 +193,35 @@ pub(crate) fn decode_meta(bytes: &[u8]) -> Result<ChannelMeta, StorageError> {
     })
 }
 
+/// Encodes the totals. `held` must be known by then (see [`Totals::held`]).
 pub(crate) fn encode_totals(totals: &Totals) -> Vec<u8> {
     encode(
         TOTALS_FORMAT_VERSION,
-        &TotalsV1 { appends: totals.appends, max_time_ms: totals.max_time_ms, lost_through_ms: totals.lost_through_ms },
+        &TotalsV2 {
+            appends: totals.appends,
+            max_time_ms: totals.max_time_ms,
+            lost_through_ms: totals.lost_through_ms,
+            held: totals.held.expect("the log counts the events it holds when it opens"),
+        },
     )
 }
 
 pub(crate) fn decode_totals(bytes: &[u8]) -> Result<Totals, StorageError> {
-    let record: TotalsV1 = match split_version("totals", bytes)? {
-        (TOTALS_FORMAT_VERSION, body) => decode_body("totals", body)?,
-        (version, _) => return Err(StorageError::UnsupportedFormat(version)),
-    };
-    Ok(Totals { appends: record.appends, max_time_ms: record.max_time_ms, lost_through_ms: record.lost_through_ms })
+    match split_version("totals", bytes)? {
+        (1, body) => decode_body("totals", body).map(|r: TotalsV1| Totals {
+            appends: r.appends,
+            max_time_ms: r.max_time_ms,
+            lost_through_ms: r.lost_through_ms,
+            held: None,
+        }),
+        (2, body) => decode_body("totals", body).map(|r: TotalsV2| Totals {
+            appends: r.appends,
+            max_time_ms: r.max_time_ms,
+            lost_through_ms: r.lost_through_ms,
+            held: Some(r.held),
+        }),
+        (version, _) => Err(StorageError::UnsupportedFormat(version)),
+    }
 }
 
 /// The CRC-32 of a slot: everything but the CRC field itself.
@@ -321,13 +350,33 @@ mod tests {
     #[test]
     fn totals_round_trip() {
         for totals in [
-            Totals::default(),
-            Totals { appends: u64::MAX, max_time_ms: 1_764_000_000_000, lost_through_ms: Some(1_764_000_000_001) },
+            Totals { held: Some(0), ..Totals::default() },
+            Totals {
+                appends: u64::MAX,
+                max_time_ms: 1_764_000_000_000,
+                lost_through_ms: Some(1_764_000_000_001),
+                held: Some(u64::MAX - 5),
+            },
         ] {
             let bytes = encode_totals(&totals);
             assert_eq!(bytes[0], TOTALS_FORMAT_VERSION);
             assert_eq!(decode_totals(&bytes).unwrap(), totals);
         }
+    }
+
+    /// A log written before the totals counted the events it holds still opens: its totals read
+    /// with the count unknown, for the log to count once.
+    #[test]
+    fn version_1_totals_read_without_a_held_count() {
+        let mut bytes = vec![1];
+        bincode::serde::encode_into_std_write(
+            &TotalsV1 { appends: 9, max_time_ms: 1_764_000_000_000, lost_through_ms: None },
+            &mut bytes,
+            config(),
+        )
+        .unwrap();
+        let totals = decode_totals(&bytes).unwrap();
+        assert_eq!((totals.appends, totals.max_time_ms, totals.held), (9, 1_764_000_000_000, None));
     }
 
     #[test]

@@ -126,7 +126,7 @@ impl CompactRule {
 }
 
 /// Size of the whole log, for operators.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogStats {
     /// Channels ever appended to (also those whose events were all compacted away).
     pub channels: u64,
@@ -240,7 +240,8 @@ pub trait EventLog: Send + Sync + 'static {
     /// retention), in key order.
     fn channels(&self, app: &str) -> Result<Vec<LogKey>, StorageError>;
 
-    /// Size of the whole log. May scan it: for operators, not the hot path.
+    /// Size of the whole log. The embedded log keeps running counts (cheap enough for every
+    /// metrics scrape); the Redis log scans its keys (seconds on a big one): poll it sparingly.
     fn stats(&self) -> Result<LogStats, StorageError>;
 
     /// Writes a channel's events with the ids they already have: restoring a backup, or moving a

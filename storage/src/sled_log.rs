@@ -7,9 +7,9 @@
 //! - `events`: `channel_id (u64 BE) ++ EventId (16 bytes BE)` -> the event record. A channel's events
 //!   are one contiguous key range sorted by id, so every read is one range seek. One more key, the
 //!   empty one, holds the log-wide [`Totals`] (appends ever made, the latest id time, an accepted
-//!   loss). It is rewritten in the same atomic batch as every append, so it always counts exactly
-//!   the events sled holds; being shorter than 8 bytes, it sorts before every channel's range and
-//!   never matches a channel prefix.
+//!   loss, the events held now). It is rewritten in the same atomic batch as every append, import
+//!   and compaction removal, so it always counts exactly the events sled holds; being shorter than
+//!   8 bytes, it sorts before every channel's range and never matches a channel prefix.
 //!
 //! Damage: sled checks a CRC on every log message but, at recovery, takes the first bad one for
 //! the end of the log and drops everything after it, so a damaged `db` file can open as an older
@@ -27,6 +27,7 @@
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,10 @@ const EVENT_KEY_LEN: usize = 8 + 16;
 
 /// The `events` key of the log-wide [`Totals`]: shorter than any channel prefix (see the module docs).
 const TOTALS_KEY: &[u8] = b"";
+
+/// How many events one compaction batch removes: the batch is applied under the appends' lock
+/// (it rewrites the totals), so a big compaction pauses appends in short steps, not in one.
+const COMPACT_BATCH_EVENTS: usize = 4096;
 
 /// A read never pre-allocates room for more events than this, whatever `limit` says.
 const READ_PREALLOC_MAX_EVENTS: usize = 1024;
@@ -147,6 +152,12 @@ pub struct SledLog {
     lost_through_ms: Option<u64>,
     /// The loss accepted when this log was opened, for the server to report.
     accepted_loss: Option<DataLoss>,
+    /// Channels in the `channels` tree: counted when the log opens, then one more per channel
+    /// created, so [`EventLog::stats`] needs no scan.
+    channel_count: AtomicU64,
+    /// Serialises compactions: each removes the keys it found still there and subtracts them from
+    /// the totals, which two compactions of one channel at once would count twice.
+    compaction: Mutex<()>,
 }
 
 impl SledLog {
@@ -242,13 +253,19 @@ impl SledLog {
     fn from_db(db: sled::Db) -> Result<Self, StorageError> {
         let channels = db.open_tree(CHANNELS_TREE).map_err(StorageError::from_sled)?;
         let events = db.open_tree(EVENTS_TREE).map_err(StorageError::from_sled)?;
-        // A log from before the totals existed starts counting at zero.
-        let totals = events
+        // A log from before the totals existed starts counting appends at zero.
+        let mut totals = events
             .get(TOTALS_KEY)
             .map_err(StorageError::from_sled)?
             .map(|bytes| codec::decode_totals(&bytes))
             .transpose()?
             .unwrap_or_default();
+        if totals.held.is_none() {
+            // Written before the totals counted the events held: count them once (a scan of
+            // every key); the next write records the count.
+            totals.held = Some(count_events(&events)?);
+        }
+        let channel_count = u64::try_from(channels.len()).expect("usize fits in u64");
         let mut cache = StateCache::new(Self::DEFAULT_CACHED_CHANNELS);
         cache.totals = totals;
         Ok(SledLog {
@@ -258,6 +275,8 @@ impl SledLog {
             cache: Mutex::new(cache),
             clock: system_clock(),
             log_file: None,
+            channel_count: AtomicU64::new(channel_count),
+            compaction: Mutex::new(()),
             blobs: None,
             watermark: None,
             lost_through_ms: totals.lost_through_ms,
@@ -300,6 +319,8 @@ impl SledLog {
             appends: totals.appends.max(loss.durable_appends.unwrap_or(0)),
             max_time_ms: totals.max_time_ms.max(loss.durable_through_ms),
             lost_through_ms: Some(lost_through_ms),
+            // The count was of events the loss took too: count what is left.
+            held: Some(count_events(&self.events)?),
         };
         let mut cache = self.lock();
         self.events.insert(TOTALS_KEY, codec::encode_totals(&accepted)).map_err(StorageError::from_sled)?;
@@ -375,6 +396,7 @@ impl SledLog {
         let channel_id = self.db.generate_id().map_err(StorageError::from_sled)?;
         let meta = ChannelMeta { channel_id, compacted_through: None, head: None };
         self.channels.insert(meta_key(key), codec::encode_meta(&meta)).map_err(StorageError::from_sled)?;
+        self.channel_count.fetch_add(1, Ordering::Relaxed);
         Ok(ChannelState { channel_id, head: None, compacted_through: None })
     }
 
@@ -457,9 +479,11 @@ impl EventLog for SledLog {
             batch.insert(&event_key(state.channel_id, id)[..], value);
             ids.push(id);
         }
+        let appended = u64::try_from(ids.len()).expect("usize fits in u64");
         let totals = Totals {
-            appends: cache.totals.appends + u64::try_from(ids.len()).expect("usize fits in u64"),
+            appends: cache.totals.appends + appended,
             max_time_ms: ids.iter().map(|id| id.timestamp_ms()).fold(cache.totals.max_time_ms, u64::max),
+            held: cache.totals.held.map(|held| held + appended),
             ..cache.totals
         };
         batch.insert(TOTALS_KEY, codec::encode_totals(&totals));
@@ -576,6 +600,8 @@ impl EventLog for SledLog {
         if rule.is_empty() {
             return Ok(0);
         }
+        // Held to the end: the removals below count what they find, once.
+        let _compaction = self.compaction.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(ChannelState { channel_id, head: Some(head), .. }) = self.state(key)? else {
             return Ok(0);
         };
@@ -616,15 +642,25 @@ impl EventLog for SledLog {
             cache.sweep_if_full();
         }
 
-        // The mark is raised first (see the module docs); `remove` tells which keys were still
-        // there, so a concurrent compaction of the same channel does not double-count.
+        // The mark is raised first (see the module docs). Then the events go in batches, each with
+        // the totals less what it removes. Compactions run one at a time and appends and imports
+        // only add keys after the head, so every key found here is still there when its batch lands.
         let mut removed = 0;
         let doomed = event_key(channel_id, EventId::new(0, 0))..=event_key(channel_id, cut);
-        for item in self.events.range(doomed).keys() {
-            let key = item.map_err(StorageError::from_sled)?;
-            if self.events.remove(key).map_err(StorageError::from_sled)?.is_some() {
-                removed += 1;
+        let mut keys = self.events.range(doomed).keys().peekable();
+        while keys.peek().is_some() {
+            let mut batch = sled::Batch::default();
+            let mut in_batch = 0u64;
+            for key in keys.by_ref().take(COMPACT_BATCH_EVENTS) {
+                batch.remove(key.map_err(StorageError::from_sled)?);
+                in_batch += 1;
             }
+            let mut cache = self.lock();
+            let totals = Totals { held: cache.totals.held.map(|held| held.saturating_sub(in_batch)), ..cache.totals };
+            batch.insert(TOTALS_KEY, codec::encode_totals(&totals));
+            self.events.apply_batch(batch).map_err(StorageError::from_sled)?;
+            cache.totals = totals;
+            removed += in_batch;
         }
         Ok(removed)
     }
@@ -685,9 +721,11 @@ impl EventLog for SledLog {
         for (event, value) in events.iter().zip(values) {
             batch.insert(&event_key(state.channel_id, event.id)[..], value);
         }
+        let imported = u64::try_from(events.len()).expect("usize fits in u64");
         let totals = Totals {
-            appends: cache.totals.appends + u64::try_from(events.len()).expect("usize fits in u64"),
+            appends: cache.totals.appends + imported,
             max_time_ms: head.map_or(0, EventId::timestamp_ms).max(cache.totals.max_time_ms),
+            held: cache.totals.held.map(|held| held + imported),
             ..cache.totals
         };
         batch.insert(TOTALS_KEY, codec::encode_totals(&totals));
@@ -699,15 +737,20 @@ impl EventLog for SledLog {
     }
 
     fn stats(&self) -> Result<LogStats, StorageError> {
+        // Running counts: cheap enough for every metrics scrape (the size is a few file stats).
         Ok(LogStats {
-            // sled counts by scanning: fine for an operator's occasional look.
-            channels: u64::try_from(self.channels.len()).expect("usize fits in u64"),
-            events: u64::try_from(self.events.len())
-                .expect("usize fits in u64")
-                .saturating_sub(u64::from(self.events.contains_key(TOTALS_KEY).map_err(StorageError::from_sled)?)),
+            channels: self.channel_count.load(Ordering::Relaxed),
+            events: self.lock().totals.held.expect("counted when the log opened"),
             size_on_disk_bytes: self.db.size_on_disk().map_err(StorageError::from_sled)?,
         })
     }
+}
+
+/// Counts the events in the `events` tree (every key but the totals'), one pass over the keys.
+fn count_events(events: &sled::Tree) -> Result<u64, StorageError> {
+    let keys = u64::try_from(events.len()).expect("usize fits in u64");
+    let totals = u64::from(events.contains_key(TOTALS_KEY).map_err(StorageError::from_sled)?);
+    Ok(keys - totals)
 }
 
 /// The id after `head`: never older than it (the clock may step back), sequence + 1.
@@ -807,6 +850,56 @@ mod tests {
         log.channels.insert(meta_key(&key), &[9, 0, 0, 0][..]).unwrap();
         assert!(matches!(log.head(&key), Err(StorageError::UnsupportedFormat(9))));
         assert!(matches!(log.append(&[new_event("app", "ch", "x")]), Err(StorageError::UnsupportedFormat(9))));
+    }
+
+    /// The counts `stats` gives without scanning (metrics read them on every scrape) survive a
+    /// restart and a compaction bigger than one removal batch.
+    #[test]
+    fn stats_counts_persist_across_reopen_and_batched_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let total = COMPACT_BATCH_EVENTS + 904;
+        {
+            let log = SledLog::open(dir.path()).unwrap();
+            let events: Vec<NewEvent> = (0..total).map(|n| new_event("app", "big", &n.to_string())).collect();
+            log.append(&events).unwrap();
+            log.append(&[new_event("app", "small", "x")]).unwrap();
+            log.flush().unwrap();
+        }
+        let log = SledLog::open(dir.path()).unwrap();
+        let stats = log.stats().unwrap();
+        assert_eq!((stats.channels, stats.events), (2, u64::try_from(total).unwrap() + 1));
+        let removed =
+            log.compact(&LogKey::new("app", "big"), CompactRule { keep_last: Some(4), ..CompactRule::default() });
+        assert_eq!(removed.unwrap(), u64::try_from(total).unwrap() - 4);
+        log.flush().unwrap();
+        drop(log);
+        let log = SledLog::open(dir.path()).unwrap();
+        let stats = log.stats().unwrap();
+        assert_eq!((stats.channels, stats.events), (2, 5));
+        assert_eq!(stats.events, count_events(&log.events).unwrap(), "the running count matches a scan");
+    }
+
+    /// A log written before the totals counted the events held (version 1 totals) is counted once
+    /// when it opens, and the count is kept from then on.
+    #[test]
+    fn version_1_totals_are_counted_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = SledLog::open(dir.path()).unwrap();
+            log.append(&[new_event("app", "a", "1"), new_event("app", "a", "2"), new_event("app", "b", "3")]).unwrap();
+            log.flush().unwrap();
+            // Rewrite the totals as the previous version did: version byte 1, no held count.
+            let totals = log.lock().totals;
+            let mut v1 = vec![1u8];
+            v1.extend_from_slice(&codec::encode_totals(&totals)[1..]);
+            v1.truncate(v1.len() - 1); // the held count is the last field, one varint byte here
+            log.events.insert(TOTALS_KEY, v1).unwrap();
+            log.flush().unwrap();
+        }
+        let log = SledLog::open(dir.path()).unwrap();
+        assert_eq!(log.stats().unwrap().events, 3);
+        log.append(&[new_event("app", "a", "4")]).unwrap();
+        assert_eq!(log.stats().unwrap().events, 4);
     }
 
     /// Reads and heads of unknown channels must not fill the cache (clients name arbitrary ones).
