@@ -282,7 +282,8 @@ async fn trigger_with_info_returns_subscription_count() {
     assert_eq!(response["channels"]["presence-room"], json!({"subscription_count":1,"user_count":1}), "{response}");
 }
 
-/// `GET /channels` lists occupied channels only, `filter_by_prefix` narrows the list, and
+/// `GET /channels` lists occupied channels only, `filter_by_prefix` narrows the list,
+/// `info=subscription_count` counts sockets (it was once ignored in the listing), and
 /// `info=user_count` works with the `presence-` prefix and is a 400 without it (Pusher's rule).
 #[tokio::test]
 async fn channels_lists_occupied_channels() {
@@ -308,6 +309,16 @@ async fn channels_lists_occupied_channels() {
     let (status, body) = get(&rest, "/channels", &params).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, json!({"channels":{"presence-room":{"user_count":2}}}));
+
+    // Both counts at once; `subscription_count` also on channels of any type (as Reverb answers).
+    let params = [("filter_by_prefix", "presence-"), ("info", "user_count,subscription_count")];
+    let (status, body) = get(&rest, "/channels", &params).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"channels":{"presence-room":{"user_count":2,"subscription_count":2}}}));
+    let (status, body) = get(&rest, "/channels", &[("info", "subscription_count")]).await;
+    assert_eq!(status, 200, "{body}");
+    let counts = json!({"news":{"subscription_count":1},"presence-room":{"subscription_count":2},"private-x":{"subscription_count":1}});
+    assert_eq!(body, json!({"channels": counts}));
 
     let (status, body) = get(&rest, "/channels", &[("info", "user_count")]).await;
     assert_error(status, &body, 400);

@@ -39,7 +39,11 @@ pub async fn list(State(state): State<Arc<ServerState>>, signed: Signed) -> Resu
     }
     let mut response = ChannelsResponse::default();
     for (name, counts) in occupied {
-        let entry = ChannelInfo { user_count: info.user_count.then_some(counts.users), ..ChannelInfo::default() };
+        let entry = ChannelInfo {
+            subscription_count: info.subscription_count.then_some(counts.subscriptions),
+            user_count: info.user_count.then_some(counts.users),
+            ..ChannelInfo::default()
+        };
         response.channels.insert(name, entry);
     }
     Ok(Json(response))
