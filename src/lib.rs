@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod publisher;
 pub mod routes;
 pub mod sse;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -20,7 +21,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
+use reprise_storage::LogStats;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +36,12 @@ const COMMIT_SECONDS_BUCKETS: [f64; 12] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
 /// Publishes per group commit: powers of two up to the committer's cap of 1024.
 const COMMIT_SIZE_BUCKETS: [f64; 11] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+/// How often the log's size figures are read while metrics are on. The embedded log keeps them
+/// as running counts, so this is a few file stats.
+pub const LOG_FIGURES_EVERY_EMBEDDED: Duration = Duration::from_secs(5);
+/// The same for the cluster's Redis log, which has to scan its keys (and which every node reads
+/// alike): rarely.
+pub const LOG_FIGURES_EVERY_REDIS: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AppLabel {
@@ -111,6 +119,16 @@ pub struct AppMetrics {
 }
 
 impl AppMetrics {
+    /// Publishes acknowledged so far.
+    pub fn acknowledged(&self) -> u64 {
+        self.acknowledged.get()
+    }
+
+    /// Publishes that failed so far, whatever the reason.
+    pub fn failed(&self) -> u64 {
+        self.refused.get() + self.not_durable.get() + self.unknown.get()
+    }
+
     pub fn publish(&self, outcome: PublishOutcome) {
         match outcome {
             PublishOutcome::Acknowledged => &self.acknowledged,
@@ -137,6 +155,13 @@ pub struct Metrics {
     pub commit_size: Histogram,
     pub commit_seconds: Histogram,
     flush_seconds: Histogram,
+    log_events: Gauge,
+    log_channels: Gauge,
+    log_size: Gauge,
+    /// The log's figures as last read (None until the first read succeeds), for the status page.
+    log_figures: Mutex<Option<LogStats>>,
+    /// When the server started, for the status page's uptime.
+    started: Instant,
     /// Scrapes refresh the scrape-time figures one at a time, so counters copied from the hub
     /// are never advanced twice.
     scrape: Mutex<()>,
@@ -198,15 +223,30 @@ impl Metrics {
         registry.register_with_unit(
             "commit_duration",
             "Time to append (and with sync durability, fsync) one group",
-            prometheus_client::registry::Unit::Seconds,
+            Unit::Seconds,
             commit_seconds.clone(),
         );
         let flush_seconds = Histogram::new(COMMIT_SECONDS_BUCKETS);
         registry.register_with_unit(
             "flush_duration",
             "Time to make the log durable (fsync): per group with sync durability, per period with buffered",
-            prometheus_client::registry::Unit::Seconds,
+            Unit::Seconds,
             flush_seconds.clone(),
+        );
+        let log_events = Gauge::default();
+        registry.register(
+            "log_events",
+            "Events the log holds (every app; the cluster's in cluster mode)",
+            log_events.clone(),
+        );
+        let log_channels = Gauge::default();
+        registry.register("log_channels", "Channels the log has ever been appended to", log_channels.clone());
+        let log_size = Gauge::default();
+        registry.register_with_unit(
+            "log_size",
+            "Size of the log: on disk for the embedded log, in Redis's memory in cluster mode",
+            Unit::Bytes,
+            log_size.clone(),
         );
         let apps = app_ids
             .into_iter()
@@ -248,6 +288,11 @@ impl Metrics {
             commit_size,
             commit_seconds,
             flush_seconds,
+            log_events,
+            log_channels,
+            log_size,
+            log_figures: Mutex::new(None),
+            started: Instant::now(),
             scrape: Mutex::new(()),
         }
     }
@@ -286,6 +331,25 @@ impl Metrics {
         self.compacted_events.get_or_create(&labels).inc_by(removed);
     }
 
+    /// Records the log's figures as just read.
+    pub fn record_log_figures(&self, stats: LogStats) {
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.log_events.set(gauge(stats.events));
+        self.log_channels.set(gauge(stats.channels));
+        self.log_size.set(gauge(stats.size_on_disk_bytes));
+        *self.log_figures.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stats);
+    }
+
+    /// The log's figures as last read, if a read has succeeded yet.
+    pub fn log_figures(&self) -> Option<LogStats> {
+        *self.log_figures.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How long the server has been running.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// The text exposition, after reading the scrape-time figures from the hubs.
     pub fn render(&self, state: &ServerState) -> Result<String, std::fmt::Error> {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -312,46 +376,42 @@ impl Metrics {
     }
 }
 
-/// A live status page, self-contained (no outside scripts or styles), polling `/status.json`.
-const STATUS_PAGE: &str = include_str!("status.html");
-
 /// Serves `/metrics`, the status page `/` and its `/status.json` on `listener` until `shutdown`
-/// fires.
+/// fires, and keeps the log's figures fresh meanwhile.
 pub async fn serve(listener: TcpListener, state: Arc<ServerState>, shutdown: CancellationToken) {
+    let every = if state.cluster.is_some() { LOG_FIGURES_EVERY_REDIS } else { LOG_FIGURES_EVERY_EMBEDDED };
+    tokio::spawn(keep_log_figures(Arc::clone(&state), every, shutdown.clone()));
     let router = Router::new()
         .route("/metrics", get(scrape))
-        .route("/", get(|| async { axum::response::Html(STATUS_PAGE) }))
-        .route("/status.json", get(status))
+        .route("/", get(|| async { axum::response::Html(crate::status::PAGE) }))
+        .route("/status.json", get(crate::status::json))
         .with_state(state);
     if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await {
         tracing::error!(%error, "metrics listener failed");
     }
 }
 
-/// Each app's figures now, for the status page.
-async fn status(State(state): State<Arc<ServerState>>) -> axum::Json<serde_json::Value> {
-    let mut apps: Vec<serde_json::Value> = state
-        .apps
-        .iter()
-        .map(|app| {
-            let hub = &app.hub;
-            let occupied = hub.occupied("");
-            let counters = state.metrics.app(&app.config.id);
-            let count = |pick: fn(&AppMetrics) -> u64| counters.map_or(0, pick);
-            serde_json::json!({
-                "id": app.config.id,
-                "connections": hub.connections.load(std::sync::atomic::Ordering::Relaxed),
-                "channels": occupied.len(),
-                "subscriptions": occupied.iter().map(|(_, counts)| counts.subscriptions).sum::<usize>(),
-                "presence_members": occupied.iter().map(|(_, counts)| counts.users).sum::<usize>(),
-                "publishes_acknowledged": count(|app| app.acknowledged.get()),
-                "publishes_failed": count(|app| app.refused.get() + app.not_durable.get() + app.unknown.get()),
-                "slow_consumers": hub.slow_consumers.load(std::sync::atomic::Ordering::Relaxed),
-            })
-        })
-        .collect();
-    apps.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-    axum::Json(serde_json::json!({ "apps": apps }))
+/// Reads the log's figures every `every` until `shutdown`. A failing read is logged once, until
+/// a read succeeds again; the gauges keep their last values meanwhile.
+async fn keep_log_figures(state: Arc<ServerState>, every: Duration, shutdown: CancellationToken) {
+    let mut failing = false;
+    loop {
+        match state.log.blocking(|log| log.stats()).await {
+            Ok(stats) => {
+                state.metrics.record_log_figures(stats);
+                failing = false;
+            }
+            Err(error) if !failing => {
+                tracing::warn!(%error, "cannot read the log's size figures for the metrics");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 async fn scrape(State(state): State<Arc<ServerState>>) -> Response {

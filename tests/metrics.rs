@@ -163,6 +163,69 @@ async fn the_status_page_and_its_json_show_live_figures() {
     );
 }
 
+/// The log's own figures (events held, channels, size) reach the gauges and the status page,
+/// and follow a compaction. They are read every few seconds, so the test polls.
+#[tokio::test]
+async fn log_figures_follow_appends_and_compaction() {
+    let port = free_port().await;
+    let server = TestServer::start_with(|config| config.server.metrics_port = Some(port)).await;
+    let rest = server.rest();
+    for i in 0..5 {
+        rest.trigger_id("news", "story", &format!("s{i}")).await;
+    }
+    rest.trigger_id("weather", "report", "sunny").await;
+    let (status, body) = rest.compact(serde_json::json!({"channel": "news", "keep_last": 2})).await;
+    assert_eq!((status, body["removed"].as_u64()), (200, Some(3)), "{body}");
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (samples, text) = scrape(port).await;
+        let figures = ["reprise_log_events", "reprise_log_channels"].map(|name| samples.get(name).copied());
+        if figures == [Some(3.0), Some(2.0)] {
+            assert!(value(&samples, &text, "reprise_log_size_bytes") > 0.0, "{text}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the log figures never became 3 events, 2 channels:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let status: serde_json::Value =
+        reqwest::get(format!("http://127.0.0.1:{port}/status.json")).await.expect("status").json().await.expect("JSON");
+    assert_eq!((&status["log"]["events"], &status["log"]["channels"]), (&serde_json::json!(3), &serde_json::json!(2)));
+    assert_eq!(status["log"]["backend"], "embedded", "{status}");
+}
+
+/// The status page's JSON names the version, the health and each app's busiest channels with
+/// what the log holds for them.
+#[tokio::test]
+async fn the_status_json_lists_the_busiest_channels_with_their_log() {
+    let port = free_port().await;
+    let server = TestServer::start_with(|config| config.server.metrics_port = Some(port)).await;
+    let rest = server.rest();
+    let mut watchers = Vec::new();
+    for channel in ["busy", "busy", "quiet"] {
+        let mut client = server.client().await;
+        client.subscribe(channel).await;
+        watchers.push(client);
+    }
+    let mut last = String::new();
+    for i in 0..4 {
+        last = rest.trigger_id("busy", "tick", &format!("t{i}")).await;
+    }
+    let status: serde_json::Value =
+        reqwest::get(format!("http://127.0.0.1:{port}/status.json")).await.expect("status").json().await.expect("JSON");
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["health"]["ok"], true, "{status}");
+    let busiest = status["apps"][0]["busiest"].as_array().expect("busiest channels");
+    let names: Vec<&str> = busiest.iter().map(|channel| channel["name"].as_str().expect("name")).collect();
+    assert_eq!(names, ["busy", "quiet"], "by subscribers: {status}");
+    assert_eq!(
+        (&busiest[0]["subscriptions"], &busiest[0]["events_held"]),
+        (&serde_json::json!(2), &serde_json::json!(4))
+    );
+    assert_eq!(busiest[0]["head"], last.as_str(), "{status}");
+    assert_eq!((&busiest[1]["events_held"], &busiest[1]["head"]), (&serde_json::json!(0), &serde_json::Value::Null));
+}
+
 /// A metrics port already taken stops the start-up with an error that names it.
 #[tokio::test]
 async fn a_taken_metrics_port_is_a_clear_start_up_error() {

@@ -41,8 +41,8 @@ export function freePort() {
   });
 }
 
-/** A stopped server with its own port and data directory; `start()` it. */
-export async function createReprise() {
+/** A stopped server with its own port and data directory; `start()` it. `args` go to `reprise start`. */
+export async function createReprise({ args = [] } = {}) {
   const bin = binaryPath();
   const dataDir = await mkdtemp(join(tmpdir(), 'reprise-browser-'));
   const port = await freePort();
@@ -61,7 +61,7 @@ export async function createReprise() {
     async start() {
       if (child) throw new Error('reprise is already running');
       log.write(`--- start on port ${port}\n`);
-      child = spawn(bin, ['start', '--host', '127.0.0.1', '--port', String(port), '--data-dir', dataDir], {
+      child = spawn(bin, ['start', '--host', '127.0.0.1', '--port', String(port), '--data-dir', dataDir, ...args], {
         env: {
           ...Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('REVERB_'))),
           RUST_LOG: process.env.RUST_LOG ?? 'info,tower_http=warn',
