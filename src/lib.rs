@@ -183,7 +183,8 @@ pub async fn serve_on(
     let write_timeout = Duration::from_secs(config.server.log_write_timeout_secs);
     tokio::spawn(Arc::clone(&guarded).watch(write_timeout, watchdog_stop));
     let log: Arc<dyn EventLog> = guarded;
-    let metrics = Arc::new(Metrics::new(config.apps.iter().map(|app| app.id.as_str())));
+    let metrics = Metrics::new(config.apps.iter().map(|app| app.id.as_str()));
+    let metrics = Arc::new(if cluster.is_some() { metrics.with_cluster() } else { metrics });
     let publisher = Publisher::start(
         Arc::clone(&log),
         fan_out,

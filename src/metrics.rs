@@ -67,6 +67,31 @@ struct CompactionLabels {
     trigger: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// Cluster mode's own figures (registered only in cluster mode).
+pub struct ClusterMetrics {
+    nodes: Gauge,
+    bus_messages: Family<KindLabel, Counter>,
+    /// Bus connections lost and made again.
+    pub bus_reconnects: Counter,
+    /// Events delivered from the shared log because their bus message was missed.
+    pub gap_events: Counter,
+    /// Channels whose subscribers here were asked to resume: events were compacted away before
+    /// this node delivered them.
+    pub channel_restarts: Counter,
+}
+
+impl ClusterMetrics {
+    /// Counts one bus message of `kind` heard (`event`, `client_event`, `member_added`, ...).
+    pub fn bus_message(&self, kind: &'static str) {
+        self.bus_messages.get_or_create(&KindLabel { kind }).inc();
+    }
+}
+
 /// Who asked for a compaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compaction {
@@ -160,6 +185,8 @@ pub struct Metrics {
     log_size: Gauge,
     /// The log's figures as last read (None until the first read succeeds), for the status page.
     log_figures: Mutex<Option<LogStats>>,
+    /// In cluster mode.
+    pub cluster: Option<ClusterMetrics>,
     /// When the server started, for the status page's uptime.
     started: Instant,
     /// Scrapes refresh the scrape-time figures one at a time, so counters copied from the hub
@@ -292,9 +319,47 @@ impl Metrics {
             log_channels,
             log_size,
             log_figures: Mutex::new(None),
+            cluster: None,
             started: Instant::now(),
             scrape: Mutex::new(()),
         }
+    }
+
+    /// Adds cluster mode's figures (`reprise_cluster_*`).
+    #[must_use]
+    pub fn with_cluster(mut self) -> Metrics {
+        let nodes = Gauge::default();
+        self.registry.register(
+            "cluster_nodes",
+            "Live nodes of the cluster, as this node's last heartbeat saw them",
+            nodes.clone(),
+        );
+        let bus_messages = Family::<KindLabel, Counter>::default();
+        self.registry.register(
+            "cluster_bus_messages",
+            "Messages this node heard on the cluster bus, by kind",
+            bus_messages.clone(),
+        );
+        let bus_reconnects = Counter::default();
+        self.registry.register(
+            "cluster_bus_reconnects",
+            "Times this node's bus connection was lost and made again",
+            bus_reconnects.clone(),
+        );
+        let gap_events = Counter::default();
+        self.registry.register(
+            "cluster_gap_events",
+            "Events delivered from the shared log because this node missed their bus message",
+            gap_events.clone(),
+        );
+        let channel_restarts = Counter::default();
+        self.registry.register(
+            "cluster_channel_restarts",
+            "Channels whose subscribers on this node were asked to resume: events were compacted before delivery",
+            channel_restarts.clone(),
+        );
+        self.cluster = Some(ClusterMetrics { nodes, bus_messages, bus_reconnects, gap_events, channel_restarts });
+        self
     }
 
     /// The counters of app `id` (None for an app that is not configured, which cannot happen).
@@ -369,6 +434,9 @@ impl Metrics {
             let slow = hub.slow_consumers.load(std::sync::atomic::Ordering::Relaxed);
             let counter = self.slow_consumers.get_or_create(&label);
             counter.inc_by(slow.saturating_sub(counter.get()));
+        }
+        if let (Some(metrics), Some(cluster)) = (&self.cluster, &state.cluster) {
+            metrics.nodes.set(i64::try_from(cluster.live_nodes().len()).unwrap_or(i64::MAX));
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;

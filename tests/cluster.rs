@@ -31,11 +31,17 @@ impl TestCluster {
     }
 
     async fn add_node(&mut self) {
+        self.add_node_with(&[]).await;
+    }
+
+    /// A node with more flags for `reprise start`.
+    async fn add_node_with(&mut self, flags: &[&str]) {
         let n = self.nodes.len();
         let data_dir = self.dir.path().join(format!("node{n}"));
         let log = self.dir.path().join(format!("node{n}.log"));
         let url = self.redis.url();
-        self.nodes.push(ServerProcess::start(&data_dir, log, &["--redis-url", &url]).await);
+        let args: Vec<&str> = ["--redis-url", url.as_str()].into_iter().chain(flags.iter().copied()).collect();
+        self.nodes.push(ServerProcess::start(&data_dir, log, &args).await);
     }
 
     async fn client(&self, node: usize) -> WsClient {
@@ -305,4 +311,31 @@ async fn a_lost_redis_is_survived_and_an_empty_one_is_honest() {
         async move { reqwest::get(url).await.ok().filter(|r| r.status() == 200) }
     })
     .await;
+}
+
+/// Cluster figures on the metrics listener: each node sees the live nodes, and the node that did
+/// not take a publish counts the bus message that brought it.
+#[tokio::test]
+async fn cluster_metrics_count_nodes_and_bus_messages() {
+    let mut cluster = TestCluster::start(0).await;
+    let mut ports = Vec::new();
+    for _ in 0..2 {
+        let port = support::metrics::free_port().await;
+        cluster.add_node_with(&["--metrics-port", &port.to_string()]).await;
+        ports.push(port);
+    }
+    let mut subscriber = cluster.client(1).await;
+    subscriber.subscribe("orders").await;
+    cluster.rest(0).trigger_id("orders", "update", "shipped").await;
+    assert_eq!(subscriber.next_app_event().await["data"], "shipped");
+    let (samples, text) = support::metrics::scrape(ports[1]).await;
+    let events = samples.get("reprise_cluster_bus_messages_total{kind=\"event\"}").copied().unwrap_or(0.0);
+    assert!(events >= 1.0, "node 1 heard the event on the bus:\n{text}");
+    for port in ports {
+        eventually("both nodes in reprise_cluster_nodes", || async move {
+            let (samples, _) = support::metrics::scrape(port).await;
+            (samples.get("reprise_cluster_nodes") == Some(&2.0)).then_some(())
+        })
+        .await;
+    }
 }

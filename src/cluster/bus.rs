@@ -50,6 +50,9 @@ pub async fn run(cluster: Arc<Cluster>, state: Arc<ServerState>, shutdown: Cance
         };
         cluster.health.clear(HEALTH_COMPONENT);
         if reconnected {
+            if let Some(metrics) = &state.metrics.cluster {
+                metrics.bus_reconnects.inc();
+            }
             // Redis may have restarted empty: put this node's members back, then fetch whatever
             // was published while the bus was down.
             tracing::info!("cluster bus reconnected: restoring presence and catching up");
@@ -93,8 +96,10 @@ async fn subscribe(cluster: &Cluster) -> Result<(redis::aio::PubSubSink, redis::
 async fn handle(cluster: &Cluster, state: &ServerState, payload: &[u8]) {
     let Some(message) = BusMessage::parse(payload) else {
         tracing::debug!("ignored a bus message this node does not understand");
+        count(state, "unknown");
         return;
     };
+    count(state, message.kind());
     match message {
         BusMessage::Event { app, channel, seq, timestamp_ms, event, data, user_id, except_socket } => {
             // Every node hears every event: most are for channels nobody here watches, so look
@@ -134,6 +139,12 @@ async fn handle(cluster: &Cluster, state: &ServerState, payload: &[u8]) {
     }
 }
 
+fn count(state: &ServerState, kind: &'static str) {
+    if let Some(metrics) = &state.metrics.cluster {
+        metrics.bus_message(kind);
+    }
+}
+
 fn logged_frame(channel: &ChannelName, id: EventId, event: &str, data: &str, user_id: Option<&str>) -> Arc<Frame> {
     let text = frames::event_frame(event, channel.as_str(), data, Some(id), user_id);
     let logged = Logged { channel: channel.clone(), id, event: Some(event.into()) };
@@ -165,12 +176,21 @@ async fn fill(state: &ServerState, app: &App, channel: &ChannelName, after: Even
                 "events compacted before this node delivered them: subscribers resume"
             );
             app.hub.restart_channel(channel, page.head, ErrorCode::Reconnect.as_u16());
+            if let Some(metrics) = &state.metrics.cluster {
+                metrics.channel_restarts.inc();
+            }
             return;
         }
         for event in page.events.iter().take_while(|event| event.id.seq() <= up_to) {
             let frame = logged_frame(channel, event.id, &event.event, &event.data, event.user_id.as_deref());
             match app.hub.deliver(channel, event.id, &frame, None) {
-                Delivery::Delivered | Delivery::Duplicate => cursor = event.id,
+                Delivery::Delivered => {
+                    cursor = event.id;
+                    if let Some(metrics) = &state.metrics.cluster {
+                        metrics.gap_events.inc();
+                    }
+                }
+                Delivery::Duplicate => cursor = event.id,
                 Delivery::NotTracked | Delivery::Gap { .. } => return,
             }
         }

@@ -90,6 +90,17 @@ impl BusMessage {
         serde_json::from_slice(payload).ok()
     }
 
+    /// The kind, as the `reprise_cluster_bus_messages_total` label names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BusMessage::Event { .. } => "event",
+            BusMessage::ClientEvent { .. } => "client_event",
+            BusMessage::MemberAdded { .. } => "member_added",
+            BusMessage::MemberRemoved { .. } => "member_removed",
+            BusMessage::Terminate { .. } => "terminate",
+        }
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("bus messages are plain strings and numbers")
     }

@@ -3,6 +3,7 @@
 //! instead of stalling CI.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod metrics;
 pub mod process;
 pub mod redis;
 pub mod sse;
