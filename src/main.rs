@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use reprise::config::ClusterConfig;
 use reprise::config::{AppSource, Config, DEFAULT_DATA_DIR, Overrides, ProcessEnv};
-use reprise_storage::{EventLog, SledLog, StorageError};
+use reprise_storage::{EventLog, RedisLog, SledLog, StorageError};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
@@ -121,11 +122,58 @@ enum LogCommand {
     },
 }
 
+/// Which log a `reprise log` command works on: a single node's data directory, or in cluster
+/// mode the cluster's log in Redis, found as `reprise start` finds it.
 #[derive(Args)]
 struct DataDir {
     /// Directory of the event log.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// Work on a cluster's shared log in this Redis instead (also REVERB_SCALING_ENABLED=true
+    /// with REDIS_URL or REDIS_HOST...; the key prefix is REVERB_SCALING_CHANNEL). Online: the
+    /// cluster may be running.
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+}
+
+/// A log opened for a `reprise log` command. Fields drop in order: the log before the runtime
+/// its Redis connection runs on.
+struct OpenedLog {
+    log: Box<dyn EventLog>,
+    _runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl DataDir {
+    /// The cluster's settings when the command is for the cluster's Redis.
+    fn cluster(&self) -> anyhow::Result<Option<ClusterConfig>> {
+        let overrides = Overrides { redis_url: self.redis_url.clone(), ..Overrides::default() };
+        let config = Config::load(None, &ProcessEnv, &overrides)?;
+        Ok(config.cluster.enabled.then_some(config.cluster))
+    }
+
+    /// Opens the log; `must_exist` refuses a data directory that holds none (an export from a
+    /// mistyped path must not create an empty log and report nothing to export).
+    fn open(&self, must_exist: bool) -> anyhow::Result<OpenedLog> {
+        let Some(cluster) = self.cluster()? else {
+            if must_exist {
+                // sled keeps its log in the file `db` of its directory.
+                anyhow::ensure!(
+                    self.data_dir.join("db").is_file(),
+                    "no event log in {} (see --data-dir)",
+                    self.data_dir.display()
+                );
+            }
+            return Ok(OpenedLog { log: Box::new(open_log(&self.data_dir)?), _runtime: None });
+        };
+        let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        let timeout = Duration::from_secs(cluster.redis_timeout_secs);
+        let where_ = reprise::config::redact_url_password(&cluster.redis_url);
+        let log =
+            RedisLog::connect_with_timeout(&cluster.redis_url, &cluster.prefix, runtime.handle().clone(), timeout)
+                .with_context(|| format!("cannot reach the cluster's Redis at {where_}"))?
+                .with_idle_ttl(Duration::from_secs(cluster.channel_idle_ttl_secs));
+        Ok(OpenedLog { log: Box::new(log), _runtime: Some(runtime) })
+    }
 }
 
 fn main() -> ExitCode {
@@ -251,7 +299,8 @@ const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 fn run_log_command(command: LogCommand) -> anyhow::Result<()> {
     match command {
         LogCommand::Stats { data, app } => {
-            let log = open_existing_log(&data.data_dir)?;
+            let opened = data.open(true)?;
+            let log = opened.log.as_ref();
             let stats = log.stats()?;
             println!(
                 "{}",
@@ -271,26 +320,18 @@ fn run_log_command(command: LogCommand) -> anyhow::Result<()> {
             }
         }
         LogCommand::Export { data, app, channel } => {
-            let log = open_existing_log(&data.data_dir)?;
+            let opened = data.open(true)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let moved = reprise::backup::export(&log, &app, channel.as_deref(), &mut out)?;
+            let moved = reprise::backup::export(opened.log.as_ref(), &app, channel.as_deref(), &mut out)?;
             tracing::info!(app, channels = moved.channels, events = moved.events, "exported");
         }
         LogCommand::Import { data } => {
-            let log = open_log(&data.data_dir)?;
-            let moved = reprise::backup::import(&log, &mut std::io::stdin().lock())?;
+            let opened = data.open(false)?;
+            let moved = reprise::backup::import(opened.log.as_ref(), &mut std::io::stdin().lock())?;
             tracing::info!(channels = moved.channels, events = moved.events, "imported");
         }
     }
     Ok(())
-}
-
-/// Opens a data directory that must already hold a log (an export from a mistyped path must not
-/// create an empty one and report nothing to export).
-fn open_existing_log(dir: &Path) -> anyhow::Result<SledLog> {
-    // sled keeps its log in the file `db` of its directory.
-    anyhow::ensure!(dir.join("db").is_file(), "no event log in {} (see --data-dir)", dir.display());
-    open_log(dir)
 }
 
 fn open_log(dir: &Path) -> anyhow::Result<SledLog> {

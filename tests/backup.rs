@@ -1,8 +1,9 @@
 //! Backup and restore with the real binary on real data directories: `reprise log export` from a
 //! stopped server's directory, `reprise log import` into an empty one, a server started on the
 //! copy, and a client resuming across the restore with the ids it already had. Also what import
-//! refuses (a gap, a reused id) and that the commands are offline (a running server's directory
-//! is refused with a hint).
+//! refuses (a gap, a reused id), that the commands are offline on a data directory (a running
+//! server's is refused with a hint), and a single node's history moved into a running cluster's
+//! Redis.
 
 mod support;
 
@@ -11,6 +12,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{Value, json};
 use support::process::ServerProcess;
+use support::redis::RedisServer;
 use support::{APP_ID, WsClient, event_id};
 
 /// `reprise log ARGS` with `stdin` as its input; returns its output.
@@ -134,4 +136,49 @@ async fn log_commands_refuse_a_running_servers_directory() {
     assert!(!output.status.success(), "exported from a running server's directory");
     assert!(stderr(&output).contains("another reprise is probably running"), "{}", stderr(&output));
     assert!(output.stdout.is_empty(), "half an export was written");
+}
+
+/// Moving a single node's history into a cluster: exported from a stopped node's directory and
+/// imported with `--redis-url` into the Redis of a cluster node that is already running, it is
+/// served with the same ids: a client resumes on the cluster from an id it saw on the single
+/// node, new ids continue after the imported head, and importing the same backup again is
+/// refused without changing anything.
+#[tokio::test]
+async fn a_single_nodes_history_moves_into_a_running_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let (single, file) = (dir.path().join("single"), dir.path().join("backup.jsonl"));
+    let mut server = ServerProcess::start(&single, dir.path().join("single.stderr"), &[]).await;
+    let news = server.rest().publish_n("news", "headline", "n", 10).await;
+    server.stop();
+    export(&single, &file);
+
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let node =
+        ServerProcess::start(&dir.path().join("node"), dir.path().join("node.stderr"), &["--redis-url", &url]).await;
+    let unused = dir.path().join("unused");
+    let imported = reprise_log(&["import", "--redis-url", &url], &unused, Some(&file));
+    assert!(imported.status.success(), "import into Redis failed: {}", stderr(&imported));
+    assert!(!unused.exists(), "an import into Redis created a data directory");
+    let stats = reprise_log(&["stats", "--redis-url", &url], &unused, None);
+    assert!(stats.status.success(), "{}", stderr(&stats));
+    let totals: Value = serde_json::from_slice(stats.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(totals["events"], 10, "{totals}");
+
+    let mut client = WsClient::connect(&node.ws_url()).await;
+    client.expect_event("pusher:connection_established").await;
+    let replay = client.subscribe_since("news", &news[4]).await;
+    assert_eq!(replay["recovered"], true, "{replay}");
+    for (i, id) in news.iter().enumerate().skip(5) {
+        let frame = client.next_app_event().await;
+        assert_eq!((&frame["id"], &frame["data"]), (&json!(id), &json!(format!("n-{i}"))), "{frame}");
+    }
+    let next = event_id(&json!(node.rest().trigger_id("news", "headline", "after").await));
+    assert_eq!(next.seq(), event_id(&json!(news[9])).seq() + 1, "the sequence continues after the imported head");
+
+    let again = reprise_log(&["import", "--redis-url", &url], &unused, Some(&file));
+    assert!(!again.status.success(), "the same events were imported twice");
+    assert!(stderr(&again).contains("reuses"), "{}", stderr(&again));
+    let exported = reprise_log(&["export", "--app", APP_ID, "--redis-url", &url], &unused, None);
+    assert_eq!(String::from_utf8(exported.stdout).unwrap().lines().count(), 11, "10 imported + 1 published, once each");
 }
