@@ -201,6 +201,7 @@ pub async fn serve_on(
         Duration::from_secs(config.server.retention_interval_secs),
         shutdown.clone(),
         Arc::clone(&metrics),
+        cluster.clone(),
     ));
     let tracker = TaskTracker::new();
     let state = Arc::new(ServerState {

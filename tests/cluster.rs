@@ -339,3 +339,25 @@ async fn cluster_metrics_count_nodes_and_bus_messages() {
         .await;
     }
 }
+
+/// Chores like retention run on one node per round, not on every node: the first node to claim
+/// a round's turn gets it, the others are refused until the turn expires.
+#[tokio::test]
+async fn one_node_per_round_gets_a_chores_turn() {
+    let redis = RedisServer::start();
+    let config = reprise::config::ClusterConfig {
+        enabled: true,
+        redis_url: redis.url(),
+        ..reprise::config::ClusterConfig::default()
+    };
+    let health = std::sync::Arc::new(reprise::health::Health::default());
+    let a = reprise::cluster::Cluster::connect(&config, health.clone()).await.unwrap();
+    let b = reprise::cluster::Cluster::connect(&config, health).await.unwrap();
+    let round = Duration::from_millis(300);
+    assert!(a.claim_turn("retention", round).await.unwrap(), "the first claim gets the turn");
+    assert!(!b.claim_turn("retention", round).await.unwrap(), "a second node in the same round does not");
+    assert!(!a.claim_turn("retention", round).await.unwrap(), "nor the same node twice");
+    assert!(b.claim_turn("other-chore", round).await.unwrap(), "chores are independent");
+    tokio::time::sleep(round + Duration::from_millis(200)).await;
+    assert!(b.claim_turn("retention", round).await.unwrap(), "the next round goes to whoever asks first");
+}

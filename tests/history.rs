@@ -410,6 +410,7 @@ async fn retention_loop_trims_channels() {
         Duration::from_millis(20),
         shutdown.clone(),
         Arc::new(reprise::metrics::Metrics::new([APP_ID])),
+        None,
     ));
     let key_a = LogKey::new(APP_ID, "a");
     let mut trimmed = false;

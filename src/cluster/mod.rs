@@ -14,6 +14,7 @@ pub mod bus;
 pub mod census;
 pub mod messages;
 pub mod presence;
+pub mod turns;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

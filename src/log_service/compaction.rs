@@ -8,6 +8,7 @@ use reprise_storage::{CompactRule, EventLog, LogKey, StorageError};
 use tokio_util::sync::CancellationToken;
 
 use super::LogService;
+use crate::cluster::Cluster;
 use crate::config::AppConfig;
 use crate::metrics::{Compaction, Metrics};
 
@@ -67,13 +68,18 @@ pub fn retention_rule(app: &AppConfig) -> Option<CompactRule> {
     (!rule.is_empty()).then_some(rule)
 }
 
+/// The cluster chore name of retention (see `cluster::turns`).
+const RETENTION_CHORE: &str = "retention";
+
 /// Applies retention at start-up and every `every` until shutdown (a no-op without settings).
+/// In cluster mode (`cluster`), one node per round does it for the shared log.
 pub async fn run_retention(
     service: Arc<LogService>,
     apps: Vec<AppConfig>,
     every: Duration,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
+    cluster: Option<Arc<Cluster>>,
 ) {
     if apps.iter().all(|app| retention_rule(app).is_none()) {
         return;
@@ -83,6 +89,14 @@ pub async fn run_retention(
         tokio::select! {
             _ = ticker.tick() => {}
             () = shutdown.cancelled() => return,
+        }
+        if let Some(cluster) = &cluster {
+            // Another node's round, or Redis is failing (health says so): skip this one.
+            // The lease is a little shorter than the round, so the node that had it finds it
+            // expired at its next tick (its ticks and Redis's clock drift apart by milliseconds).
+            if !cluster.claim_turn(RETENTION_CHORE, every.mul_f64(0.9)).await.unwrap_or(false) {
+                continue;
+            }
         }
         match service.apply_retention(&apps, &metrics).await {
             Ok(0) => {}
