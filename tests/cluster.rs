@@ -361,3 +361,26 @@ async fn one_node_per_round_gets_a_chores_turn() {
     tokio::time::sleep(round + Duration::from_millis(200)).await;
     assert!(b.claim_turn("retention", round).await.unwrap(), "the next round goes to whoever asks first");
 }
+
+/// An event stream (SSE) on one node counts in every node's HTTP API answers, as a WebSocket
+/// does, and stops counting when it ends (streams once told only their own node).
+#[tokio::test]
+async fn an_event_stream_counts_on_every_node() {
+    let cluster = TestCluster::start(2).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", cluster.nodes[1].port).parse().unwrap();
+    let path = format!("/app/{}/stream?channel=feed", support::APP_KEY);
+    let stream = support::sse::SseClient::connect(addr, &path, &[]).await;
+    assert_eq!(stream.status, 200);
+    let rest = cluster.rest(0);
+    let counted = |expected: u64| {
+        let rest = &rest;
+        async move {
+            let (_, info) =
+                rest.call("GET", &rest.path("/channels/feed"), &[("info", "subscription_count")], None).await;
+            (info["subscription_count"].as_u64() == Some(expected)).then_some(())
+        }
+    };
+    eventually("node 0 counts node 1's stream", || counted(1)).await;
+    drop(stream);
+    eventually("the ended stream no longer counts", || counted(0)).await;
+}

@@ -103,7 +103,7 @@ pub async fn open(
     slot: ConnectionSlot,
 ) -> Result<(Stream, String), StreamRefusal> {
     let socket = Socket::new(SocketId::random(), state.config.server.outbox_frames);
-    let mut stream = Stream::new(Arc::clone(&app), socket, channels, slot);
+    let mut stream = Stream::new(Arc::clone(&app), socket, channels, slot, state.cluster.clone());
     // A cursor no log can recover (past any head): what an unreadable `Last-Event-ID` resumes.
     let unrecoverable = EventId::new(EventId::MAX_TIMESTAMP_MS, u64::MAX);
     let since: Vec<Option<EventId>> = match resume {

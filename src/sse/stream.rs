@@ -8,6 +8,7 @@ use reprise_api::{ChannelName, EventId, frames, sse};
 use reprise_storage::StoredEvent;
 
 use crate::apps::App;
+use crate::cluster::Cluster;
 use crate::connection::ConnectionSlot;
 use crate::hub::{Frame, Socket};
 use crate::log_service::Replay;
@@ -31,11 +32,20 @@ pub struct Stream {
     cursor_writer: CursorWriter,
     cursor_text: String,
     _slot: ConnectionSlot,
+    /// In cluster mode: told of every subscription this stream adds and drops, so the other
+    /// nodes' HTTP API counts it as they count a WebSocket's.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Stream {
     /// A stream of `channels` (sorted, each once) that starts at `positions`.
-    pub fn new(app: Arc<App>, socket: Arc<Socket>, channels: Vec<ChannelName>, slot: ConnectionSlot) -> Stream {
+    pub fn new(
+        app: Arc<App>,
+        socket: Arc<Socket>,
+        channels: Vec<ChannelName>,
+        slot: ConnectionSlot,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Stream {
         let positions = vec![EventId::new(0, 0); channels.len()];
         let watermarks = vec![None; channels.len()];
         let cursor_writer = CursorWriter::new(&channels);
@@ -49,6 +59,7 @@ impl Stream {
             cursor_writer,
             cursor_text: String::new(),
             _slot: slot,
+            cluster,
         }
     }
 
@@ -59,6 +70,9 @@ impl Stream {
             // Not a presence member (streams only read), so no roster limit applies.
             let _ = self.app.hub.subscribe(channel, &self.socket, None, usize::MAX);
             self.subscribed += 1;
+            if let Some(cluster) = &self.cluster {
+                cluster.count_changed(&self.app.config.id, channel.as_str());
+            }
         }
     }
 
@@ -132,6 +146,9 @@ impl Drop for Stream {
         self.socket.close_outbox();
         for channel in &self.channels[..self.subscribed] {
             self.app.hub.unsubscribe(channel.as_str(), &self.socket);
+            if let Some(cluster) = &self.cluster {
+                cluster.count_changed(&self.app.config.id, channel.as_str());
+            }
         }
     }
 }
