@@ -8,6 +8,11 @@
 # of acknowledged publishes/s, delivered frames/s and publish->receive p50/p99 is printed at the
 # end. See docs/benchmarks.md, "Cluster mode", for the figures.
 #
+# With SOKETI=<path to a soketi binary> (benches/peers/soketi: `npm ci` there installs soketi 1.6.1),
+# two more cases run soketi with its Redis adapter on the same private Redis:
+#   soketi1  one soketi process (SOKETI_ADAPTER_DRIVER=redis)
+#   soketi3  three soketi processes sharing the Redis adapter
+#
 # Usage: benches/cluster.sh [ROUNDS]    (default 2)
 # Sizes (environment): FANOUT_SUBSCRIBERS (300), FANOUT_RATE (200/s), FANOUT_SECS (5),
 #   PUBLISH_CONCURRENCY (32), PUBLISH_SECS (5).
@@ -80,19 +85,35 @@ start_case() {
     single) ;;
     cluster1) cluster=(--redis-url "redis://127.0.0.1:$redis_port/0") ;;
     cluster3) count=3 cluster=(--redis-url "redis://127.0.0.1:$redis_port/0") ;;
+    soketi1) count=1 ;;
+    soketi3) count=3 ;;
   esac
-  [ ${#cluster[@]} -eq 0 ] || redis-cli -p "$redis_port" flushall >/dev/null
+  redis-cli -p "$redis_port" flushall >/dev/null
   node_pids=()
   nodes=""
   for n in $(seq 1 $count); do
     local port
     port=$(free_port)
-    mkdir -p "$work/data$n"
-    NO_COLOR=1 "$reprise" start --host 127.0.0.1 --port "$port" --data-dir "$work/data$n" "${cluster[@]}" \
-      >"$work/node$n.log" 2>&1 &
-    node_pids+=($!)
-    pids+=($!)
-    wait_up "$port" /up $!
+    case "$1" in
+      soketi*)
+        # soketi's metrics server would take 9601 on every process: off.
+        SOKETI_PORT=$port SOKETI_DEFAULT_APP_ID=bench SOKETI_DEFAULT_APP_KEY=bench-key \
+          SOKETI_DEFAULT_APP_SECRET=bench-secret SOKETI_ADAPTER_DRIVER=redis SOKETI_METRICS_ENABLED=false \
+          SOKETI_DB_REDIS_HOST=127.0.0.1 SOKETI_DB_REDIS_PORT=$redis_port \
+          "$SOKETI" start >"$work/node$n.log" 2>&1 &
+        node_pids+=($!)
+        pids+=($!)
+        wait_up "$port" / $!
+        ;;
+      *)
+        mkdir -p "$work/data$n"
+        NO_COLOR=1 "$reprise" start --host 127.0.0.1 --port "$port" --data-dir "$work/data$n" "${cluster[@]}" \
+          >"$work/node$n.log" 2>&1 &
+        node_pids+=($!)
+        pids+=($!)
+        wait_up "$port" /up $!
+        ;;
+    esac
     nodes="${nodes:+$nodes,}127.0.0.1:$port"
   done
 }
@@ -103,7 +124,7 @@ stop_case() {
   rm -rf "$work"/data*
 }
 
-cases="single cluster1 cluster3"
+cases="single cluster1 cluster3${SOKETI:+ soketi1 soketi3}"
 for round in $(seq 1 "$rounds"); do
   for scenario in fanout publish; do
     for case in $cases; do
