@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::process::ServerProcess;
 use support::redis::RedisServer;
-use support::{RestClient, WsClient, data_of, event_id};
+use support::{RestClient, WsClient, data_of, event_id, watch_event, watchlist_events};
 
 /// Nodes sharing one Redis, each with its own (unused) data directory.
 struct TestCluster {
@@ -201,6 +201,40 @@ async fn a_killed_nodes_members_are_removed_and_its_clients_resume_elsewhere() {
     for id in &missed {
         assert_eq!(resumed.next_app_event().await["id"].as_str(), Some(id.as_str()));
     }
+}
+
+/// Watchlists are cluster-wide: a user signed in on another node is online for a watcher here
+/// (in its first status, and as `online` when they sign in), a second socket on a third node
+/// changes nothing, the last one going makes them `offline` once, and a node killed with
+/// `kill -9` makes its users offline within 15 seconds.
+#[tokio::test]
+async fn watchlists_are_cluster_wide() {
+    let mut cluster = TestCluster::start(3).await;
+    let mut carol = cluster.client(2).await;
+    assert_eq!(carol.sign_in(r#"{"id":"carol"}"#).await["event"], "pusher:signin_success");
+    let mut ann = cluster.client(0).await;
+    assert_eq!(ann.sign_in(r#"{"id":"ann","watchlist":["bob","carol"]}"#).await["event"], "pusher:signin_success");
+    assert_eq!(
+        ann.next_watchlist_events().await,
+        vec![watch_event("online", &["carol"]), watch_event("offline", &["bob"])]
+    );
+
+    let mut bob = cluster.client(1).await;
+    bob.sign_in(r#"{"id":"bob"}"#).await;
+    assert_eq!(ann.next_watchlist_events().await, vec![watch_event("online", &["bob"])]);
+    let mut bob_tab = cluster.client(0).await;
+    bob_tab.sign_in(r#"{"id":"bob"}"#).await;
+    drop(bob);
+    ann.expect_silence(Duration::from_millis(500)).await;
+    drop(bob_tab);
+    assert_eq!(ann.next_watchlist_events().await, vec![watch_event("offline", &["bob"])]);
+
+    let killed_at = Instant::now();
+    cluster.nodes[2].kill_9();
+    let offline = ann.expect_event_within("pusher_internal:watchlist_events", Duration::from_secs(15)).await;
+    assert_eq!(watchlist_events(&offline), vec![watch_event("offline", &["carol"])]);
+    assert!(killed_at.elapsed() < Duration::from_secs(15), "took {:?}", killed_at.elapsed());
+    drop(carol);
 }
 
 /// Whispers (client events) and `toOthers` exclusion work across nodes.

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::messages::BusMessage;
-use super::{Cluster, HEALTH_COMPONENT};
+use super::{Cluster, HEALTH_COMPONENT, signins};
 use crate::ServerState;
 use crate::apps::App;
 use crate::hub::{Delivery, Frame, Logged};
@@ -54,6 +54,7 @@ pub async fn run(cluster: Arc<Cluster>, state: Arc<ServerState>, shutdown: Cance
             // was published while the bus was down.
             tracing::info!("cluster bus reconnected: restoring presence and catching up");
             rejoin_presence(&cluster, &state).await;
+            signins::reconcile(&cluster, &state).await;
             for app in state.apps.iter() {
                 for (channel, _) in app.hub.occupied("") {
                     cluster.count_changed(&app.config.id, &channel);
@@ -123,6 +124,11 @@ async fn handle(cluster: &Cluster, state: &ServerState, payload: &[u8]) {
         BusMessage::MemberRemoved { app, channel, user_id } => {
             let (Some(app), Ok(channel)) = (state.apps.by_id(&app), ChannelName::parse(&channel)) else { return };
             app.hub.publish(&channel, &Frame::plain(frames::member_removed(channel.as_str(), &user_id)), None);
+        }
+        BusMessage::UserStatus { app, user_id, online, version } => {
+            if let Some(app) = state.apps.by_id(&app) {
+                app.hub.user_changed(&user_id, online, version);
+            }
         }
         BusMessage::Terminate { app, user_id } => {
             let Some(app) = state.apps.by_id(&app) else { return };

@@ -19,7 +19,7 @@ use crate::ServerState;
 
 /// How often the maintenance round runs: counts are written each round.
 const ROUND: Duration = Duration::from_secs(1);
-/// Heartbeats, the sweep of dead nodes' presence and the check for lost bus messages run every
+/// Heartbeats, the sweep of dead nodes' presence and sign-ins, and the check for lost bus messages run every
 /// this many rounds.
 const HEARTBEAT_ROUNDS: u32 = 2;
 const SWEEP_ROUNDS: u32 = 2;
@@ -189,6 +189,10 @@ pub async fn run(cluster: Arc<Cluster>, state: Arc<ServerState>, shutdown: Cance
                 match cluster.sweep_presence(app_id, &live).await {
                     Ok(0) | Err(_) => {}
                     Ok(removed) => tracing::info!(app = %app_id, removed, "removed the presence of dead nodes"),
+                }
+                match cluster.sweep_sign_ins(app_id, &live).await {
+                    Ok(0) | Err(_) => {}
+                    Ok(removed) => tracing::info!(app = %app_id, removed, "signed out the sockets of dead nodes"),
                 }
                 let _ = cluster.sweep_counts(app_id, &live).await;
             }

@@ -6,6 +6,8 @@
 //!   from the log first (`bus`), so a lost pub/sub message is never a silent gap.
 //! - Presence rosters are cluster-wide (`presence`): `member_added` when a user's first socket
 //!   anywhere joins, `member_removed` when their last one leaves or its node dies.
+//! - Who is signed in is cluster-wide too (`signins`): watchlists hear `online` when a user's
+//!   first socket anywhere signs in and `offline` when their last one goes or its node dies.
 //! - Subscription counts and node liveness are published for the HTTP API (`census`).
 //!
 //! A node never talks to another node directly: everything goes through Redis.
@@ -14,6 +16,7 @@ pub mod bus;
 pub mod census;
 pub mod messages;
 pub mod presence;
+pub mod signins;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,7 @@
 //! The Pusher protocol messages a client sends: subscribe (with replay), unsubscribe, client
 //! events, sign-in, ping.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::extract::ws::Message;
@@ -265,21 +266,41 @@ impl Connection {
     }
 
     /// `pusher:signin`: checks the user signature and remembers the user for
-    /// `terminate_connections`. A refusal is `pusher:error` 4009; the socket stays open.
+    /// `terminate_connections` and watchlists. A refusal is `pusher:error` 4009; the socket stays
+    /// open. The watchlist's status follows the `signin_success` (it is queued, and the success
+    /// is written first).
     async fn sign_in(&mut self, auth: &str, user_data: &str) -> bool {
         let config = &self.membership.app.config;
         if !signature::verify_user_auth(&config.key, &config.secret, &self.membership.socket.id, user_data, auth) {
             log!(info, self, "signin refused: invalid signature");
             return self.write(frames::error(Some(ErrorCode::Unauthorized), "Invalid signin signature")).await;
         }
-        let user_id = reprise_api::user::parse_user_id(user_data).ok();
-        let Some(user_id) = user_id else {
-            let message = "user_data must be a JSON object with a non-empty string id";
-            return self.write(frames::error(Some(ErrorCode::Unauthorized), message)).await;
+        let user = match reprise_api::user::parse_user_data(user_data) {
+            Ok(user) => user,
+            Err(error) => {
+                log!(info, self, %error, "signin refused");
+                return self.write(frames::error(Some(ErrorCode::Unauthorized), &error.to_string())).await;
+            }
         };
-        for channel in self.membership.sign_in(user_id) {
+        for channel in self.membership.sign_in(user.id.clone(), user.watchlist.clone()) {
             log!(info, self, channel, "signed in as another user: left the previous user's channel");
             self.replay_watermarks.remove(&channel);
+        }
+        if let Some(cluster) = self.state.cluster.clone() {
+            self.membership.signing_in_cluster();
+            let app = Arc::clone(&self.membership.app);
+            match cluster.sign_in(&app.config.id, &self.membership.socket, &user.id, &user.watchlist).await {
+                Ok(snapshot) => {
+                    let online: HashSet<String> = snapshot.online.into_iter().collect();
+                    app.hub.watchlist_snapshot(&self.membership.socket, snapshot.version, &online);
+                }
+                Err(error) => {
+                    log!(error, self, %error, "recording a signin in the cluster failed");
+                    self.membership.sign_out();
+                    let message = "The signin could not be recorded: the cluster is unavailable";
+                    return self.write(frames::error(None, message)).await;
+                }
+            }
         }
         self.write(frames::signin_success(user_data)).await
     }
