@@ -20,7 +20,7 @@ use super::messages::BusMessage;
 use super::{Cluster, HEALTH_COMPONENT, signins};
 use crate::ServerState;
 use crate::apps::App;
-use crate::hub::{Delivery, Frame, Logged};
+use crate::hub::{Delivery, Frame, Logged, RosterFull};
 
 /// Events read from the log per page when a gap is filled.
 const FILL_PAGE_EVENTS: usize = 1000;
@@ -209,9 +209,15 @@ async fn rejoin_presence(cluster: &Cluster, state: &ServerState) {
     for app in state.apps.iter() {
         for (channel, socket, user_id, user_info) in app.hub.presence_members() {
             let member = PresenceMember { user_id, user_info };
-            if let Err(error) = cluster.join(&app.config.id, &channel, &socket, &member).await {
-                tracing::warn!(%error, "cannot restore presence after a reconnect; the next reconnect retries");
-                return;
+            match cluster.join(&app.config.id, &channel, &socket, &member, app.config.presence_max_members).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(RosterFull)) => {
+                    tracing::warn!(channel, "a member could not be put back: others filled the roster meanwhile");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot restore presence after a reconnect; the next reconnect retries");
+                    return;
+                }
             }
         }
     }

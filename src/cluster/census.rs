@@ -160,8 +160,9 @@ impl Cluster {
     }
 }
 
-/// The maintenance round, until shutdown: counts every second; heartbeat; then the sweep of dead
-/// nodes (presence and counts) and the check that no channel missed the tail of its log.
+/// The maintenance round, until shutdown: counts every second; heartbeat; connection counts
+/// (`connections`); then the sweep of dead nodes (presence, sign-ins and counts) and the check
+/// that no channel missed the tail of its log.
 pub async fn run(cluster: Arc<Cluster>, state: Arc<ServerState>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(ROUND);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -177,6 +178,7 @@ pub async fn run(cluster: Arc<Cluster>, state: Arc<ServerState>, shutdown: Cance
         if round % HEARTBEAT_ROUNDS == 1 {
             let _ = cluster.heartbeat().await;
         }
+        let _ = cluster.share_connection_counts(&state).await;
         if round % SWEEP_ROUNDS != 1 {
             continue;
         }
@@ -195,6 +197,9 @@ pub async fn run(cluster: Arc<Cluster>, state: Arc<ServerState>, shutdown: Cance
                     Ok(removed) => tracing::info!(app = %app_id, removed, "signed out the sockets of dead nodes"),
                 }
                 let _ = cluster.sweep_counts(app_id, &live).await;
+                if app.config.max_connections.is_some() {
+                    let _ = cluster.sweep_connection_counts(app_id, &live).await;
+                }
             }
         }
         super::bus::catch_up(&state).await;

@@ -8,12 +8,14 @@
 //!   anywhere joins, `member_removed` when their last one leaves or its node dies.
 //! - Who is signed in is cluster-wide too (`signins`): watchlists hear `online` when a user's
 //!   first socket anywhere signs in and `offline` when their last one goes or its node dies.
-//! - Subscription counts and node liveness are published for the HTTP API (`census`).
+//! - Subscription counts and node liveness are published for the HTTP API (`census`), and
+//!   connection counts for apps' `max_connections` (`connections`).
 //!
 //! A node never talks to another node directly: everything goes through Redis.
 
 pub mod bus;
 pub mod census;
+pub mod connections;
 pub mod messages;
 pub mod presence;
 pub mod signins;

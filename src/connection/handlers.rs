@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::Connection;
 use crate::cluster::messages::BusMessage;
 use crate::config::ClientEventsFrom;
-use crate::hub::Frame;
+use crate::hub::{Frame, RosterFull};
 use crate::publisher::{PublishError, PublishItem};
 
 /// The `type` of a subscription refused by a presence limit (soketi's name for it).
@@ -123,15 +123,19 @@ impl Connection {
         // read, and the watermark drops the ones the replay already contains. No gap, no duplicate.
         let cluster_member = self.state.cluster.as_ref().and(member.clone());
         let Ok(roster) = app.hub.subscribe(&channel, &self.membership.socket, member, max_members) else {
-            let message = format!("The maximum number of members of a presence channel ({max_members}) was reached");
-            return self.subscription_error(channel.as_str(), LIMIT_REACHED, &message, 403).await;
+            return self.roster_full(channel.as_str(), max_members).await;
         };
         self.membership.add(channel.as_str());
         // In cluster mode the roster is the cluster's, and joining it announces the member.
         let roster = match (&self.state.cluster, cluster_member) {
             (Some(cluster), Some(member)) => {
-                match cluster.join(&app.config.id, channel.as_str(), &self.membership.socket, &member).await {
-                    Ok(roster) => Some(roster),
+                let socket = &self.membership.socket;
+                match cluster.join(&app.config.id, channel.as_str(), socket, &member, max_members).await {
+                    Ok(Ok(roster)) => Some(roster),
+                    Ok(Err(RosterFull)) => {
+                        self.membership.leave(channel.as_str());
+                        return self.roster_full(channel.as_str(), max_members).await;
+                    }
                     Err(error) => {
                         log!(error, self, %error, channel = channel.as_str(), "joining the cluster's roster failed");
                         self.membership.leave(channel.as_str());
@@ -192,6 +196,12 @@ impl Connection {
             }
         }
         self.ws.flush().await.is_ok()
+    }
+
+    /// A new user refused by a full presence roster (this node's, or the cluster's).
+    async fn roster_full(&mut self, channel: &str, max_members: usize) -> bool {
+        let message = format!("The maximum number of members of a presence channel ({max_members}) was reached");
+        self.subscription_error(channel, LIMIT_REACHED, &message, 403).await
     }
 
     async fn log_unavailable(&mut self, channel: &str) -> bool {

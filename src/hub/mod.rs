@@ -129,6 +129,9 @@ pub struct AppHub {
     hasher: RandomState,
     /// Open connections, for `max_connections`.
     pub connections: AtomicUsize,
+    /// Connections open on the cluster's other live nodes, as of the census's last read (at most
+    /// about 2 s old); always 0 on a single node. Admission adds it to `connections`.
+    pub connections_elsewhere: AtomicUsize,
     /// Sockets closed because their outbox overflowed.
     pub slow_consumers: AtomicU64,
     /// Sockets that signed in (`pusher:signin`), for `terminate_connections`, and watchlists.
@@ -144,6 +147,7 @@ impl Default for AppHub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             connections: AtomicUsize::new(0),
+            connections_elsewhere: AtomicUsize::new(0),
             slow_consumers: AtomicU64::new(0),
             sign_ins: SignIns::new(true),
             presence_events: true,
