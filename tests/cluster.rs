@@ -261,6 +261,56 @@ async fn watchlists_are_cluster_wide() {
     drop(carol);
 }
 
+/// Redis restarts empty: every node puts its sign-ins and presence members back and every
+/// watcher gets a fresh status, so a watcher still sees its watched user online, and hears
+/// `offline` when that user leaves afterwards (which only a restored sign-in can tell); the
+/// presence roster lists both nodes' members again. (A node swept the others before they could
+/// send a heartbeat to the new Redis, every time; and, depending on timing, restoring failed on
+/// its first command, sent on the connection Redis had closed.)
+#[tokio::test]
+async fn sign_ins_and_presence_survive_redis_restarting_empty() {
+    let mut cluster = TestCluster::start(2).await;
+    let mut ann = cluster.client(0).await;
+    ann.sign_in(r#"{"id":"ann","watchlist":["bob"]}"#).await;
+    assert_eq!(ann.next_watchlist_events().await, vec![watch_event("offline", &["bob"])]);
+    let mut bob = cluster.client(1).await;
+    bob.sign_in(r#"{"id":"bob"}"#).await;
+    assert_eq!(ann.next_watchlist_events().await, vec![watch_event("online", &["bob"])]);
+    ann.subscribe_presence("presence-room", "ann", json!({})).await;
+    bob.subscribe_presence("presence-room", "bob", json!({})).await;
+
+    cluster.redis.restart(); // empty: no persistence
+    // The nodes reconnect in their own time: ann may be told bob is offline (her node read the
+    // status before bob's node put him back), but the last word must be that he is online.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut bob_online = false;
+    while Instant::now() < deadline {
+        let Ok(frame) = tokio::time::timeout(Duration::from_secs(3), ann.recv()).await else {
+            if bob_online {
+                break; // the status has settled
+            }
+            continue;
+        };
+        if frame["event"] != "pusher_internal:watchlist_events" {
+            continue;
+        }
+        for (name, ids) in watchlist_events(&frame) {
+            if ids.contains(&"bob".to_owned()) {
+                bob_online = name == "online";
+            }
+        }
+    }
+    assert!(
+        bob_online,
+        "after Redis came back empty, bob is online again for ann\n{}\n{}",
+        cluster.nodes[0].stderr(),
+        cluster.nodes[1].stderr()
+    );
+
+    drop(bob);
+    assert_eq!(ann.next_watchlist_events().await, vec![watch_event("offline", &["bob"])]);
+}
+
 /// An app's `max_connections` counts every node's connections: with 2 on one node and 1 on the
 /// other, a fourth is refused (4004) on either; a connection closing, or a node killed with
 /// `kill -9`, gives its share back to the others.

@@ -52,7 +52,8 @@ pub async fn run(cluster: Arc<Cluster>, state: Arc<ServerState>, shutdown: Cance
         if reconnected {
             // Redis may have restarted empty: put this node's members back, then fetch whatever
             // was published while the bus was down.
-            tracing::info!("cluster bus reconnected: restoring presence and catching up");
+            tracing::info!("cluster bus reconnected: restoring presence and sign-ins, and catching up");
+            cluster.command_connection_ready().await;
             rejoin_presence(&cluster, &state).await;
             signins::reconcile(&cluster, &state).await;
             for app in state.apps.iter() {
