@@ -236,7 +236,10 @@ pub async fn reconcile(cluster: &Cluster, state: &ServerState) {
                     app.hub.watchlist_snapshot(&socket, version, &online);
                 }
             }
-            Err(error) => tracing::warn!(%error, app = %app_id, "cannot read watchlists after a reconnect"),
+            Err(error) => {
+                tracing::warn!(%error, app = %app_id, "cannot read watchlists after a reconnect; they go on unrefreshed");
+                app.hub.release_watchers();
+            }
         }
     }
 }

@@ -420,6 +420,12 @@ impl AppHub {
         self.sign_ins.resync_watchers()
     }
 
+    /// Cluster mode: the watchers [`AppHub::resync_watchers`] held get what they heard and stop
+    /// waiting (their new snapshot could not be read).
+    pub fn release_watchers(&self) {
+        self.sign_ins.release_pending();
+    }
+
     /// Cluster mode: `user_id` came online or went offline in the cluster (change `version`):
     /// tells the sockets here that watch them.
     pub fn user_changed(&self, user_id: &str, online: bool, version: u64) {

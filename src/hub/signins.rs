@@ -154,6 +154,22 @@ impl SignIns {
         watching.view = View::Since(since);
     }
 
+    /// Cluster mode: the snapshots of pending watchers could not be read (Redis failed after
+    /// [`SignIns::resync_watchers`]). They keep the status they were last sent and get the
+    /// changes heard meanwhile and from now on, rather than hold them until a later reconnect.
+    pub fn release_pending(&self) {
+        let mut state = lock(&self.state);
+        for watching in state.watching.values_mut() {
+            let View::Pending(heard) = &mut watching.view else { continue };
+            let mut since = 0;
+            for (user_id, online, changed_at) in std::mem::take(heard) {
+                send_change(&watching.socket, &user_id, online);
+                since = since.max(changed_at);
+            }
+            watching.view = View::Since(since);
+        }
+    }
+
     /// Cluster mode: `user_id` came online (or went offline) anywhere, as change `version`.
     pub fn changed(&self, user_id: &str, online: bool, version: u64) {
         lock(&self.state).tell_watchers(user_id, online, Some(version));
@@ -308,5 +324,23 @@ mod tests {
         assert_eq!(events(&watcher), vec![], "an older snapshot is ignored");
         sign_ins.changed("w", true, 14);
         assert_eq!(events(&watcher), vec![], "a clustered node does not decide who is online");
+    }
+
+    /// A resync whose snapshot cannot be read releases the watchers it held: the changes heard
+    /// meanwhile are sent, and later ones too.
+    #[test]
+    fn a_failed_resync_releases_what_it_held() {
+        let sign_ins = SignIns::new(false);
+        let watcher = socket("1.1");
+        sign_ins.sign_in("w", &watcher, None, vec!["b".into()]);
+        sign_ins.snapshot(&watcher, 5, &HashSet::new());
+        let (watched, sockets) = sign_ins.resync_watchers();
+        assert_eq!((watched, sockets.len()), (vec!["b".to_owned()], 1));
+        events(&watcher);
+        sign_ins.changed("b", true, 6);
+        assert_eq!(events(&watcher), vec![], "held for the snapshot");
+        sign_ins.release_pending();
+        sign_ins.changed("b", false, 7);
+        assert_eq!(events(&watcher), vec![event("online", &["b"]), event("offline", &["b"])]);
     }
 }
