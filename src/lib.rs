@@ -135,9 +135,6 @@ async fn run_clustered(
     .await
     .unwrap_or_else(|_| Err(StorageError::Backend("connecting was cancelled".into())));
     let log = opened.map_err(|e| unreachable(e.to_string()))?;
-    if config.apps.iter().any(|app| app.max_connections.is_some()) {
-        tracing::warn!("cluster mode: max_connections is counted per node, not across the cluster");
-    }
     let backend = Backend::Cluster { log: Arc::new(log), cluster: Arc::new(cluster) };
     serve_on(listener, config, backend, health, shutdown).await
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::process::ServerProcess;
 use support::redis::RedisServer;
-use support::{RestClient, WsClient, data_of, event_id};
+use support::{APP_ID, APP_KEY, APP_SECRET, RestClient, WsClient, data_of, event_id, watch_event, watchlist_events};
 
 /// Nodes sharing one Redis, each with its own (unused) data directory.
 struct TestCluster {
@@ -21,8 +21,16 @@ struct TestCluster {
 
 impl TestCluster {
     async fn start(nodes: usize) -> TestCluster {
+        TestCluster::start_with_app_settings(nodes, "").await
+    }
+
+    /// Nodes whose test app has `settings` (TOML lines of an `[[apps]]` entry) added.
+    async fn start_with_app_settings(nodes: usize, settings: &str) -> TestCluster {
         let redis = RedisServer::start();
         let dir = tempfile::tempdir().unwrap();
+        let config =
+            format!("[[apps]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\n{settings}\n");
+        std::fs::write(dir.path().join("reprise.toml"), config).unwrap();
         let mut cluster = TestCluster { nodes: Vec::new(), redis, dir };
         for _ in 0..nodes {
             cluster.add_node().await;
@@ -39,9 +47,27 @@ impl TestCluster {
         let n = self.nodes.len();
         let data_dir = self.dir.path().join(format!("node{n}"));
         let log = self.dir.path().join(format!("node{n}.log"));
-        let url = self.redis.url();
-        let args: Vec<&str> = ["--redis-url", url.as_str()].into_iter().chain(flags.iter().copied()).collect();
+        let (url, config) = (self.redis.url(), self.dir.path().join("reprise.toml"));
+        let args: Vec<&str> = ["--redis-url", url.as_str(), "--config", config.to_str().unwrap()]
+            .into_iter()
+            .chain(flags.iter().copied())
+            .collect();
         self.nodes.push(ServerProcess::start(&data_dir, log, &args).await);
+    }
+
+    /// Connects to `node`, retrying until the connection is refused with 4004 (over the app's
+    /// `max_connections`): established ones are closed at once.
+    async fn eventually_refused(&self, node: usize, what: &str) {
+        let url = self.nodes[node].ws_url();
+        eventually(what, || {
+            let url = url.clone();
+            async move {
+                let mut client = WsClient::connect(&url).await;
+                let first = client.recv().await;
+                (first["event"] == "pusher:error" && data_of(&first)["code"] == 4004).then_some(())
+            }
+        })
+        .await;
     }
 
     async fn client(&self, node: usize) -> WsClient {
@@ -207,6 +233,148 @@ async fn a_killed_nodes_members_are_removed_and_its_clients_resume_elsewhere() {
     for id in &missed {
         assert_eq!(resumed.next_app_event().await["id"].as_str(), Some(id.as_str()));
     }
+}
+
+/// Watchlists are cluster-wide: a user signed in on another node is online for a watcher here
+/// (in its first status, and as `online` when they sign in), a second socket on a third node
+/// changes nothing, the last one going makes them `offline` once, and a node killed with
+/// `kill -9` makes its users offline within 15 seconds.
+#[tokio::test]
+async fn watchlists_are_cluster_wide() {
+    let mut cluster = TestCluster::start(3).await;
+    let mut carol = cluster.client(2).await;
+    assert_eq!(carol.sign_in(r#"{"id":"carol"}"#).await["event"], "pusher:signin_success");
+    let mut ann = cluster.client(0).await;
+    assert_eq!(ann.sign_in(r#"{"id":"ann","watchlist":["bob","carol"]}"#).await["event"], "pusher:signin_success");
+    assert_eq!(
+        ann.next_watchlist_events().await,
+        vec![watch_event("online", &["carol"]), watch_event("offline", &["bob"])]
+    );
+
+    let mut bob = cluster.client(1).await;
+    bob.sign_in(r#"{"id":"bob"}"#).await;
+    assert_eq!(ann.next_watchlist_events().await, vec![watch_event("online", &["bob"])]);
+    let mut bob_tab = cluster.client(0).await;
+    bob_tab.sign_in(r#"{"id":"bob"}"#).await;
+    drop(bob);
+    ann.expect_silence(Duration::from_millis(500)).await;
+    drop(bob_tab);
+    assert_eq!(ann.next_watchlist_events().await, vec![watch_event("offline", &["bob"])]);
+
+    let killed_at = Instant::now();
+    cluster.nodes[2].kill_9();
+    let offline = ann.expect_event_within("pusher_internal:watchlist_events", Duration::from_secs(15)).await;
+    assert_eq!(watchlist_events(&offline), vec![watch_event("offline", &["carol"])]);
+    assert!(killed_at.elapsed() < Duration::from_secs(15), "took {:?}", killed_at.elapsed());
+    drop(carol);
+}
+
+/// Redis restarts empty: every node puts its sign-ins and presence members back and every
+/// watcher gets a fresh status, so a watcher still sees its watched user online, and hears
+/// `offline` when that user leaves afterwards (which only a restored sign-in can tell); the
+/// presence roster lists both nodes' members again. (A node swept the others before they could
+/// send a heartbeat to the new Redis, every time; and, depending on timing, restoring failed on
+/// its first command, sent on the connection Redis had closed.)
+#[tokio::test]
+async fn sign_ins_and_presence_survive_redis_restarting_empty() {
+    let mut cluster = TestCluster::start(2).await;
+    let mut ann = cluster.client(0).await;
+    ann.sign_in(r#"{"id":"ann","watchlist":["bob"]}"#).await;
+    assert_eq!(ann.next_watchlist_events().await, vec![watch_event("offline", &["bob"])]);
+    let mut bob = cluster.client(1).await;
+    bob.sign_in(r#"{"id":"bob"}"#).await;
+    assert_eq!(ann.next_watchlist_events().await, vec![watch_event("online", &["bob"])]);
+    ann.subscribe_presence("presence-room", "ann", json!({})).await;
+    bob.subscribe_presence("presence-room", "bob", json!({})).await;
+
+    cluster.redis.restart(); // empty: no persistence
+    // The nodes reconnect in their own time: ann may be told bob is offline (her node read the
+    // status before bob's node put him back), but the last word must be that he is online.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut bob_online = false;
+    while Instant::now() < deadline {
+        let Ok(frame) = tokio::time::timeout(Duration::from_secs(3), ann.recv()).await else {
+            if bob_online {
+                break; // the status has settled
+            }
+            continue;
+        };
+        if frame["event"] != "pusher_internal:watchlist_events" {
+            continue;
+        }
+        for (name, ids) in watchlist_events(&frame) {
+            if ids.contains(&"bob".to_owned()) {
+                bob_online = name == "online";
+            }
+        }
+    }
+    assert!(
+        bob_online,
+        "after Redis came back empty, bob is online again for ann\n{}\n{}",
+        cluster.nodes[0].stderr(),
+        cluster.nodes[1].stderr()
+    );
+
+    drop(bob);
+    assert_eq!(ann.next_watchlist_events().await, vec![watch_event("offline", &["bob"])]);
+}
+
+/// An app's `max_connections` counts every node's connections: with 2 on one node and 1 on the
+/// other, a fourth is refused (4004) on either; a connection closing, or a node killed with
+/// `kill -9`, gives its share back to the others.
+#[tokio::test]
+async fn max_connections_is_cluster_wide() {
+    let mut cluster = TestCluster::start_with_app_settings(2, "max_connections = 3").await;
+    let (a1, _a2) = (cluster.client(0).await, cluster.client(0).await);
+    let _b1 = cluster.client(1).await;
+    cluster.eventually_refused(1, "node 1 to count node 0's connections").await;
+    cluster.eventually_refused(0, "node 0 to count node 1's connection").await;
+
+    drop(a1);
+    let _b2 = eventually("node 1 to see a connection of node 0 close", || {
+        let url = cluster.nodes[1].ws_url();
+        async move {
+            let mut client = WsClient::connect(&url).await;
+            (client.recv().await["event"] == "pusher:connection_established").then_some(client)
+        }
+    })
+    .await;
+    cluster.eventually_refused(1, "the app to be full again").await;
+
+    cluster.nodes[0].kill_9();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut client = WsClient::connect(&cluster.nodes[1].ws_url()).await;
+        if client.recv().await["event"] == "pusher:connection_established" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a dead node's connections still count after 15 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `presence_max_members` caps the cluster's roster, not each node's: with one member on each
+/// node and a limit of 2, a third user is refused (`LimitReached`, 403) on either node, while
+/// another socket of a user already present still joins.
+#[tokio::test]
+async fn presence_max_members_is_cluster_wide() {
+    let cluster = TestCluster::start_with_app_settings(2, "presence_max_members = 2").await;
+    let mut ann = cluster.client(0).await;
+    ann.subscribe_presence("presence-room", "ann", json!({})).await;
+    let mut bob = cluster.client(1).await;
+    bob.subscribe_presence("presence-room", "bob", json!({})).await;
+    for node in [0, 1] {
+        let mut carol = cluster.client(node).await;
+        carol.send_presence_subscribe("presence-room", "carol", json!({}), None).await;
+        let refused = carol.expect_event("pusher:subscription_error").await;
+        assert_eq!(data_of(&refused)["type"], "LimitReached", "{refused}");
+        assert_eq!(data_of(&refused)["status"], 403, "{refused}");
+    }
+    let mut bob_tab = cluster.client(0).await;
+    let joined = bob_tab.subscribe_presence("presence-room", "bob", json!({})).await;
+    assert_eq!(joined["presence"]["count"], 2, "{joined}");
+    ann.expect_event("pusher_internal:member_added").await; // bob, once
+    ann.expect_silence(Duration::from_millis(300)).await; // and not carol
 }
 
 /// Whispers (client events) and `toOthers` exclusion work across nodes.

@@ -5,7 +5,7 @@ mod support;
 
 use reprise_api::signature;
 use serde_json::json;
-use support::{APP_KEY, APP_SECRET, TestServer, WsClient, data_of};
+use support::{APP_KEY, APP_SECRET, TestServer, WsClient, data_of, watch_event};
 
 async fn sign_in(client: &mut WsClient, user_data: &str, auth: &str) -> serde_json::Value {
     client.send_json(json!({"event":"pusher:signin","data":{"auth": auth, "user_data": user_data}})).await;
@@ -116,4 +116,57 @@ async fn signing_in_as_another_user_leaves_the_previous_users_channel() {
     assert_eq!(sign_in(&mut socket, bob, &auth).await["event"], "pusher:signin_success");
     server.rest().trigger("#server-to-user-bob", "notice", "for bob").await;
     assert_eq!(socket.expect_event("notice").await["data"], "for bob");
+}
+
+/// Watchlists (Pusher's online status): a socket that signs in with `watchlist` gets the status
+/// of those users right after `signin_success`, then `online` when a watched user's first socket
+/// signs in and `offline` when their last one goes; a second socket of the same user changes
+/// nothing.
+#[tokio::test]
+async fn a_watchlist_hears_users_come_online_and_go_offline() {
+    let server = TestServer::start().await;
+    let mut carol = server.client().await;
+    assert_eq!(carol.sign_in(r#"{"id":"carol"}"#).await["event"], "pusher:signin_success");
+    let mut ann = server.client().await;
+    let success = ann.sign_in(r#"{"id":"ann","watchlist":["bob","carol"]}"#).await;
+    assert_eq!(success["event"], "pusher:signin_success", "the success comes first: {success}");
+    assert_eq!(
+        ann.next_watchlist_events().await,
+        vec![watch_event("online", &["carol"]), watch_event("offline", &["bob"])]
+    );
+
+    let mut bob = server.client().await;
+    bob.sign_in(r#"{"id":"bob"}"#).await;
+    assert_eq!(ann.next_watchlist_events().await, vec![watch_event("online", &["bob"])]);
+    let mut bob_tab = server.client().await;
+    bob_tab.sign_in(r#"{"id":"bob"}"#).await;
+    drop(bob);
+    ann.expect_silence(std::time::Duration::from_millis(300)).await;
+    drop(bob_tab);
+    assert_eq!(ann.next_watchlist_events().await, vec![watch_event("offline", &["bob"])]);
+    drop(carol);
+    assert_eq!(ann.next_watchlist_events().await, vec![watch_event("offline", &["carol"])]);
+}
+
+/// Pusher's limit: a watchlist of more than 100 user ids is refused with 4009 and a message
+/// that says so; the socket is not signed in (no `signin_success`, not terminated as the user).
+#[tokio::test]
+async fn a_watchlist_over_100_users_is_refused() {
+    let server = TestServer::start().await;
+    let mut socket = server.client().await;
+    let ids: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
+    let refused = socket.sign_in(&json!({"id": "ann", "watchlist": ids}).to_string()).await;
+    assert_eq!(refused["event"], "pusher:error", "{refused}");
+    assert_eq!(data_of(&refused)["code"], 4009);
+    let message = data_of(&refused)["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("101") && message.contains("100"), "{message}");
+    let rest = server.rest();
+    rest.call("POST", &rest.path("/users/ann/terminate_connections"), &[], Some(&json!({}))).await;
+    socket.send_json(json!({"event":"pusher:ping","data":{}})).await;
+    assert_eq!(socket.expect_event("pusher:pong").await["event"], "pusher:pong");
+
+    let hundred = json!({"id": "ann", "watchlist": &ids[..100]}).to_string();
+    assert_eq!(socket.sign_in(&hundred).await["event"], "pusher:signin_success");
+    let status = socket.next_watchlist_events().await;
+    assert_eq!(status, vec![("offline".to_owned(), ids[..100].to_vec())]);
 }

@@ -189,6 +189,19 @@ pub fn signin_success(user_data: &str) -> String {
     frame("pusher:signin_success", None, Some(&data.to_string()))
 }
 
+/// `pusher_internal:watchlist_events`: the online status of users a signed-in socket watches.
+/// pusher-js emits each `{name, user_ids}` of `events` on `pusher.user.watchlist` by its `name`
+/// (`online` or `offline`). Empty lists are left out.
+pub fn watchlist_events(online: &[&str], offline: &[&str]) -> String {
+    let events: Vec<Value> = [("online", online), ("offline", offline)]
+        .into_iter()
+        .filter(|(_, user_ids)| !user_ids.is_empty())
+        .map(|(name, user_ids)| serde_json::json!({ "name": name, "user_ids": user_ids }))
+        .collect();
+    let data = serde_json::json!({ "events": events });
+    frame("pusher_internal:watchlist_events", None, Some(&data.to_string()))
+}
+
 pub fn cache_miss(channel: &str) -> String {
     frame("pusher:cache_miss", Some(channel), None)
 }
@@ -230,6 +243,21 @@ mod tests {
         assert_eq!(req.auth.as_deref(), Some("k:s"));
         assert_eq!(req.since.as_deref(), Some("01"));
         assert_eq!(req.channel_data, None);
+    }
+
+    #[test]
+    fn watchlist_events_in_the_shape_pusher_js_reads() {
+        let frame: Value = serde_json::from_str(&watchlist_events(&["b", "c"], &["d"])).unwrap();
+        assert_eq!(frame["event"], "pusher_internal:watchlist_events");
+        assert!(frame.get("channel").is_none(), "a connection-level event");
+        let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+        let expected = serde_json::json!({"events": [
+            {"name": "online", "user_ids": ["b", "c"]},
+            {"name": "offline", "user_ids": ["d"]},
+        ]});
+        assert_eq!(data, expected);
+        let only_offline: Value = serde_json::from_str(&watchlist_events(&[], &["d"])).unwrap();
+        assert_eq!(only_offline["data"], r#"{"events":[{"name":"offline","user_ids":["d"]}]}"#);
     }
 
     #[test]

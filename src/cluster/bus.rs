@@ -17,10 +17,10 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::messages::BusMessage;
-use super::{Cluster, HEALTH_COMPONENT};
+use super::{Cluster, HEALTH_COMPONENT, signins};
 use crate::ServerState;
 use crate::apps::App;
-use crate::hub::{Delivery, Frame, Logged};
+use crate::hub::{Delivery, Frame, Logged, RosterFull};
 
 /// Events read from the log per page when a gap is filled.
 const FILL_PAGE_EVENTS: usize = 1000;
@@ -55,8 +55,10 @@ pub async fn run(cluster: Arc<Cluster>, state: Arc<ServerState>, shutdown: Cance
             }
             // Redis may have restarted empty: put this node's members back, then fetch whatever
             // was published while the bus was down.
-            tracing::info!("cluster bus reconnected: restoring presence and catching up");
+            tracing::info!("cluster bus reconnected: restoring presence and sign-ins, and catching up");
+            cluster.command_connection_ready().await;
             rejoin_presence(&cluster, &state).await;
+            signins::reconcile(&cluster, &state).await;
             for app in state.apps.iter() {
                 for (channel, _) in app.hub.occupied("") {
                     cluster.count_changed(&app.config.id, &channel);
@@ -128,6 +130,11 @@ async fn handle(cluster: &Cluster, state: &ServerState, payload: &[u8]) {
         BusMessage::MemberRemoved { app, channel, user_id } => {
             let (Some(app), Ok(channel)) = (state.apps.by_id(&app), ChannelName::parse(&channel)) else { return };
             app.hub.publish(&channel, &Frame::plain(frames::member_removed(channel.as_str(), &user_id)), None);
+        }
+        BusMessage::UserStatus { app, user_id, online, version } => {
+            if let Some(app) = state.apps.by_id(&app) {
+                app.hub.user_changed(&user_id, online, version);
+            }
         }
         BusMessage::Terminate { app, user_id } => {
             let Some(app) = state.apps.by_id(&app) else { return };
@@ -223,9 +230,15 @@ async fn rejoin_presence(cluster: &Cluster, state: &ServerState) {
     for app in state.apps.iter() {
         for (channel, socket, user_id, user_info) in app.hub.presence_members() {
             let member = PresenceMember { user_id, user_info };
-            if let Err(error) = cluster.join(&app.config.id, &channel, &socket, &member).await {
-                tracing::warn!(%error, "cannot restore presence after a reconnect; the next reconnect retries");
-                return;
+            match cluster.join(&app.config.id, &channel, &socket, &member, app.config.presence_max_members).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(RosterFull)) => {
+                    tracing::warn!(channel, "a member could not be put back: others filled the roster meanwhile");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot restore presence after a reconnect; the next reconnect retries");
+                    return;
+                }
             }
         }
     }

@@ -9,6 +9,7 @@
 //! Counts of other nodes are up to a second old; this node's own are exact (read from its hub).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use crate::ServerState;
 
 /// How often the maintenance round runs: counts are written each round.
 const ROUND: Duration = Duration::from_secs(1);
-/// Heartbeats, the sweep of dead nodes' presence and the check for lost bus messages run every
+/// Heartbeats, the sweep of dead nodes' presence and sign-ins, and the check for lost bus messages run every
 /// this many rounds.
 const HEARTBEAT_ROUNDS: u32 = 2;
 const SWEEP_ROUNDS: u32 = 2;
@@ -29,13 +30,25 @@ const SWEEP_ROUNDS: u32 = 2;
 /// about 9 s.
 pub const NODE_DEAD_AFTER: Duration = Duration::from_secs(6);
 
-/// KEYS: nodes. ARGV: node id, dead-after ms. Records this node's heartbeat (Redis time, so
-/// nodes' clocks need not agree) and returns the live nodes.
+/// KEYS: nodes, since. ARGV: node id, dead-after ms. Records this node's heartbeat (Redis time,
+/// so nodes' clocks need not agree) and returns whether the view is complete (1 or 0), then the
+/// live nodes.
+///
+/// `since` is when the nodes hash was begun. A Redis that restarted empty knows no heartbeat
+/// until each node sends its next one: for the first dead-after period, a node missing from the
+/// hash may well be alive, so the view is incomplete and nothing may be swept on its account.
 static HEARTBEAT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
         local t = redis.call('TIME')
         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        if redis.call('EXISTS', KEYS[2]) == 0 then
+            redis.call('SET', KEYS[2], string.format('%.0f', now))
+        end
+        local complete = 0
+        if now - tonumber(redis.call('GET', KEYS[2])) > tonumber(ARGV[2]) then
+            complete = 1
+        end
         redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', now))
         local all = redis.call('HGETALL', KEYS[1])
         local live = {}
@@ -47,7 +60,7 @@ static HEARTBEAT: LazyLock<redis::Script> = LazyLock::new(|| {
                 redis.call('HDEL', KEYS[1], all[i])
             end
         end
-        return live
+        return {complete, live}
         ",
     )
 });
@@ -65,18 +78,30 @@ impl Cluster {
     pub async fn heartbeat(&self) -> Result<Vec<String>, ClusterError> {
         let mut redis = self.connection();
         let dead_after_ms = u64::try_from(NODE_DEAD_AFTER.as_millis()).expect("seconds fit");
-        let result =
-            HEARTBEAT.key(self.nodes_key()).arg(&self.node_id).arg(dead_after_ms).invoke_async(&mut redis).await;
-        let live: Vec<String> = match self.observe(result) {
-            Ok(live) => live,
+        let result = HEARTBEAT
+            .key(self.nodes_key())
+            .key(self.key(&["nodes_since"]))
+            .arg(&self.node_id)
+            .arg(dead_after_ms)
+            .invoke_async(&mut redis)
+            .await;
+        let (complete, live): (u8, Vec<String>) = match self.observe(result) {
+            Ok(view) => view,
             Err(error) => {
                 // Not knowing who is alive, presume nobody: no sweep until a heartbeat succeeds.
                 self.live_nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+                self.live_view_complete.store(false, Ordering::Relaxed);
                 return Err(error);
             }
         };
         *self.live_nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = live.clone();
+        self.live_view_complete.store(complete == 1, Ordering::Relaxed);
         Ok(live)
+    }
+
+    /// Whether the last heartbeat's view may be trusted to say who is dead (see [`HEARTBEAT`]).
+    fn may_sweep(&self) -> bool {
+        self.live_view_complete.load(Ordering::Relaxed) && self.live_nodes().contains(&self.node_id)
     }
 
     /// The live nodes at the last heartbeat (empty if it failed).
@@ -160,8 +185,9 @@ impl Cluster {
     }
 }
 
-/// The maintenance round, until shutdown: counts every second; heartbeat; then the sweep of dead
-/// nodes (presence and counts) and the check that no channel missed the tail of its log.
+/// The maintenance round, until shutdown: counts every second; heartbeat; connection counts
+/// (`connections`); then the sweep of dead nodes (presence, sign-ins and counts) and the check
+/// that no channel missed the tail of its log.
 pub async fn run(cluster: Arc<Cluster>, state: Arc<ServerState>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(ROUND);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -177,20 +203,29 @@ pub async fn run(cluster: Arc<Cluster>, state: Arc<ServerState>, shutdown: Cance
         if round % HEARTBEAT_ROUNDS == 1 {
             let _ = cluster.heartbeat().await;
         }
+        let _ = cluster.share_connection_counts(&state).await;
         if round % SWEEP_ROUNDS != 1 {
             continue;
         }
-        // Only with a fresh view that includes this node: a stale or empty one would sweep away
-        // live members, this node's own included.
+        // Only with a fresh, complete view that includes this node: a stale, empty or partial
+        // one (just after Redis restarted empty) would sweep away live members, this node's own
+        // included.
         let live = cluster.live_nodes();
-        if live.contains(&cluster.node_id) {
+        if cluster.may_sweep() {
             for app in state.apps.iter() {
                 let app_id = &app.config.id;
                 match cluster.sweep_presence(app_id, &live).await {
                     Ok(0) | Err(_) => {}
                     Ok(removed) => tracing::info!(app = %app_id, removed, "removed the presence of dead nodes"),
                 }
+                match cluster.sweep_sign_ins(app_id, &live).await {
+                    Ok(0) | Err(_) => {}
+                    Ok(removed) => tracing::info!(app = %app_id, removed, "signed out the sockets of dead nodes"),
+                }
                 let _ = cluster.sweep_counts(app_id, &live).await;
+                if app.config.max_connections.is_some() {
+                    let _ = cluster.sweep_connection_counts(app_id, &live).await;
+                }
             }
         }
         super::bus::catch_up(&state).await;

@@ -74,6 +74,20 @@ pub enum BusMessage {
         #[serde(rename = "u")]
         user_id: String,
     },
+    /// A user came online (their first socket anywhere in the cluster signed in) or went
+    /// offline (their last one went, or its node died): published by the sign-in scripts, with
+    /// the change's version, for watchlists.
+    #[serde(rename = "user")]
+    UserStatus {
+        #[serde(rename = "a")]
+        app: String,
+        #[serde(rename = "u")]
+        user_id: String,
+        #[serde(rename = "o")]
+        online: bool,
+        #[serde(rename = "v", with = "number_as_string")]
+        version: u64,
+    },
     /// `terminate_connections`: every node closes the user's sockets.
     #[serde(rename = "term")]
     Terminate {
@@ -98,6 +112,7 @@ impl BusMessage {
             BusMessage::MemberAdded { .. } => "member_added",
             BusMessage::MemberRemoved { .. } => "member_removed",
             BusMessage::Terminate { .. } => "terminate",
+            BusMessage::UserStatus { .. } => "user_status",
         }
     }
 
@@ -137,6 +152,19 @@ mod tests {
         assert_eq!((data.as_str(), except_socket.as_deref(), user_id), ("{\"x\":1}", Some("1.2"), None));
     }
 
+    /// The shape the sign-in scripts publish (cjson, the version as a string) parses.
+    #[test]
+    fn an_online_change_from_lua_parses() {
+        let payload = br#"{"u":"ann","k":"user","a":"app","o":true,"v":"1764000000123457"}"#;
+        let expected = BusMessage::UserStatus {
+            app: "app".into(),
+            user_id: "ann".into(),
+            online: true,
+            version: 1_764_000_000_123_457,
+        };
+        assert_eq!(BusMessage::parse(payload), Some(expected));
+    }
+
     #[test]
     fn every_kind_round_trips_and_unknown_kinds_are_ignored() {
         let messages = [
@@ -157,6 +185,7 @@ mod tests {
             },
             BusMessage::MemberRemoved { app: "a".into(), channel: "presence-c".into(), user_id: "7".into() },
             BusMessage::Terminate { app: "a".into(), user_id: "7".into() },
+            BusMessage::UserStatus { app: "a".into(), user_id: "7".into(), online: false, version: 2 },
         ];
         for message in messages {
             assert_eq!(BusMessage::parse(message.to_json().as_bytes()), Some(message));

@@ -6,17 +6,23 @@
 //!   from the log first (`bus`), so a lost pub/sub message is never a silent gap.
 //! - Presence rosters are cluster-wide (`presence`): `member_added` when a user's first socket
 //!   anywhere joins, `member_removed` when their last one leaves or its node dies.
-//! - Subscription counts and node liveness are published for the HTTP API (`census`).
+//! - Who is signed in is cluster-wide too (`signins`): watchlists hear `online` when a user's
+//!   first socket anywhere signs in and `offline` when their last one goes or its node dies.
+//! - Subscription counts and node liveness are published for the HTTP API (`census`), and
+//!   connection counts for apps' `max_connections` (`connections`).
 //!
 //! A node never talks to another node directly: everything goes through Redis.
 
 pub mod bus;
 pub mod census;
+pub mod connections;
 pub mod messages;
 pub mod presence;
+pub mod signins;
 pub mod turns;
 
 use std::collections::HashSet;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +55,10 @@ impl SharedLog for reprise_storage::RedisLog {
     }
 }
 
+/// How many times, and how far apart, [`Cluster::command_connection_ready`] pings.
+const COMMAND_READY_ATTEMPTS: u32 = 20;
+const COMMAND_READY_DELAY: Duration = Duration::from_millis(100);
+
 /// The `health` component Redis problems are reported under.
 pub const HEALTH_COMPONENT: &str = "redis";
 
@@ -71,6 +81,9 @@ pub struct Cluster {
     dirty_counts: Mutex<HashSet<(String, String)>>,
     /// The live nodes at the last heartbeat (`census`).
     live_nodes: Mutex<Vec<String>>,
+    /// Whether that heartbeat's view was complete: false just after Redis restarted empty,
+    /// until every live node has had time to send a heartbeat (no sweep meanwhile).
+    live_view_complete: AtomicBool,
 }
 
 impl Cluster {
@@ -92,6 +105,7 @@ impl Cluster {
             health,
             dirty_counts: Mutex::new(HashSet::new()),
             live_nodes: Mutex::new(Vec::new()),
+            live_view_complete: AtomicBool::new(false),
         })
     }
 
@@ -125,6 +139,22 @@ impl Cluster {
         let result: Result<(), _> =
             redis::cmd("PUBLISH").arg(self.bus_channel()).arg(message.to_json()).query_async(&mut redis).await;
         self.observe(result)
+    }
+
+    /// Pings Redis on the command connection until it answers (at most `COMMAND_READY_ATTEMPTS`
+    /// tries, a little apart). After Redis restarted, the connection manager learns that its
+    /// connection is gone only from the first command that fails on it, and reconnects then:
+    /// without this, the first step of restoring a node's state would be that failed command.
+    pub async fn command_connection_ready(&self) -> bool {
+        for _ in 0..COMMAND_READY_ATTEMPTS {
+            let mut redis = self.connection();
+            let pinged: Result<String, _> = redis::cmd("PING").query_async(&mut redis).await;
+            if pinged.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(COMMAND_READY_DELAY).await;
+        }
+        false
     }
 
     /// Reports a Redis failure to `health` (cleared by the next success) and passes it on.

@@ -7,7 +7,8 @@
 //!
 //! Joining and leaving are Lua scripts, so counting a user's sockets and announcing
 //! `member_added` / `member_removed` on the bus happen together: a user on two nodes is one
-//! member, added once and removed once. The sockets of a node that stopped sending heartbeats are
+//! member, added once and removed once; and the app's `presence_max_members` caps the
+//! cluster's roster exactly. The sockets of a node that stopped sending heartbeats are
 //! removed by whichever node sweeps first (`census`), with `member_removed` for their users.
 
 use std::sync::LazyLock;
@@ -17,14 +18,21 @@ use serde_json::Value;
 
 use super::messages::BusMessage;
 use super::{Cluster, ClusterError};
-use crate::hub::Socket;
+use crate::hub::{RosterFull, Socket};
 
 /// KEYS: sockets, users, info, presence channels. ARGV: socket key, user id, user info, bus
-/// channel, channel name, added message. Returns the roster as [user, info, user, info...].
+/// channel, channel name, added message, most members. Returns the roster as [user, info, user,
+/// info...], or nil (nothing changed) if the user is new and the roster already holds the most
+/// members: checked in the script, so concurrent joins on several nodes cannot overshoot.
 static JOIN: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-        if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+        if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+            if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0
+                and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[7]) then
+                return false
+            end
+            redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
             redis.call('SADD', KEYS[4], ARGV[5])
             if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then
                 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
@@ -65,14 +73,16 @@ impl Cluster {
     }
 
     /// Adds `socket` as `member` to the cluster-wide roster of `channel` (announcing the user if
-    /// it is their first socket anywhere) and returns the roster (`{"presence":{...}}`).
+    /// it is their first socket anywhere) and returns the roster (`{"presence":{...}}`); a new
+    /// user is refused if the roster already holds `max_members`, on all nodes together.
     pub async fn join(
         &self,
         app: &str,
         channel: &str,
         socket: &Socket,
         member: &PresenceMember,
-    ) -> Result<Value, ClusterError> {
+        max_members: usize,
+    ) -> Result<Result<Value, RosterFull>, ClusterError> {
         let user_info = member.user_info.to_string();
         let added = BusMessage::MemberAdded {
             app: app.to_owned(),
@@ -83,7 +93,7 @@ impl Cluster {
         };
         let [sockets, users, info] = self.presence_keys(app, channel);
         let mut redis = self.connection();
-        let result: Result<Vec<String>, _> = JOIN
+        let result: Result<Option<Vec<String>>, _> = JOIN
             .key(sockets)
             .key(users)
             .key(info)
@@ -94,14 +104,15 @@ impl Cluster {
             .arg(self.bus_channel())
             .arg(channel)
             .arg(added.to_json())
+            .arg(max_members)
             .invoke_async(&mut redis)
             .await;
-        let flat = self.observe(result)?;
+        let Some(flat) = self.observe(result)? else { return Ok(Err(RosterFull)) };
         let members: Vec<(String, Value)> = flat
             .chunks_exact(2)
             .map(|pair| (pair[0].clone(), serde_json::from_str(&pair[1]).unwrap_or(Value::Null)))
             .collect();
-        Ok(roster(members.iter().map(|(id, info)| (id.as_str(), info))))
+        Ok(Ok(roster(members.iter().map(|(id, info)| (id.as_str(), info)))))
     }
 
     /// Removes one socket (by its cluster key) from `channel`'s roster, announcing the user's

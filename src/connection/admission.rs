@@ -51,12 +51,14 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Takes a connection slot for `app`, unless it is over `max_connections`.
+/// Takes a connection slot for `app`, unless it is over `max_connections`: this node's
+/// connections, exact, plus (in cluster mode) the other nodes' as the census last read them.
 pub fn reserve_slot(app: &Arc<App>) -> Option<ConnectionSlot> {
     let previous = app.hub.connections.fetch_add(1, Ordering::AcqRel);
     let slot = ConnectionSlot(Arc::clone(app));
+    let elsewhere = app.hub.connections_elsewhere.load(Ordering::Relaxed);
     match app.config.max_connections {
-        Some(max) if previous >= max => None, // dropping `slot` gives the count back
+        Some(max) if previous.saturating_add(elsewhere) >= max => None, // dropping `slot` gives the count back
         _ => Some(slot),
     }
 }

@@ -1,6 +1,7 @@
 //! The Pusher protocol messages a client sends: subscribe (with replay), unsubscribe, client
 //! events, sign-in, ping.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::extract::ws::Message;
@@ -13,7 +14,7 @@ use serde_json::{Value, json};
 use super::Connection;
 use crate::cluster::messages::BusMessage;
 use crate::config::ClientEventsFrom;
-use crate::hub::Frame;
+use crate::hub::{Frame, RosterFull};
 use crate::publisher::{PublishError, PublishItem};
 
 /// The `type` of a subscription refused by a presence limit (soketi's name for it).
@@ -122,15 +123,19 @@ impl Connection {
         // read, and the watermark drops the ones the replay already contains. No gap, no duplicate.
         let cluster_member = self.state.cluster.as_ref().and(member.clone());
         let Ok(roster) = app.hub.subscribe(&channel, &self.membership.socket, member, max_members) else {
-            let message = format!("The maximum number of members of a presence channel ({max_members}) was reached");
-            return self.subscription_error(channel.as_str(), LIMIT_REACHED, &message, 403).await;
+            return self.roster_full(channel.as_str(), max_members).await;
         };
         self.membership.add(channel.as_str());
         // In cluster mode the roster is the cluster's, and joining it announces the member.
         let roster = match (&self.state.cluster, cluster_member) {
             (Some(cluster), Some(member)) => {
-                match cluster.join(&app.config.id, channel.as_str(), &self.membership.socket, &member).await {
-                    Ok(roster) => Some(roster),
+                let socket = &self.membership.socket;
+                match cluster.join(&app.config.id, channel.as_str(), socket, &member, max_members).await {
+                    Ok(Ok(roster)) => Some(roster),
+                    Ok(Err(RosterFull)) => {
+                        self.membership.leave(channel.as_str());
+                        return self.roster_full(channel.as_str(), max_members).await;
+                    }
                     Err(error) => {
                         log!(error, self, %error, channel = channel.as_str(), "joining the cluster's roster failed");
                         self.membership.leave(channel.as_str());
@@ -191,6 +196,12 @@ impl Connection {
             }
         }
         self.ws.flush().await.is_ok()
+    }
+
+    /// A new user refused by a full presence roster (this node's, or the cluster's).
+    async fn roster_full(&mut self, channel: &str, max_members: usize) -> bool {
+        let message = format!("The maximum number of members of a presence channel ({max_members}) was reached");
+        self.subscription_error(channel, LIMIT_REACHED, &message, 403).await
     }
 
     async fn log_unavailable(&mut self, channel: &str) -> bool {
@@ -265,21 +276,41 @@ impl Connection {
     }
 
     /// `pusher:signin`: checks the user signature and remembers the user for
-    /// `terminate_connections`. A refusal is `pusher:error` 4009; the socket stays open.
+    /// `terminate_connections` and watchlists. A refusal is `pusher:error` 4009; the socket stays
+    /// open. The watchlist's status follows the `signin_success` (it is queued, and the success
+    /// is written first).
     async fn sign_in(&mut self, auth: &str, user_data: &str) -> bool {
         let config = &self.membership.app.config;
         if !signature::verify_user_auth(&config.key, &config.secret, &self.membership.socket.id, user_data, auth) {
             log!(info, self, "signin refused: invalid signature");
             return self.write(frames::error(Some(ErrorCode::Unauthorized), "Invalid signin signature")).await;
         }
-        let user_id = reprise_api::user::parse_user_id(user_data).ok();
-        let Some(user_id) = user_id else {
-            let message = "user_data must be a JSON object with a non-empty string id";
-            return self.write(frames::error(Some(ErrorCode::Unauthorized), message)).await;
+        let user = match reprise_api::user::parse_user_data(user_data) {
+            Ok(user) => user,
+            Err(error) => {
+                log!(info, self, %error, "signin refused");
+                return self.write(frames::error(Some(ErrorCode::Unauthorized), &error.to_string())).await;
+            }
         };
-        for channel in self.membership.sign_in(user_id) {
+        for channel in self.membership.sign_in(user.id.clone(), user.watchlist.clone()) {
             log!(info, self, channel, "signed in as another user: left the previous user's channel");
             self.replay_watermarks.remove(&channel);
+        }
+        if let Some(cluster) = self.state.cluster.clone() {
+            self.membership.signing_in_cluster();
+            let app = Arc::clone(&self.membership.app);
+            match cluster.sign_in(&app.config.id, &self.membership.socket, &user.id, &user.watchlist).await {
+                Ok(snapshot) => {
+                    let online: HashSet<String> = snapshot.online.into_iter().collect();
+                    app.hub.watchlist_snapshot(&self.membership.socket, snapshot.version, &online);
+                }
+                Err(error) => {
+                    log!(error, self, %error, "recording a signin in the cluster failed");
+                    self.membership.sign_out();
+                    let message = "The signin could not be recorded: the cluster is unavailable";
+                    return self.write(frames::error(None, message)).await;
+                }
+            }
         }
         self.write(frames::signin_success(user_data)).await
     }

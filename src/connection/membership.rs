@@ -22,6 +22,9 @@ pub struct Membership {
     channels: Vec<String>,
     /// The user this socket signed in as (`pusher:signin`), if any.
     user_id: Option<String>,
+    /// Whether a sign-in of this socket may be recorded in the cluster (the script was sent,
+    /// whether or not its answer came back): then leaving signs it out there.
+    signed_in_cluster: bool,
     /// Held for the connection's life: dropping it gives the app's connection slot back.
     _slot: ConnectionSlot,
     /// In cluster mode: told about subscription counts and presence places this socket gives up.
@@ -30,7 +33,7 @@ pub struct Membership {
 
 impl Membership {
     pub fn new(app: Arc<App>, socket: Arc<Socket>, slot: ConnectionSlot, cluster: Option<Arc<Cluster>>) -> Self {
-        Membership { app, socket, channels: Vec::new(), user_id: None, _slot: slot, cluster }
+        Membership { app, socket, channels: Vec::new(), user_id: None, signed_in_cluster: false, _slot: slot, cluster }
     }
 
     pub fn is_subscribed(&self, channel: &str) -> bool {
@@ -79,10 +82,10 @@ impl Membership {
         self.user_id.as_deref()
     }
 
-    /// Records a sign-in as `user_id`, replacing an earlier one. Signing in as another user
-    /// leaves the earlier user's `#server-to-user-` channel, whose events are that user's alone;
-    /// returns the channels left.
-    pub fn sign_in(&mut self, user_id: String) -> Vec<String> {
+    /// Records a sign-in as `user_id` watching `watchlist`, replacing an earlier one. Signing in
+    /// as another user leaves the earlier user's `#server-to-user-` channel, whose events are
+    /// that user's alone; returns the channels left.
+    pub fn sign_in(&mut self, user_id: String, watchlist: Vec<String>) -> Vec<String> {
         let previous = self.user_id.take().filter(|previous| *previous != user_id);
         let left: Vec<String> = match &previous {
             Some(previous) => ChannelName::for_user(previous)
@@ -96,9 +99,36 @@ impl Membership {
         for channel in &left {
             self.leave(channel);
         }
-        self.app.hub.sign_in(&user_id, &self.socket, previous.as_deref());
+        self.app.hub.sign_in(&user_id, &self.socket, previous.as_deref(), watchlist);
         self.user_id = Some(user_id);
         left
+    }
+
+    /// Forgets this node's record of the sign-in (one the cluster could not record).
+    pub fn sign_out(&mut self) {
+        if let Some(user_id) = self.user_id.take() {
+            self.app.hub.sign_out(&user_id, &self.socket);
+        }
+    }
+
+    /// Notes that the cluster may hold a sign-in of this socket from now on.
+    pub fn signing_in_cluster(&mut self) {
+        self.signed_in_cluster = true;
+    }
+
+    /// Signs this socket out of the cluster, in the background (leaving never waits on Redis;
+    /// if Redis cannot be told now, the reconcile after a reconnect, or the sweep of a dead
+    /// node, does it).
+    fn signed_out_in_cluster(&self) {
+        let Some(cluster) = self.cluster.as_ref().filter(|_| self.signed_in_cluster) else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (cluster, app) = (Arc::clone(cluster), self.app.config.id.clone());
+        let serial = [self.socket.serial().to_string()];
+        runtime.spawn(async move {
+            if let Err(error) = cluster.sign_out(&app, &cluster.node_id, &serial).await {
+                tracing::warn!(%error, "could not sign out in the cluster; the next reconnect retries");
+            }
+        });
     }
 }
 
@@ -109,9 +139,8 @@ impl Drop for Membership {
             self.app.hub.unsubscribe(&channel, &self.socket);
             self.left_in_cluster(&channel);
         }
-        if let Some(user_id) = self.user_id.take() {
-            self.app.hub.sign_out(&user_id, &self.socket.id);
-        }
+        self.sign_out();
+        self.signed_out_in_cluster();
     }
 }
 
@@ -144,7 +173,7 @@ mod tests {
             let mut membership = Membership::new(Arc::clone(&app_in_task), Arc::clone(&socket), slot, None);
             app_in_task.hub.subscribe(&room_in_task, &socket, as_member("ghost"), usize::MAX).unwrap();
             membership.add(room_in_task.as_str());
-            membership.sign_in("ghost".into());
+            membership.sign_in("ghost".into(), Vec::new());
             panic!("a bug in the middle of handling a frame");
         })
         .join();

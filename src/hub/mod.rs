@@ -16,7 +16,7 @@ mod channel;
 mod signins;
 mod socket;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -129,9 +129,12 @@ pub struct AppHub {
     hasher: RandomState,
     /// Open connections, for `max_connections`.
     pub connections: AtomicUsize,
+    /// Connections open on the cluster's other live nodes, as of the census's last read (at most
+    /// about 2 s old); always 0 on a single node. Admission adds it to `connections`.
+    pub connections_elsewhere: AtomicUsize,
     /// Sockets closed because their outbox overflowed.
     pub slow_consumers: AtomicU64,
-    /// Sockets that signed in (`pusher:signin`), for `terminate_connections`.
+    /// Sockets that signed in (`pusher:signin`), for `terminate_connections`, and watchlists.
     sign_ins: SignIns,
     /// Whether this hub tells subscribers about presence members joining and leaving. In cluster
     /// mode the roster is cluster-wide and those events come over the bus instead.
@@ -144,8 +147,9 @@ impl Default for AppHub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             connections: AtomicUsize::new(0),
+            connections_elsewhere: AtomicUsize::new(0),
             slow_consumers: AtomicU64::new(0),
-            sign_ins: SignIns::default(),
+            sign_ins: SignIns::new(true),
             presence_events: true,
         }
     }
@@ -154,7 +158,7 @@ impl Default for AppHub {
 impl AppHub {
     /// A hub for cluster mode: presence events come from the cluster, not from this node's roster.
     pub fn clustered() -> Self {
-        AppHub { presence_events: false, ..AppHub::default() }
+        AppHub { presence_events: false, sign_ins: SignIns::new(false), ..AppHub::default() }
     }
 
     fn shard(&self, channel: &str) -> MutexGuard<'_, HashMap<String, Channel>> {
@@ -386,14 +390,46 @@ impl AppHub {
         shard.get(channel).map(|state| state.members.keys().cloned().collect()).unwrap_or_default()
     }
 
-    /// Records that `socket` signed in as `user_id` (replacing an earlier sign-in as `previous`).
-    pub fn sign_in(&self, user_id: &str, socket: &Arc<Socket>, previous: Option<&str>) {
-        self.sign_ins.sign_in(user_id, socket, previous);
+    /// Records that `socket` signed in as `user_id` (replacing an earlier sign-in as `previous`),
+    /// watching `watchlist`. A single node sends the watchlist's status at once and tells the
+    /// user's watchers if the user just came online; a clustered hub leaves both to the cluster
+    /// ([`AppHub::watchlist_snapshot`], [`AppHub::user_changed`]).
+    pub fn sign_in(&self, user_id: &str, socket: &Arc<Socket>, previous: Option<&str>, watchlist: Vec<String>) {
+        self.sign_ins.sign_in(user_id, socket, previous, watchlist);
     }
 
     /// Forgets a sign-in when its socket goes away.
-    pub fn sign_out(&self, user_id: &str, socket_id: &str) {
-        self.sign_ins.sign_out(user_id, socket_id);
+    pub fn sign_out(&self, user_id: &str, socket: &Socket) {
+        self.sign_ins.sign_out(user_id, socket);
+    }
+
+    /// Every socket signed in on this node, with its user.
+    pub fn signed_in(&self) -> Vec<(String, Arc<Socket>)> {
+        self.sign_ins.signed_in()
+    }
+
+    /// Cluster mode: sends `socket` its watchlist's status as of change `version` (`online`: the
+    /// watched users online then), then the newer changes heard meanwhile.
+    pub fn watchlist_snapshot(&self, socket: &Socket, version: u64, online: &HashSet<String>) {
+        self.sign_ins.snapshot(socket, version, online);
+    }
+
+    /// Cluster mode: every watched user, and the watching sockets, whose snapshots are to be read
+    /// again (after the bus reconnected); changes heard until then are kept.
+    pub fn resync_watchers(&self) -> (Vec<String>, Vec<Arc<Socket>>) {
+        self.sign_ins.resync_watchers()
+    }
+
+    /// Cluster mode: the watchers [`AppHub::resync_watchers`] held get what they heard and stop
+    /// waiting (their new snapshot could not be read).
+    pub fn release_watchers(&self) {
+        self.sign_ins.release_pending();
+    }
+
+    /// Cluster mode: `user_id` came online or went offline in the cluster (change `version`):
+    /// tells the sockets here that watch them.
+    pub fn user_changed(&self, user_id: &str, online: bool, version: u64) {
+        self.sign_ins.changed(user_id, online, version);
     }
 
     /// Asks every socket of `user_id` (signed in as that user, or joined to a presence channel as

@@ -290,6 +290,18 @@ impl WsClient {
         self.expect_subscribed(channel).await
     }
 
+    /// Signs in (`pusher:signin`) with a valid signature of `user_data`; returns the answer.
+    pub async fn sign_in(&mut self, user_data: &str) -> Value {
+        let auth = signature::user_auth(APP_KEY, APP_SECRET, &self.socket_id, user_data);
+        self.send_json(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}})).await;
+        self.recv().await
+    }
+
+    /// The next `pusher_internal:watchlist_events`, as (name, user ids) pairs.
+    pub async fn next_watchlist_events(&mut self) -> Vec<(String, Vec<String>)> {
+        watchlist_events(&self.expect_event("pusher_internal:watchlist_events").await)
+    }
+
     /// Joins a presence channel as `user_id`.
     pub async fn subscribe_presence(&mut self, channel: &str, user_id: &str, user_info: Value) -> Value {
         self.send_presence_subscribe(channel, user_id, user_info, None).await;
@@ -323,6 +335,21 @@ impl WsClient {
 }
 
 /// The parsed `data` of a server frame (a JSON string holding JSON, or plain text).
+/// A `pusher_internal:watchlist_events` frame's events, as (name, user ids) pairs.
+pub fn watchlist_events(frame: &Value) -> Vec<(String, Vec<String>)> {
+    let data = data_of(frame);
+    let events = data["events"].as_array().unwrap_or_else(|| panic!("events in {frame}"));
+    let ids = |event: &Value| {
+        event["user_ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap().to_owned()).collect()
+    };
+    events.iter().map(|event| (event["name"].as_str().unwrap().to_owned(), ids(event))).collect()
+}
+
+/// One watchlist event (name, user ids), to compare with [`watchlist_events`].
+pub fn watch_event(name: &str, user_ids: &[&str]) -> (String, Vec<String>) {
+    (name.to_owned(), user_ids.iter().map(|id| (*id).to_owned()).collect())
+}
+
 pub fn data_of(frame: &Value) -> Value {
     match frame["data"].as_str() {
         Some(text) => serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned())),

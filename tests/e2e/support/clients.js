@@ -12,7 +12,7 @@ import Echo from 'laravel-echo';
 import PusherServer from 'pusher';
 import Pusher from 'pusher-js';
 
-import { WAIT_MS, withTimeout } from './wait.js';
+import { WAIT_MS, recorder, withTimeout } from './wait.js';
 
 /** How long one SDK HTTP call may take before it fails the test. */
 const HTTP_TIMEOUT_MS = 5_000;
@@ -121,6 +121,35 @@ export function useClients(getServer) {
       );
     },
   };
+}
+
+/**
+ * pusher-js `userAuthentication` for `pusher.signin()` that signs `user` (`{id, user_info?,
+ * watchlist?}`) as the SDK's authenticateUser does (what Laravel's /broadcasting/user-auth
+ * returns), or forges a well-formed but wrong signature.
+ */
+export function userAuthentication(server, user, { forge = false } = {}) {
+  const sdk = serverSdk(server);
+  return {
+    customHandler: ({ socketId }, callback) => {
+      const signed = sdk.authenticateUser(socketId, user);
+      if (forge) signed.auth = `${server.app.key}:${'0'.repeat(64)}`;
+      callback(null, signed);
+    },
+  };
+}
+
+/**
+ * Records the `online` and `offline` watchlist events of a pusher-js client, then signs it in;
+ * each recorder's values are the `{name, user_ids}` events pusher-js emits.
+ */
+export function watchlistOf(pusher) {
+  const online = recorder();
+  const offline = recorder();
+  pusher.user.watchlist.bind('online', online.fn);
+  pusher.user.watchlist.bind('offline', offline.fn);
+  pusher.signin();
+  return { online, offline };
 }
 
 /** The pusher-js client behind an Echo instance (or the client itself). */

@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { connect } from 'node:net';
 import { after, before, test } from 'node:test';
 
-import { connected, serverSdk, subscribed, useClients } from '../support/clients.js';
+import { connected, serverSdk, subscribed, useClients, userAuthentication, watchlistOf } from '../support/clients.js';
 import { freePort, startServer } from '../support/server.js';
 import { eventually, recorder, sleep } from '../support/wait.js';
 
@@ -122,4 +122,21 @@ test('GET /channels/{name} through node A counts subscribers on both nodes', asy
     const res = await serverSdk(nodeA).get({ path: '/channels/news', params: { info: 'subscription_count' } });
     return (await res.json()).subscription_count === 2;
   }, 'both subscriptions counted (node B reports its counts within a second)');
+});
+
+/** Watchlists are cluster-wide: a user signing in and out on node B is online/offline on node A. */
+test('pusher.user.watchlist on node A hears a user sign in and out on node B', async () => {
+  const ann = onA.pusher({ userAuthentication: userAuthentication(nodeA, { id: 'ann', watchlist: ['bob'] }) });
+  await connected(ann);
+  const { online, offline } = watchlistOf(ann);
+  await offline.next('the first status: bob is offline');
+
+  const bob = onB.pusher({ userAuthentication: userAuthentication(nodeB, { id: 'bob' }) });
+  await connected(bob);
+  bob.signin();
+  const [came] = await online.next('bob online, from node B');
+  assert.deepEqual(came, { name: 'online', user_ids: ['bob'] });
+  bob.disconnect();
+  const [went] = await offline.nth(2, 'bob offline, from node B');
+  assert.deepEqual(went, { name: 'offline', user_ids: ['bob'] });
 });

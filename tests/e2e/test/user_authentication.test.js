@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { connected, serverSdk, useClients } from '../support/clients.js';
+import { connected, serverSdk, useClients, userAuthentication, watchlistOf } from '../support/clients.js';
 import { useServer } from '../support/server.js';
 import { eventually, recorder, withTimeout } from '../support/wait.js';
 
@@ -13,16 +13,7 @@ const clients = useClients(server);
 
 /** A pusher-js client whose user authentication signs `user` (or forges a signature). */
 function userClient(user, { forge = false } = {}) {
-  const sdk = serverSdk(server());
-  return clients.pusher({
-    userAuthentication: {
-      customHandler: ({ socketId }, callback) => {
-        const signed = sdk.authenticateUser(socketId, user);
-        if (forge) signed.auth = `${server().app.key}:${'0'.repeat(64)}`;
-        callback(null, signed);
-      },
-    },
-  });
+  return clients.pusher({ userAuthentication: userAuthentication(server(), user, { forge }) });
 }
 
 /** Guards pusher.signin() and sendToUser: the signed-in user gets events sent to it. */
@@ -57,4 +48,26 @@ test('a forged signin is refused with 4009', async () => {
   await errors.next('pusher:error');
   assert.equal(errors.values[0].code, 4009);
   assert.equal(succeeded, false);
+});
+
+/**
+ * Guards watchlists (Pusher's online status) with real pusher-js: ann watches bob; she is told
+ * bob's status after her signin, then `online` when bob signs in on another socket and `offline`
+ * when that socket goes, through pusher.user.watchlist.
+ */
+test('pusher.user.watchlist hears a watched user sign in and out', async () => {
+  const ann = userClient({ id: 'ann', watchlist: ['bob'] });
+  await connected(ann);
+  const { online, offline } = watchlistOf(ann);
+  const [initial] = await offline.next('the first status: bob is offline');
+  assert.deepEqual(initial, { name: 'offline', user_ids: ['bob'] });
+
+  const bob = userClient({ id: 'bob' });
+  await connected(bob);
+  bob.signin();
+  const [came] = await online.next('bob online');
+  assert.deepEqual(came, { name: 'online', user_ids: ['bob'] });
+  bob.disconnect();
+  const [went] = await offline.nth(2, 'bob offline');
+  assert.deepEqual(went, { name: 'offline', user_ids: ['bob'] });
 });
