@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use reprise::config::ClusterConfig;
-use reprise::config::{AppSource, Config, DEFAULT_DATA_DIR, Overrides, ProcessEnv};
+use reprise::config::{AppSource, ClusterConfig, Config, DEFAULT_DATA_DIR, Overrides, ProcessEnv};
 use reprise_storage::{EventLog, RedisLog, SledLog, StorageError};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
