@@ -21,7 +21,9 @@ pub mod metrics;
 pub mod publisher;
 pub mod routes;
 pub mod sse;
+pub mod webhooks;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +42,9 @@ use crate::log_guard::GuardedLog;
 use crate::log_service::LogService;
 use crate::metrics::Metrics;
 use crate::publisher::{FanOut, Publisher};
+use crate::webhooks::AppWebhooks;
+use crate::webhooks::queue::QueueError;
+use crate::webhooks::sled_queue::SledQueue;
 
 /// What every handler and connection shares.
 pub struct ServerState {
@@ -76,6 +81,8 @@ pub enum ServerError {
     MetricsListener { address: String, source: std::io::Error },
     #[error("flushing the event log on shutdown failed: {0}")]
     FinalFlush(StorageError),
+    #[error("cannot open the webhook queue in {path}: {source}")]
+    WebhookQueue { path: String, source: QueueError },
     #[error("cluster mode: cannot reach Redis at {url}: {reason}")]
     Redis { url: String, reason: String },
     /// The server stopped itself because a part of it failed for good.
@@ -159,6 +166,32 @@ pub async fn serve(
     serve_on(listener, config, Backend::Local(log), Arc::new(Health::default()), shutdown).await
 }
 
+/// Opens the webhook queue and starts every app's webhooks: nothing at all when no app has a
+/// target. Delivery workers stop when `shutdown` fires; batchers once the server state (which
+/// holds their senders) is dropped, after queueing what they still held.
+async fn start_webhooks(
+    config: &Config,
+    clustered: bool,
+    metrics: &Metrics,
+    background: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Result<HashMap<String, Arc<AppWebhooks>>, ServerError> {
+    if config.apps.iter().all(|app| app.webhooks.is_empty()) {
+        return Ok(HashMap::new());
+    }
+    if clustered {
+        tracing::warn!("cluster mode: webhooks are not sent yet; configure them on a single node (docs/webhooks.md)");
+        return Ok(HashMap::new());
+    }
+    let path = config.server.data_dir.join(webhooks::QUEUE_DIR);
+    let shown = path.display().to_string();
+    let opened = tokio::task::spawn_blocking(move || SledQueue::open(&path))
+        .await
+        .unwrap_or_else(|_| Err(QueueError::Backend("opening was cancelled".into())));
+    let queue = opened.map_err(|source| ServerError::WebhookQueue { path: shown, source })?;
+    Ok(webhooks::start(&config.apps, Arc::new(queue), metrics, background, shutdown).await)
+}
+
 /// Serves on `backend` until `shutdown` fires; `health` is where problems are reported.
 pub async fn serve_on(
     listener: TcpListener,
@@ -200,10 +233,11 @@ pub async fn serve_on(
         shutdown.clone(),
         Arc::clone(&metrics),
     ));
+    let webhooks = start_webhooks(&config, cluster.is_some(), &metrics, &background, shutdown.clone()).await?;
     let tracker = TaskTracker::new();
     let state = Arc::new(ServerState {
         config: Arc::clone(&config),
-        apps: Apps::new(&config.apps, cluster.is_some()),
+        apps: Apps::new(&config.apps, cluster.is_some(), &webhooks),
         log: log_service,
         publisher,
         health: Arc::clone(&health),

@@ -7,6 +7,7 @@ use axum::extract::ws::Message;
 use futures_util::SinkExt;
 use reprise_api::frames::{self, ClientMessage, FrameError, SubscribeRequest};
 use reprise_api::presence::PresenceMember;
+use reprise_api::webhook::{WebhookEvent, WebhookKind};
 use reprise_api::{ChannelName, ErrorCode, EventId, signature};
 use serde_json::{Value, json};
 
@@ -184,7 +185,12 @@ impl Connection {
                     Some(last.id),
                     last.user_id.as_deref(),
                 ),
-                None => frames::cache_miss(channel.as_str()),
+                None => {
+                    if let Some(webhooks) = app.hub.webhooks() {
+                        webhooks.emit(WebhookEvent::CacheMiss { channel: channel.as_str().to_owned() });
+                    }
+                    frames::cache_miss(channel.as_str())
+                }
             };
             if self.ws.feed(Message::Text(frame.into())).await.is_err() {
                 return false;
@@ -225,6 +231,18 @@ impl Connection {
         }
         let user_id = subscription.flatten();
         let data = frames::client_event_data(&data);
+        if let Some(webhooks) = self.membership.app.hub.webhooks()
+            && webhooks.wants(WebhookKind::ClientEvent)
+        {
+            // Told by the node the client sent it to: once, also in cluster mode.
+            webhooks.emit(WebhookEvent::ClientEvent {
+                channel: channel.as_str().to_owned(),
+                event: event.clone(),
+                data: data.clone(),
+                socket_id: self.membership.socket.id.to_string(),
+                user_id: user_id.clone(),
+            });
+        }
         if config.log_client_events {
             let item = PublishItem {
                 channel,

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use reprise_api::presence::PresenceMember;
+use reprise_api::webhook::{WebhookEvent, WebhookKind};
 use reprise_api::{ChannelName, EventId, frames};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -29,6 +30,7 @@ use tokio::sync::oneshot;
 use self::channel::{Channel, Head, Subscriber};
 use self::signins::SignIns;
 pub use self::socket::{Frame, Logged, Socket, SocketId};
+use crate::webhooks::sink::WebhookSink;
 
 /// Channel maps are split in shards so publishes to different channels rarely share a lock.
 const SHARDS: usize = 16;
@@ -136,6 +138,10 @@ pub struct AppHub {
     /// Whether this hub tells subscribers about presence members joining and leaving. In cluster
     /// mode the roster is cluster-wide and those events come over the bus instead.
     presence_events: bool,
+    /// Where this app's webhook events go, if it has webhooks. Occupied, vacated, member and
+    /// count events are told from here only when this hub is the whole truth (`presence_events`):
+    /// in cluster mode the cluster decides them.
+    webhooks: Option<Arc<WebhookSink>>,
 }
 
 impl Default for AppHub {
@@ -147,6 +153,7 @@ impl Default for AppHub {
             slow_consumers: AtomicU64::new(0),
             sign_ins: SignIns::default(),
             presence_events: true,
+            webhooks: None,
         }
     }
 }
@@ -155,6 +162,22 @@ impl AppHub {
     /// A hub for cluster mode: presence events come from the cluster, not from this node's roster.
     pub fn clustered() -> Self {
         AppHub { presence_events: false, ..AppHub::default() }
+    }
+
+    /// This hub, telling its events to `sink`.
+    pub fn with_webhooks(self, sink: Arc<WebhookSink>) -> Self {
+        AppHub { webhooks: Some(sink), ..self }
+    }
+
+    /// The app's webhook sink, if it has webhooks (for events the connections see: client
+    /// events, cache misses).
+    pub fn webhooks(&self) -> Option<&WebhookSink> {
+        self.webhooks.as_deref()
+    }
+
+    /// The sink for this node's channel and presence events, when this node decides them.
+    fn local_webhooks(&self) -> Option<&WebhookSink> {
+        self.webhooks.as_deref().filter(|_| self.presence_events)
     }
 
     fn shard(&self, channel: &str) -> MutexGuard<'_, HashMap<String, Channel>> {
@@ -184,9 +207,17 @@ impl AppHub {
         let state = shard.entry(channel.as_str().to_owned()).or_insert_with(Channel::new);
         let user_id = member.as_ref().map(|m| m.user_id.clone());
         let previous = state.subscribers.insert(socket.serial, Subscriber { socket: Arc::clone(socket), user_id });
+        // Told under the shard lock, so a channel's webhook events keep the order they happened in.
+        if let (Some(webhooks), None) = (self.local_webhooks(), &previous) {
+            channel_changed(webhooks, channel.as_str(), state, true);
+        }
         if let (Some(member), None) = (member, previous) {
             let joins = self.presence_events && !state.members.contains_key(&member.user_id);
             let added = joins.then(|| frames::member_added(channel.as_str(), &member.user_id, &member.user_info));
+            if let (true, Some(webhooks)) = (joins, self.local_webhooks()) {
+                let user_id = member.user_id.clone();
+                webhooks.emit(WebhookEvent::MemberAdded { channel: channel.as_str().to_owned(), user_id });
+            }
             state.join(member.user_id, member.user_info);
             if let Some(added) = added {
                 state.send_to_all(&Frame::plain(added), Some(&socket.id));
@@ -206,6 +237,12 @@ impl AppHub {
             && self.presence_events
         {
             state.send_to_all(&Frame::plain(frames::member_removed(channel, &user_id)), None);
+            if let Some(webhooks) = self.local_webhooks() {
+                webhooks.emit(WebhookEvent::MemberRemoved { channel: channel.to_owned(), user_id });
+            }
+        }
+        if let Some(webhooks) = self.local_webhooks() {
+            channel_changed(webhooks, channel, state, false);
         }
         if state.is_idle() {
             shard.remove(channel);
@@ -413,6 +450,21 @@ impl AppHub {
             socket.close(code);
         }
         sockets.len()
+    }
+}
+
+/// Tells `webhooks` that `channel` gained (`joined`) or lost a subscriber: occupied on the first,
+/// vacated on the last, and the new count.
+fn channel_changed(webhooks: &WebhookSink, channel: &str, state: &Channel, joined: bool) {
+    let subscriptions = state.subscribers.len();
+    match (joined, subscriptions) {
+        (true, 1) => webhooks.emit(WebhookEvent::ChannelOccupied { channel: channel.to_owned() }),
+        (false, 0) => webhooks.emit(WebhookEvent::ChannelVacated { channel: channel.to_owned() }),
+        _ => {}
+    }
+    if webhooks.wants(WebhookKind::SubscriptionCount) {
+        let subscription_count = subscriptions as u64;
+        webhooks.emit(WebhookEvent::SubscriptionCount { channel: channel.to_owned(), subscription_count });
     }
 }
 

@@ -1,0 +1,160 @@
+//! Webhooks: what happens on the socket side (channels occupied and vacated, presence members
+//! added and removed, client events, cache misses, subscription counts), told to the app's
+//! backend as Pusher tells it, and never lost (docs/webhooks.md).
+//!
+//! - `sink`: where the hub and the connections hand events over, without waiting;
+//! - `batcher`: one task per app: Pusher's batching and delays, then the durable queue;
+//! - `queue` (+ `sled_queue`): the durable FIFO per target;
+//! - `delivery`: one worker per target: signed POSTs, retries, 410.
+//!
+//! An app without webhooks has no sink, no batcher and no worker: nothing on any path.
+
+pub mod batcher;
+pub mod config;
+pub mod delivery;
+pub mod queue;
+pub mod sink;
+pub mod sled_queue;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::config::WebhookConfig;
+use self::queue::WebhookQueue;
+use self::sink::WebhookSink;
+use crate::config::AppConfig;
+use crate::metrics::Metrics;
+
+/// The directory under the data directory that holds the single-node queue.
+pub const QUEUE_DIR: &str = "webhooks";
+
+/// One app's figures about its webhooks (shared by its targets), exported by `/metrics`.
+#[derive(Clone, Default)]
+pub struct WebhookStats {
+    pub sent: Counter,
+    pub failed_attempts: Counter,
+    /// Given up after the target's retry period.
+    pub dropped_expired: Counter,
+    /// Not queued: the target already had `max_pending` waiting.
+    pub dropped_full: Counter,
+    /// Not queued: the queue could not be written.
+    pub dropped_error: Counter,
+    /// Not queued: events came faster than the batcher could take them.
+    pub dropped_overflow: Counter,
+    /// Waiting in the queue, over the app's targets.
+    pub pending: Gauge,
+}
+
+/// One target of one app.
+pub struct Target {
+    pub config: WebhookConfig,
+    /// Its queue's name ([`WebhookConfig::target_id`]).
+    pub id: String,
+    /// The URL as logs show it (no credentials or query).
+    pub url: String,
+    app_key: String,
+    app_secret: String,
+    /// Wakes the delivery worker when the batcher queued something. A `Notify` keeps one permit,
+    /// so a wake-up sent while the worker is busy is not lost.
+    wake: Notify,
+    /// Set by a 410: nothing more is queued for or sent to this target until the next start.
+    stopped: AtomicBool,
+    /// Set while the target's queue is full, so that is logged once per episode.
+    full: AtomicBool,
+    pub stats: WebhookStats,
+}
+
+impl Target {
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    /// After a push: `queued` webhooks are in the queue, `dropped` did not fit.
+    fn queued(&self, queued: usize, dropped: usize) {
+        self.stats.pending.inc_by(i64::try_from(queued).unwrap_or(i64::MAX));
+        if queued > 0 {
+            self.wake.notify_one();
+        }
+        if dropped > 0 {
+            self.stats.dropped_full.inc_by(dropped as u64);
+            if !self.full.swap(true, Ordering::Relaxed) {
+                tracing::error!(target = %self.url, max_pending = self.config.max_pending,
+                    "webhook queue of this target is full: new webhooks are dropped (counted) until it drains");
+            }
+        } else if queued > 0 && self.full.swap(false, Ordering::Relaxed) {
+            tracing::info!(target = %self.url, "webhook queue of this target has room again");
+        }
+    }
+
+    fn queue_failed(&self, error: &str, dropped: usize) {
+        tracing::error!(%error, target = %self.url, dropped, "webhooks could not be queued");
+        self.stats.dropped_error.inc_by(dropped as u64);
+    }
+}
+
+/// One app's webhooks: the sink its hub and connections feed, and its targets.
+pub struct AppWebhooks {
+    pub sink: Arc<WebhookSink>,
+    pub targets: Vec<Arc<Target>>,
+}
+
+/// Starts the batcher of every app that has targets and a delivery worker per target, on
+/// `queue`. Workers stop when `shutdown` fires; a batcher when its app's sink is dropped (with
+/// the server state), after queueing whatever it still held. Returns each app's webhooks by id.
+pub async fn start(
+    apps: &[AppConfig],
+    queue: Arc<dyn WebhookQueue>,
+    metrics: &Metrics,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> HashMap<String, Arc<AppWebhooks>> {
+    let client = delivery::client();
+    let mut started = HashMap::new();
+    for app in apps.iter().filter(|app| !app.webhooks.is_empty()) {
+        let stats = metrics.webhook_stats(&app.id);
+        let kinds = app.webhooks.iter().fold(0, |kinds, target| kinds | target.kinds());
+        let (sink, events_rx) = WebhookSink::new(&app.id, kinds, stats.clone());
+        let mut targets = Vec::new();
+        for config in &app.webhooks {
+            let target = Arc::new(Target {
+                id: config.target_id(&app.id),
+                url: config.url_for_logs(),
+                config: config.clone(),
+                app_key: app.key.clone(),
+                app_secret: app.secret.clone(),
+                wake: Notify::new(),
+                stopped: AtomicBool::new(false),
+                full: AtomicBool::new(false),
+                stats: stats.clone(),
+            });
+            let (queue_for_count, id) = (Arc::clone(&queue), target.id.clone());
+            match tokio::task::spawn_blocking(move || queue_for_count.pending(&id)).await {
+                Ok(Ok(pending)) => {
+                    target.stats.pending.inc_by(i64::try_from(pending).unwrap_or(i64::MAX));
+                    if pending > 0 {
+                        tracing::info!(app = %app.id, target = %target.url, pending, "webhooks pending from before the start");
+                    }
+                }
+                Ok(Err(error)) => tracing::error!(%error, target = %target.url, "cannot count pending webhooks"),
+                Err(_) => {}
+            }
+            tracker.spawn(delivery::run(Arc::clone(&target), Arc::clone(&queue), client.clone(), shutdown.clone()));
+            targets.push(target);
+        }
+        tracker.spawn(batcher::run(events_rx, targets.clone(), Arc::clone(&queue)));
+        tracing::info!(app = %app.id, targets = targets.len(), "webhooks on");
+        started.insert(app.id.clone(), Arc::new(AppWebhooks { sink: Arc::new(sink), targets }));
+    }
+    started
+}
