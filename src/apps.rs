@@ -37,7 +37,7 @@ impl Apps {
         for config in configs {
             let hub = if clustered { AppHub::clustered() } else { AppHub::default() };
             let hub = match webhooks.get(&config.id) {
-                Some(webhooks) => hub.with_webhooks(Arc::clone(&webhooks.sink)),
+                Some(webhooks) => hub.with_webhooks(Arc::clone(&webhooks.sink), Arc::clone(&webhooks.local)),
                 None => hub,
             };
             let app = Arc::new(App { config: config.clone(), hub: Arc::new(hub) });

@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::apps::Apps;
 use crate::capacity::ConnectionCap;
+use crate::cluster::occupancy::ClusterWebhooks;
 use crate::cluster::{Cluster, SharedLog};
 use crate::config::Config;
 use crate::health::Health;
@@ -44,6 +45,7 @@ use crate::metrics::Metrics;
 use crate::publisher::{FanOut, Publisher};
 use crate::webhooks::AppWebhooks;
 use crate::webhooks::queue::QueueError;
+use crate::webhooks::redis_queue::RedisQueue;
 use crate::webhooks::sled_queue::SledQueue;
 
 /// What every handler and connection shares.
@@ -171,7 +173,7 @@ pub async fn serve(
 /// holds their senders) is dropped, after queueing what they still held.
 async fn start_webhooks(
     config: &Config,
-    clustered: bool,
+    cluster: Option<&Arc<Cluster>>,
     metrics: &Metrics,
     background: &TaskTracker,
     shutdown: CancellationToken,
@@ -179,9 +181,13 @@ async fn start_webhooks(
     if config.apps.iter().all(|app| app.webhooks.is_empty()) {
         return Ok(HashMap::new());
     }
-    if clustered {
-        tracing::warn!("cluster mode: webhooks are not sent yet; configure them on a single node (docs/webhooks.md)");
-        return Ok(HashMap::new());
+    if let Some(cluster) = cluster {
+        // The queue is Redis, shared by the nodes; the cluster decides occupancy and members.
+        let runtime = tokio::runtime::Handle::current();
+        let queue = RedisQueue::new(cluster.connection(), cluster.prefix(), &cluster.node_id, runtime);
+        let clustered = ClusterWebhooks { cluster: Arc::clone(cluster), relays: background.clone() };
+        let clustered: &dyn webhooks::Clustered = &clustered;
+        return Ok(webhooks::start(&config.apps, Arc::new(queue), Some(clustered), metrics, background, shutdown).await);
     }
     let path = config.server.data_dir.join(webhooks::QUEUE_DIR);
     let shown = path.display().to_string();
@@ -189,7 +195,7 @@ async fn start_webhooks(
         .await
         .unwrap_or_else(|_| Err(QueueError::Backend("opening was cancelled".into())));
     let queue = opened.map_err(|source| ServerError::WebhookQueue { path: shown, source })?;
-    Ok(webhooks::start(&config.apps, Arc::new(queue), metrics, background, shutdown).await)
+    Ok(webhooks::start(&config.apps, Arc::new(queue), None, metrics, background, shutdown).await)
 }
 
 /// Serves on `backend` until `shutdown` fires; `health` is where problems are reported.
@@ -233,7 +239,7 @@ pub async fn serve_on(
         shutdown.clone(),
         Arc::clone(&metrics),
     ));
-    let webhooks = start_webhooks(&config, cluster.is_some(), &metrics, &background, shutdown.clone()).await?;
+    let webhooks = start_webhooks(&config, cluster.as_ref(), &metrics, &background, shutdown.clone()).await?;
     let tracker = TaskTracker::new();
     let state = Arc::new(ServerState {
         config: Arc::clone(&config),

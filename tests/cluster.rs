@@ -7,23 +7,37 @@ mod support;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use reprise_api::webhook::WebhookEvent;
 use serde_json::{Value, json};
 use support::process::ServerProcess;
 use support::redis::RedisServer;
-use support::{RestClient, WsClient, data_of, event_id};
+use support::webhooks::Receiver;
+use support::{APP_ID, APP_KEY, APP_SECRET, RestClient, WsClient, data_of, event_id};
 
 /// Nodes sharing one Redis, each with its own (unused) data directory.
 struct TestCluster {
     nodes: Vec<ServerProcess>,
     redis: RedisServer,
     dir: tempfile::TempDir,
+    /// A config file every node reads, if any.
+    config: Option<std::path::PathBuf>,
 }
 
 impl TestCluster {
     async fn start(nodes: usize) -> TestCluster {
+        Self::start_with_config(nodes, None).await
+    }
+
+    /// Nodes that also read `config` (TOML) with `--config`.
+    async fn start_with_config(nodes: usize, config: Option<&str>) -> TestCluster {
         let redis = RedisServer::start();
         let dir = tempfile::tempdir().unwrap();
-        let mut cluster = TestCluster { nodes: Vec::new(), redis, dir };
+        let config = config.map(|text| {
+            let path = dir.path().join("reprise.toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        let mut cluster = TestCluster { nodes: Vec::new(), redis, dir, config };
         for _ in 0..nodes {
             cluster.add_node().await;
         }
@@ -35,7 +49,11 @@ impl TestCluster {
         let data_dir = self.dir.path().join(format!("node{n}"));
         let log = self.dir.path().join(format!("node{n}.log"));
         let url = self.redis.url();
-        self.nodes.push(ServerProcess::start(&data_dir, log, &["--redis-url", &url]).await);
+        let mut args = vec!["--redis-url", &url];
+        if let Some(config) = &self.config {
+            args.extend(["--config", config.to_str().unwrap()]);
+        }
+        self.nodes.push(ServerProcess::start(&data_dir, log, &args).await);
     }
 
     async fn client(&self, node: usize) -> WsClient {
@@ -305,4 +323,78 @@ async fn a_lost_redis_is_survived_and_an_empty_one_is_honest() {
         async move { reqwest::get(url).await.ok().filter(|r| r.status() == 200) }
     })
     .await;
+}
+
+/// The test app with one webhook target, for every node.
+fn webhook_config(receiver: &Receiver) -> String {
+    format!(
+        "[[apps]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\n\
+         [[apps.webhooks]]\nurl = \"{}\"\n\
+         event_types = [\"channel_occupied\", \"channel_vacated\", \"member_added\", \"member_removed\", \"cache_miss\"]\n",
+        receiver.url()
+    )
+}
+
+/// Counts each event among the distinct webhooks received (by id).
+fn count(receiver: &Receiver, event: &WebhookEvent) -> usize {
+    receiver.unique_events().iter().filter(|e| *e == event).count()
+}
+
+/// Webhooks describe the whole cluster and are sent once: a channel with subscribers on two
+/// nodes is occupied once and vacated once (when the last one anywhere leaves), a user with
+/// sockets on two nodes is added once and removed once, whichever node they leave from last.
+#[tokio::test]
+async fn webhooks_describe_the_cluster_and_are_sent_once() {
+    let receiver = Receiver::start().await;
+    let cluster = TestCluster::start_with_config(2, Some(&webhook_config(&receiver))).await;
+    let room = "presence-room";
+    let mut ann = cluster.client(0).await;
+    ann.subscribe_presence(room, "ann", json!({})).await;
+    let mut ann_tab = cluster.client(1).await;
+    ann_tab.subscribe_presence(room, "ann", json!({})).await;
+    let mut bob = cluster.client(1).await;
+    bob.subscribe_presence(room, "bob", json!({})).await;
+    let occupied = WebhookEvent::ChannelOccupied { channel: room.into() };
+    let added = |user: &str| WebhookEvent::MemberAdded { channel: room.into(), user_id: user.into() };
+    receiver.wait_for_events(&[occupied.clone(), added("ann"), added("bob")]).await;
+
+    // Ann leaves node 0 (still present on node 1); then everybody leaves node 1.
+    drop(ann);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(ann_tab);
+    drop(bob);
+    let removed = |user: &str| WebhookEvent::MemberRemoved { channel: room.into(), user_id: user.into() };
+    let vacated = WebhookEvent::ChannelVacated { channel: room.into() };
+    let departures = [removed("ann"), removed("bob"), vacated.clone()];
+    receiver.wait_for_events_within(&departures, Duration::from_secs(20)).await;
+
+    // A marker, queued after anything either node could still have held (3 s): duplicates, if
+    // any, are in by the time it arrives.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut marker = cluster.client(0).await;
+    marker.subscribe("cache-marker").await;
+    let marked = WebhookEvent::CacheMiss { channel: "cache-marker".into() };
+    receiver.wait_for_events_within(&[marked], Duration::from_secs(20)).await;
+    for event in [occupied, added("ann"), added("bob"), removed("ann"), removed("bob"), vacated] {
+        assert_eq!(count(&receiver, &event), 1, "{event:?} once, in {:#?}", receiver.unique_events());
+    }
+}
+
+/// A node killed with webhooks owed: the survivors report its departures (member_removed,
+/// channel_vacated) once it is presumed dead, and deliver from the shared queue.
+#[tokio::test]
+async fn a_killed_nodes_departures_are_reported_by_the_survivors() {
+    let receiver = Receiver::start().await;
+    let mut cluster = TestCluster::start_with_config(2, Some(&webhook_config(&receiver))).await;
+    let mut doomed = cluster.client(0).await;
+    doomed.subscribe_presence("presence-lost", "doomed", json!({})).await;
+    let added = WebhookEvent::MemberAdded { channel: "presence-lost".into(), user_id: "doomed".into() };
+    receiver.wait_for_events(&[added]).await;
+    cluster.nodes[0].kill_9();
+    let removed = WebhookEvent::MemberRemoved { channel: "presence-lost".into(), user_id: "doomed".into() };
+    let vacated = WebhookEvent::ChannelVacated { channel: "presence-lost".into() };
+    // Presumed dead after 6 s, swept within 2 s more, held 3 s, and the lease of a dead holder
+    // expires after 15 s.
+    receiver.wait_for_events_within(&[removed.clone(), vacated.clone()], Duration::from_secs(40)).await;
+    assert_eq!((count(&receiver, &removed), count(&receiver, &vacated)), (1, 1));
 }

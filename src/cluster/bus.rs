@@ -203,6 +203,7 @@ async fn rejoin_presence(cluster: &Cluster, state: &ServerState) {
     for app in state.apps.iter() {
         for (channel, socket, user_id, user_info) in app.hub.presence_members() {
             let member = PresenceMember { user_id, user_info };
+            // No member_added webhook here: the member is not new to the app, only to this Redis.
             if let Err(error) = cluster.join(&app.config.id, &channel, &socket, &member).await {
                 tracing::warn!(%error, "cannot restore presence after a reconnect; the next reconnect retries");
                 return;

@@ -7,12 +7,15 @@
 //! - Presence rosters are cluster-wide (`presence`): `member_added` when a user's first socket
 //!   anywhere joins, `member_removed` when their last one leaves or its node dies.
 //! - Subscription counts and node liveness are published for the HTTP API (`census`).
+//! - Channel occupancy is cluster-wide for the webhooks (`occupancy`): occupied on the first
+//!   subscriber anywhere, vacated on the last, decided once.
 //!
 //! A node never talks to another node directly: everything goes through Redis.
 
 pub mod bus;
 pub mod census;
 pub mod messages;
+pub mod occupancy;
 pub mod presence;
 
 use std::collections::HashSet;
@@ -94,6 +97,11 @@ impl Cluster {
         })
     }
 
+    /// The prefix of every key the cluster keeps in Redis.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// A key under the cluster's prefix.
     fn key(&self, parts: &[&str]) -> String {
         let mut key = self.prefix.clone();
@@ -114,7 +122,7 @@ impl Cluster {
     }
 
     /// A connection for one command (a cheap clone of the multiplexed one).
-    fn connection(&self) -> ConnectionManager {
+    pub(crate) fn connection(&self) -> ConnectionManager {
         self.redis.clone()
     }
 

@@ -131,7 +131,14 @@ impl Connection {
         let roster = match (&self.state.cluster, cluster_member) {
             (Some(cluster), Some(member)) => {
                 match cluster.join(&app.config.id, channel.as_str(), &self.membership.socket, &member).await {
-                    Ok(roster) => Some(roster),
+                    Ok((roster, added)) => {
+                        // The user's first socket anywhere: the cluster decided it here, once.
+                        if let (true, Some(webhooks)) = (added, app.hub.webhooks()) {
+                            let (channel, user_id) = (channel.as_str().to_owned(), member.user_id.clone());
+                            webhooks.emit(WebhookEvent::MemberAdded { channel, user_id });
+                        }
+                        Some(roster)
+                    }
                     Err(error) => {
                         log!(error, self, %error, channel = channel.as_str(), "joining the cluster's roster failed");
                         self.membership.leave(channel.as_str());

@@ -138,10 +138,12 @@ pub struct AppHub {
     /// Whether this hub tells subscribers about presence members joining and leaving. In cluster
     /// mode the roster is cluster-wide and those events come over the bus instead.
     presence_events: bool,
-    /// Where this app's webhook events go, if it has webhooks. Occupied, vacated, member and
-    /// count events are told from here only when this hub is the whole truth (`presence_events`):
-    /// in cluster mode the cluster decides them.
+    /// Where this app's webhook events go, if it has webhooks.
     webhooks: Option<Arc<WebhookSink>>,
+    /// Where this hub tells its channel changes (occupied, vacated, members, counts): the app's
+    /// sink on a single node; in cluster mode a relay that lets the cluster decide occupancy
+    /// (member events come from the cluster's roster instead, counts are not sent).
+    local_events: Option<Arc<WebhookSink>>,
 }
 
 impl Default for AppHub {
@@ -154,6 +156,7 @@ impl Default for AppHub {
             sign_ins: SignIns::default(),
             presence_events: true,
             webhooks: None,
+            local_events: None,
         }
     }
 }
@@ -164,9 +167,9 @@ impl AppHub {
         AppHub { presence_events: false, ..AppHub::default() }
     }
 
-    /// This hub, telling its events to `sink`.
-    pub fn with_webhooks(self, sink: Arc<WebhookSink>) -> Self {
-        AppHub { webhooks: Some(sink), ..self }
+    /// This hub, telling its events to `sink`, and its channel changes to `local`.
+    pub fn with_webhooks(self, sink: Arc<WebhookSink>, local: Arc<WebhookSink>) -> Self {
+        AppHub { webhooks: Some(sink), local_events: Some(local), ..self }
     }
 
     /// The app's webhook sink, if it has webhooks (for events the connections see: client
@@ -175,9 +178,9 @@ impl AppHub {
         self.webhooks.as_deref()
     }
 
-    /// The sink for this node's channel and presence events, when this node decides them.
+    /// The sink for this node's channel changes.
     fn local_webhooks(&self) -> Option<&WebhookSink> {
-        self.webhooks.as_deref().filter(|_| self.presence_events)
+        self.local_events.as_deref()
     }
 
     fn shard(&self, channel: &str) -> MutexGuard<'_, HashMap<String, Channel>> {
@@ -214,6 +217,7 @@ impl AppHub {
         if let (Some(member), None) = (member, previous) {
             let joins = self.presence_events && !state.members.contains_key(&member.user_id);
             let added = joins.then(|| frames::member_added(channel.as_str(), &member.user_id, &member.user_info));
+            // `joins` is false in cluster mode, where the cluster's roster decides.
             if let (true, Some(webhooks)) = (joins, self.local_webhooks()) {
                 let user_id = member.user_id.clone();
                 webhooks.emit(WebhookEvent::MemberAdded { channel: channel.as_str().to_owned(), user_id });

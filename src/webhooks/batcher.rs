@@ -9,6 +9,8 @@
 //! Each batch is split per target (event types and channel filters), queued durably, and the
 //! target's delivery worker is woken.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +27,12 @@ pub const BATCH_WINDOW: Duration = Duration::from_millis(250);
 pub const MAX_BATCH_EVENTS: usize = 20;
 /// Pusher holds presence departures back this long, so that a reconnect within it sends nothing.
 pub const LEAVE_DELAY: Duration = Duration::from_secs(3);
+
+/// Confirms a held departure when its hold ends. In cluster mode the user (or the channel's
+/// subscribers) may have come back on another node, whose arrival this node's batcher never saw.
+pub trait Departures: Send + Sync {
+    fn still_gone<'a>(&'a self, event: &'a WebhookEvent) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+}
 
 /// The events waiting to be batched: pure bookkeeping, no IO, no clock of its own.
 #[derive(Default)]
@@ -84,22 +92,24 @@ impl Pending {
         }
     }
 
-    fn push_ready(&mut self, event: WebhookEvent, now: Instant) {
+    /// Adds an event to the ready ones (after [`Pending::take_released`]).
+    pub fn push_ready(&mut self, event: WebhookEvent, now: Instant) {
         self.ready_since.get_or_insert(now);
         self.ready.push(event);
     }
 
-    /// Moves the held events whose time has come (all of them if `all`) to the ready ones.
-    pub fn release(&mut self, now: Instant, all: bool) {
+    /// Takes the held events whose time has come (all of them if `all`), in order.
+    pub fn take_released(&mut self, now: Instant, all: bool) -> Vec<WebhookEvent> {
+        let mut released = Vec::new();
         let mut index = 0;
         while index < self.held.len() {
             if all || self.held[index].0 <= now {
-                let (_, event) = self.held.remove(index);
-                self.push_ready(event, now);
+                released.push(self.held.remove(index).1);
             } else {
                 index += 1;
             }
         }
+        released
     }
 
     /// The ready events if a batch is due (full, or its window is over, or `force`).
@@ -121,8 +131,14 @@ impl Pending {
 }
 
 /// Batches the app's events until every sender is gone (the server is stopping); then whatever
-/// is waiting, held departures included, is queued at once.
-pub async fn run(mut events_rx: mpsc::Receiver<WebhookEvent>, targets: Vec<Arc<Target>>, queue: Arc<dyn WebhookQueue>) {
+/// is waiting, held departures included, is queued at once. `departures` confirms held
+/// departures when their hold ends (cluster mode).
+pub async fn run(
+    mut events_rx: mpsc::Receiver<WebhookEvent>,
+    targets: Vec<Arc<Target>>,
+    queue: Arc<dyn WebhookQueue>,
+    departures: Option<Arc<dyn Departures>>,
+) {
     let mut pending = Pending::default();
     loop {
         let due = pending.next_due();
@@ -137,7 +153,15 @@ pub async fn run(mut events_rx: mpsc::Receiver<WebhookEvent>, targets: Vec<Arc<T
             () = sleep_until(due) => false,
         };
         let now = Instant::now();
-        pending.release(now, closed);
+        for event in pending.take_released(now, closed) {
+            let confirmed = match &departures {
+                Some(departures) if !closed => departures.still_gone(&event).await,
+                _ => true,
+            };
+            if confirmed {
+                pending.push_ready(event, now);
+            }
+        }
         if let Some(events) = pending.take_due(now, closed) {
             queue_batch(events, &targets, &queue).await;
         }
@@ -206,7 +230,7 @@ mod tests {
         pending.add(removed("u"), start);
         pending.add(added("u"), start + Duration::from_secs(1));
         pending.add(occupied("c"), start + Duration::from_secs(1));
-        pending.release(start + Duration::from_secs(10), false);
+        assert_eq!(pending.take_released(start + Duration::from_secs(10), false), vec![]);
         assert_eq!(pending.take_due(start + Duration::from_secs(10), false), None);
         assert_eq!(pending.next_due(), None);
     }
@@ -220,10 +244,11 @@ mod tests {
         pending.add(added("v"), start);
         assert_eq!(pending.take_due(start + BATCH_WINDOW, false), Some(vec![added("v")]));
         assert_eq!(pending.next_due(), Some(start + LEAVE_DELAY));
-        pending.release(start + LEAVE_DELAY - Duration::from_millis(1), false);
-        assert_eq!(pending.take_due(start + LEAVE_DELAY, true), None, "still held");
-        pending.release(start + LEAVE_DELAY, false);
-        assert_eq!(pending.take_due(start + LEAVE_DELAY + BATCH_WINDOW, false), Some(vec![removed("u")]));
+        assert_eq!(pending.take_released(start + LEAVE_DELAY - Duration::from_millis(1), false), vec![], "held");
+        assert_eq!(pending.take_due(start + LEAVE_DELAY, true), None);
+        let released = pending.take_released(start + LEAVE_DELAY, false);
+        assert_eq!(released, vec![removed("u")]);
+        assert_eq!(pending.next_due(), None);
     }
 
     /// A batch goes when its window is over or it is full, whichever comes first.

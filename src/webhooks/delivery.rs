@@ -21,6 +21,10 @@ pub const RETRY_FIRST_DELAY: Duration = Duration::from_secs(1);
 pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(600);
 /// How long a queue read that failed waits before it is tried again.
 const QUEUE_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// With a shared queue (cluster mode): how often a worker that does not deliver its target (another
+/// node holds the lease) asks again, and how often an idle one looks for webhooks other nodes
+/// queued.
+const SHARED_POLL: Duration = Duration::from_secs(1);
 
 /// The wait before retry number `failures` (1 for the first): exponential, capped, with "equal
 /// jitter" (half fixed, half random) so that targets failing together do not retry in step.
@@ -50,28 +54,64 @@ pub fn client() -> reqwest::Client {
         .expect("the TLS backend initialises")
 }
 
-/// Delivers `target`'s queue until shutdown (or a 410).
+/// Delivers `target`'s queue until shutdown (or a 410), then gives its lease up.
 pub async fn run(
     target: Arc<Target>,
     queue: Arc<dyn WebhookQueue>,
     client: reqwest::Client,
     shutdown: CancellationToken,
 ) {
+    deliver(&target, &queue, &client, &shutdown).await;
+    if queue.shared() {
+        let _ = blocking(&queue, &target.id, |queue, id| {
+            queue.release(id);
+            Ok(())
+        })
+        .await;
+    }
+}
+
+async fn deliver(
+    target: &Arc<Target>,
+    queue: &Arc<dyn WebhookQueue>,
+    client: &reqwest::Client,
+    shutdown: &CancellationToken,
+) {
     let mut failures: u32 = 0;
     loop {
-        let next = match blocking(&queue, &target.id, |queue, id| queue.first(id)).await {
+        // In a cluster, one node at a time delivers a target (renewed before every attempt).
+        match blocking(queue, &target.id, |queue, id| queue.hold(id)).await {
+            Ok(true) => {}
+            Ok(false) => {
+                if sleep_or_shutdown(SHARED_POLL, shutdown).await {
+                    return;
+                }
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(%error, target = %target.url, "cannot take the webhook lease; trying again");
+                if sleep_or_shutdown(QUEUE_RETRY_DELAY, shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        }
+        let next = match blocking(queue, &target.id, |queue, id| queue.first(id)).await {
             Ok(next) => next,
             Err(error) => {
                 tracing::error!(%error, target = %target.url, "reading the webhook queue failed; trying again");
-                if sleep_or_shutdown(QUEUE_RETRY_DELAY, &shutdown).await {
+                if sleep_or_shutdown(QUEUE_RETRY_DELAY, shutdown).await {
                     return;
                 }
                 continue;
             }
         };
         let Some((position, webhook)) = next else {
+            // Woken when this node queues something; with a shared queue, also every poll.
+            let poll = if queue.shared() { SHARED_POLL } else { Duration::MAX };
             tokio::select! {
                 () = target.wake.notified() => continue,
+                () = tokio::time::sleep(poll) => continue,
                 () = shutdown.cancelled() => return,
             }
         };
@@ -79,11 +119,11 @@ pub async fn run(
             tracing::warn!(target = %target.url, id = %webhook.id, retry_for_secs = target.config.retry_for_secs,
                 "webhook given up: not delivered within its retry period");
             target.stats.dropped_expired.inc();
-            remove(&queue, &target, position).await;
+            remove(queue, target, position).await;
             continue;
         }
         let attempt = tokio::select! {
-            attempt = send(&target, &client, &webhook) => attempt,
+            attempt = send(target, client, &webhook) => attempt,
             () = shutdown.cancelled() => return,
         };
         match attempt {
@@ -93,7 +133,7 @@ pub async fn run(
                 }
                 failures = 0;
                 target.stats.sent.inc();
-                remove(&queue, &target, position).await;
+                remove(queue, target, position).await;
             }
             Attempt::Gone => {
                 tracing::error!(target = %target.url, "webhook target answered 410 Gone: no more webhooks are sent to it \
@@ -108,7 +148,7 @@ pub async fn run(
                 if failures == 1 {
                     tracing::warn!(target = %target.url, %reason, "webhook delivery failed; retrying with backoff");
                 }
-                if sleep_or_shutdown(backoff(failures), &shutdown).await {
+                if sleep_or_shutdown(backoff(failures), shutdown).await {
                     return;
                 }
             }

@@ -13,6 +13,7 @@ pub mod batcher;
 pub mod config;
 pub mod delivery;
 pub mod queue;
+pub mod redis_queue;
 pub mod sink;
 pub mod sled_queue;
 
@@ -106,7 +107,19 @@ impl Target {
 /// One app's webhooks: the sink its hub and connections feed, and its targets.
 pub struct AppWebhooks {
     pub sink: Arc<WebhookSink>,
+    /// Where the hub tells this node's channel changes (occupied, vacated, counts, members): the
+    /// app's sink on a single node; in cluster mode the relay that lets the cluster decide.
+    pub local: Arc<WebhookSink>,
     pub targets: Vec<Arc<Target>>,
+}
+
+/// What `start` needs of cluster mode, which decides departures and occupancy cluster-wide.
+pub trait Clustered: Send + Sync {
+    /// Confirms app `app_id`'s held departures against the cluster.
+    fn departures(&self, app_id: &str) -> Arc<dyn batcher::Departures>;
+    /// Starts the relay of app `app_id`'s local channel changes to the cluster, which tells
+    /// `sink` the cluster-wide ones; returns the sink that feeds the relay.
+    fn relay(&self, app_id: &str, sink: Arc<WebhookSink>) -> Arc<WebhookSink>;
 }
 
 /// Starts the batcher of every app that has targets and a delivery worker per target, on
@@ -115,6 +128,7 @@ pub struct AppWebhooks {
 pub async fn start(
     apps: &[AppConfig],
     queue: Arc<dyn WebhookQueue>,
+    clustered: Option<&dyn Clustered>,
     metrics: &Metrics,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
@@ -139,7 +153,12 @@ pub async fn start(
                 stats: stats.clone(),
             });
             let (queue_for_count, id) = (Arc::clone(&queue), target.id.clone());
-            match tokio::task::spawn_blocking(move || queue_for_count.pending(&id)).await {
+            // A shared queue's count is the cluster's, not this node's to add up.
+            let counted = match queue.shared() {
+                true => Ok(Ok(0)),
+                false => tokio::task::spawn_blocking(move || queue_for_count.pending(&id)).await,
+            };
+            match counted {
                 Ok(Ok(pending)) => {
                     target.stats.pending.inc_by(i64::try_from(pending).unwrap_or(i64::MAX));
                     if pending > 0 {
@@ -152,9 +171,14 @@ pub async fn start(
             tracker.spawn(delivery::run(Arc::clone(&target), Arc::clone(&queue), client.clone(), shutdown.clone()));
             targets.push(target);
         }
-        tracker.spawn(batcher::run(events_rx, targets.clone(), Arc::clone(&queue)));
+        let sink = Arc::new(sink);
+        let (departures, local) = match clustered {
+            Some(clustered) => (Some(clustered.departures(&app.id)), clustered.relay(&app.id, Arc::clone(&sink))),
+            None => (None, Arc::clone(&sink)),
+        };
+        tracker.spawn(batcher::run(events_rx, targets.clone(), Arc::clone(&queue), departures));
         tracing::info!(app = %app.id, targets = targets.len(), "webhooks on");
-        started.insert(app.id.clone(), Arc::new(AppWebhooks { sink: Arc::new(sink), targets }));
+        started.insert(app.id.clone(), Arc::new(AppWebhooks { sink, local, targets }));
     }
     started
 }

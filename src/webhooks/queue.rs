@@ -73,6 +73,18 @@ pub trait WebhookQueue: Send + Sync {
     fn remove(&self, target: &str, position: Position) -> Result<(), QueueError>;
     /// How many webhooks `target` has waiting.
     fn pending(&self, target: &str) -> Result<usize, QueueError>;
+    /// Whether this process may deliver `target`'s queue now. A shared queue has one deliverer
+    /// at a time (this takes or renews its lease); a process's own queue is always its own.
+    fn hold(&self, _target: &str) -> Result<bool, QueueError> {
+        Ok(true)
+    }
+    /// Gives up what `hold` took (on shutdown), so another process takes over at once.
+    fn release(&self, _target: &str) {}
+    /// Whether other processes queue into it too: then a deliverer must look for work it was not
+    /// woken for.
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 pub fn now_ms() -> u64 {

@@ -24,6 +24,7 @@ pub struct WebhookSink {
     /// Set while the queue is full, so the warning is logged once per episode.
     full: AtomicBool,
     app_id: String,
+    stats: super::WebhookStats,
 }
 
 impl WebhookSink {
@@ -32,11 +33,17 @@ impl WebhookSink {
         let sink = WebhookSink {
             kinds,
             events_tx,
-            dropped: stats.dropped_overflow,
+            dropped: stats.dropped_overflow.clone(),
             full: AtomicBool::new(false),
             app_id: app_id.to_owned(),
+            stats,
         };
         (sink, events_rx)
+    }
+
+    /// The app's webhook figures (for a sink that feeds this one).
+    pub fn stats(&self) -> super::WebhookStats {
+        self.stats.clone()
     }
 
     /// Whether some target wants events of this kind (check before building one).

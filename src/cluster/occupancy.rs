@@ -1,0 +1,182 @@
+//! Cluster-wide channel occupancy, for the `channel_occupied` / `channel_vacated` webhooks, which
+//! must describe the whole cluster (first subscriber anywhere, last anywhere) and be sent once:
+//!
+//! - `{p}:occupancy:{app}:{channel}`: the nodes with at least one subscriber of the channel;
+//! - `{p}:occupied_channels:{app}`: the channels with such a set, for the sweep.
+//!
+//! A node reports only its own transitions (its first local subscriber, its last), in the order
+//! they happened (one relay task per app), with a Lua script that also says whether the cluster
+//! as a whole changed: the one node whose report took the set from empty to one node (or from
+//! one to empty) tells its webhooks. A dead node's places are removed by the census sweep, like
+//! its presence, and whichever node removes the last one tells `channel_vacated`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
+
+use reprise_api::webhook::WebhookEvent;
+use reprise_api::webhook::WebhookKind;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use super::{Cluster, ClusterError};
+use crate::webhooks::Clustered;
+use crate::webhooks::batcher::Departures;
+use crate::webhooks::sink::WebhookSink;
+
+/// KEYS: the channel's nodes, the occupied channels. ARGV: node, channel. 1 if the channel was
+/// vacant everywhere before.
+static OCCUPY: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
+            redis.call('SADD', KEYS[2], ARGV[2])
+            if redis.call('SCARD', KEYS[1]) == 1 then return 1 end
+        end
+        return 0
+        ",
+    )
+});
+
+/// KEYS: the channel's nodes, the occupied channels. ARGV: node, channel. 1 if the channel is
+/// vacant everywhere now.
+static VACATE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        if redis.call('SREM', KEYS[1], ARGV[1]) == 1 and redis.call('SCARD', KEYS[1]) == 0 then
+            redis.call('SREM', KEYS[2], ARGV[2])
+            return 1
+        end
+        return 0
+        ",
+    )
+});
+
+impl Cluster {
+    fn occupancy_keys(&self, app: &str, channel: &str) -> [String; 2] {
+        [self.key(&["occupancy", app, channel]), self.key(&["occupied_channels", app])]
+    }
+
+    /// Records that `node` has subscribers of `channel`; true if nobody had before.
+    async fn occupy(&self, app: &str, channel: &str, node: &str) -> Result<bool, ClusterError> {
+        let [nodes, channels] = self.occupancy_keys(app, channel);
+        let mut redis = self.connection();
+        let result: Result<u8, _> =
+            OCCUPY.key(nodes).key(channels).arg(node).arg(channel).invoke_async(&mut redis).await;
+        Ok(self.observe(result)? == 1)
+    }
+
+    /// Records that `node` has no subscriber of `channel` left; true if nobody has now.
+    async fn vacate(&self, app: &str, channel: &str, node: &str) -> Result<bool, ClusterError> {
+        let [nodes, channels] = self.occupancy_keys(app, channel);
+        let mut redis = self.connection();
+        let result: Result<u8, _> =
+            VACATE.key(nodes).key(channels).arg(node).arg(channel).invoke_async(&mut redis).await;
+        Ok(self.observe(result)? == 1)
+    }
+
+    /// Whether any node has subscribers of `channel` now.
+    pub async fn is_occupied(&self, app: &str, channel: &str) -> Result<bool, ClusterError> {
+        let [nodes, _] = self.occupancy_keys(app, channel);
+        let mut redis = self.connection();
+        let result: Result<usize, _> = redis::cmd("SCARD").arg(nodes).query_async(&mut redis).await;
+        Ok(self.observe(result)? > 0)
+    }
+
+    /// Removes the places of nodes not in `live_nodes`, telling `webhooks` of each channel left
+    /// vacant. Returns how many places were removed.
+    pub async fn sweep_occupancy(
+        &self,
+        app: &str,
+        live_nodes: &[String],
+        webhooks: Option<&WebhookSink>,
+    ) -> Result<usize, ClusterError> {
+        let mut redis = self.connection();
+        let channels_key = self.key(&["occupied_channels", app]);
+        let channels: Result<Vec<String>, _> = redis::cmd("SMEMBERS").arg(&channels_key).query_async(&mut redis).await;
+        let mut removed = 0;
+        for channel in self.observe(channels)? {
+            let [nodes_key, _] = self.occupancy_keys(app, &channel);
+            let nodes: Result<Vec<String>, _> = redis::cmd("SMEMBERS").arg(&nodes_key).query_async(&mut redis).await;
+            for node in self.observe(nodes)? {
+                if live_nodes.contains(&node) {
+                    continue;
+                }
+                removed += 1;
+                if self.vacate(app, &channel, &node).await?
+                    && let Some(webhooks) = webhooks
+                {
+                    webhooks.emit(WebhookEvent::ChannelVacated { channel: channel.clone() });
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Reports this node's occupancy changes of one app's channels (from its hub, in order) to the
+/// cluster, and tells `webhooks` the ones that changed the cluster's. Ends when the hub is gone.
+pub async fn relay(
+    cluster: Arc<Cluster>,
+    app_id: String,
+    mut changes_rx: mpsc::Receiver<WebhookEvent>,
+    webhooks: Arc<WebhookSink>,
+) {
+    while let Some(change) = changes_rx.recv().await {
+        let decided = match &change {
+            WebhookEvent::ChannelOccupied { channel } => cluster.occupy(&app_id, channel, &cluster.node_id).await,
+            WebhookEvent::ChannelVacated { channel } => cluster.vacate(&app_id, channel, &cluster.node_id).await,
+            _ => continue,
+        };
+        match decided {
+            Ok(true) => webhooks.emit(change),
+            Ok(false) => {}
+            // Redis is failing (reported to health): this change is not counted, so the channel's
+            // occupancy webhooks may be missing or late until it settles (docs/webhooks.md).
+            Err(error) => tracing::warn!(%error, app = %app_id, "cannot record a channel's occupancy in the cluster"),
+        }
+    }
+}
+
+/// In cluster mode a held departure is confirmed against the cluster when its hold ends: a user
+/// or channel back on another node within the hold is not reported gone.
+pub struct ClusterDepartures {
+    pub cluster: Arc<Cluster>,
+    pub app_id: String,
+}
+
+impl Departures for ClusterDepartures {
+    fn still_gone<'a>(&'a self, event: &'a WebhookEvent) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            let back = match event {
+                WebhookEvent::ChannelVacated { channel } => self.cluster.is_occupied(&self.app_id, channel).await,
+                WebhookEvent::MemberRemoved { channel, user_id } => {
+                    self.cluster.is_present(&self.app_id, channel, user_id).await
+                }
+                _ => Ok(false),
+            };
+            // Not knowing, send it: a departure is never swallowed because Redis was unreachable.
+            !back.unwrap_or(false)
+        })
+    }
+}
+
+/// What the webhooks need of the cluster: departures confirmed against it, occupancy relayed.
+pub struct ClusterWebhooks {
+    pub cluster: Arc<Cluster>,
+    /// Where the relays run (they end when the hubs, which feed them, are dropped).
+    pub relays: TaskTracker,
+}
+
+impl Clustered for ClusterWebhooks {
+    fn departures(&self, app_id: &str) -> Arc<dyn Departures> {
+        Arc::new(ClusterDepartures { cluster: Arc::clone(&self.cluster), app_id: app_id.to_owned() })
+    }
+
+    fn relay(&self, app_id: &str, sink: Arc<WebhookSink>) -> Arc<WebhookSink> {
+        let kinds = WebhookKind::ChannelOccupied.bit() | WebhookKind::ChannelVacated.bit();
+        let (relay_sink, changes_rx) = WebhookSink::new(app_id, kinds, sink.stats());
+        self.relays.spawn(relay(Arc::clone(&self.cluster), app_id.to_owned(), changes_rx, sink));
+        Arc::new(relay_sink)
+    }
+}
