@@ -256,6 +256,9 @@ pub async fn serve_on(
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
     });
+    // The hubs hold the webhook sinks now: once the state is dropped on shutdown, the batchers see
+    // their senders gone, queue what they still hold and end.
+    drop(webhooks);
     if let Some(cluster) = &cluster {
         background.spawn(cluster::bus::run(Arc::clone(cluster), Arc::clone(&state), shutdown.clone()));
         background.spawn(cluster::census::run(Arc::clone(cluster), Arc::clone(&state), shutdown.clone()));

@@ -226,3 +226,22 @@ async fn webhooks_pending_at_kill_9_are_delivered_after_the_restart() {
     let delivered: Vec<WebhookEvent> = receiver.unique_events();
     assert_eq!(delivered, misses, "each once (by id), in order");
 }
+
+/// A clean shutdown queues what the batcher still held (departures in their 3 s hold included),
+/// and the next start delivers it: stopping the server loses no webhook either.
+#[tokio::test]
+async fn a_clean_shutdown_queues_held_departures() {
+    let receiver = Receiver::start().await;
+    receiver.always(503);
+    let server = server_for(&[&receiver]).await;
+    let mut member = server.client().await;
+    member.subscribe_presence("presence-bye", "u1", json!({})).await;
+    receiver.wait_for(READ_TIMEOUT, "a first attempt", |requests| !requests.is_empty()).await;
+    // The shutdown closes the socket: its departures are held when the batcher is told to stop.
+    let restarted = server.restart().await;
+    receiver.always(0);
+    let departures =
+        [WebhookEvent::MemberRemoved { channel: "presence-bye".into(), user_id: "u1".into() }, vacated("presence-bye")];
+    receiver.wait_for_events_within(&departures, RETRIES_WITHIN).await;
+    drop(restarted);
+}
