@@ -398,3 +398,31 @@ async fn a_killed_nodes_departures_are_reported_by_the_survivors() {
     receiver.wait_for_events_within(&[removed.clone(), vacated.clone()], Duration::from_secs(40)).await;
     assert_eq!((count(&receiver, &removed), count(&receiver, &vacated)), (1, 1));
 }
+
+/// The node delivering a target is killed with webhooks pending: another node takes its lease
+/// over (within 15 s) and delivers them, each once by id.
+#[tokio::test]
+async fn pending_webhooks_survive_the_death_of_the_node_delivering_them() {
+    let receiver = Receiver::start().await;
+    receiver.always(503);
+    // Node 0 alone first, so it is the one that takes the target's lease.
+    let mut cluster = TestCluster::start_with_config(1, Some(&webhook_config(&receiver))).await;
+    let mut client = cluster.client(0).await;
+    let channels: Vec<String> = (0..3).map(|n| format!("cache-p{n}")).collect();
+    for channel in &channels {
+        client.subscribe(channel).await;
+        client.expect_event("pusher:cache_miss").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    receiver.wait_for(Duration::from_secs(10), "a first attempt", |requests| !requests.is_empty()).await;
+    cluster.add_node().await;
+    cluster.nodes[0].kill_9();
+    drop(client);
+    receiver.always(0);
+    let misses: Vec<WebhookEvent> =
+        channels.iter().map(|channel| WebhookEvent::CacheMiss { channel: channel.clone() }).collect();
+    receiver.wait_for_events_within(&misses, Duration::from_secs(40)).await;
+    let delivered: Vec<WebhookEvent> =
+        receiver.unique_events().into_iter().filter(|event| matches!(event, WebhookEvent::CacheMiss { .. })).collect();
+    assert_eq!(delivered, misses, "each once by id, in order");
+}

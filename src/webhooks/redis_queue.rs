@@ -163,3 +163,30 @@ impl WebhookQueue for RedisQueue {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use reprise_storage::private_redis::PrivateRedis;
+
+    use super::*;
+
+    /// The Redis queue passes the cases every backend passes, and one node at a time holds a
+    /// target's lease: another takes it once it is given up.
+    #[test]
+    fn the_redis_queue_passes_the_conformance_cases_and_leases_are_exclusive() {
+        let redis = PrivateRedis::start().expect("a private redis-server");
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let client = redis::Client::open(redis.url()).unwrap();
+        let manager = runtime.block_on(ConnectionManager::new(client)).unwrap();
+        let node_a = RedisQueue::new(manager.clone(), "test", "node-a", runtime.handle().clone());
+        super::super::queue::conformance::fifo_bounded_and_removable(&node_a);
+        let node_b = RedisQueue::new(manager, "test", "node-b", runtime.handle().clone());
+        assert!(node_a.hold("app:t").unwrap());
+        assert!(node_a.hold("app:t").unwrap(), "renewed by its holder");
+        assert!(!node_b.hold("app:t").unwrap(), "held by another node");
+        node_b.release("app:t");
+        assert!(!node_b.hold("app:t").unwrap(), "only the holder can give it up");
+        node_a.release("app:t");
+        assert!(node_b.hold("app:t").unwrap());
+    }
+}
