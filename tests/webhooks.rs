@@ -189,6 +189,17 @@ async fn a_slow_receiver_does_not_delay_fan_out() {
     assert_eq!(receiver.answered(), 0, "the publish arrived while the webhook was still held");
 }
 
+/// A config file for the test app with one target at `url` (cache misses only).
+fn write_config(dir: &tempfile::TempDir, url: &str) -> std::path::PathBuf {
+    let path = dir.path().join("reprise.toml");
+    let config = format!(
+        "[[apps]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\n\
+         [[apps.webhooks]]\nurl = \"{url}\"\nevent_types = [\"cache_miss\"]\n"
+    );
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
 /// Webhooks queued when the server is killed (`kill -9`) are delivered after a restart on the
 /// same data directory: they were on disk before they counted as sent.
 #[tokio::test]
@@ -196,13 +207,7 @@ async fn webhooks_pending_at_kill_9_are_delivered_after_the_restart() {
     let receiver = Receiver::start().await;
     receiver.always(503);
     let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("reprise.toml");
-    let config = format!(
-        "[[apps]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\n\
-         [[apps.webhooks]]\nurl = \"{}\"\nevent_types = [\"cache_miss\"]\n",
-        receiver.url()
-    );
-    std::fs::write(&config_path, config).unwrap();
+    let config_path = write_config(&dir, &receiver.url());
     let data_dir = dir.path().join("data");
     let args = ["--config", config_path.to_str().unwrap()];
     let mut server = ServerProcess::start(&data_dir, dir.path().join("first.log"), &args).await;
@@ -244,4 +249,26 @@ async fn a_clean_shutdown_queues_held_departures() {
         [WebhookEvent::MemberRemoved { channel: "presence-bye".into(), user_id: "u1".into() }, vacated("presence-bye")];
     receiver.wait_for_events_within(&departures, RETRIES_WITHIN).await;
     drop(restarted);
+}
+
+/// Webhooks pending for a target whose URL then changed are kept, and the start says so with
+/// how many: an operator sees what is owed instead of losing it silently.
+#[tokio::test]
+async fn pending_webhooks_of_a_changed_url_are_kept_and_named_at_start_up() {
+    let receiver = Receiver::start().await;
+    receiver.always(503);
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(&dir, &receiver.url());
+    let data_dir = dir.path().join("data");
+    let args = ["--config", config_path.to_str().unwrap()];
+    let mut server = ServerProcess::start(&data_dir, dir.path().join("first.log"), &args).await;
+    let mut client = WsClient::established(&server.ws_url()).await;
+    miss(&mut client, "cache-owed").await;
+    receiver.wait_for(READ_TIMEOUT, "a first attempt", |requests| !requests.is_empty()).await;
+    drop(client);
+    server.stop();
+    write_config(&dir, &format!("{}/moved", receiver.url()));
+    let restarted = ServerProcess::start(&data_dir, dir.path().join("second.log"), &args).await;
+    let log = restarted.stderr();
+    assert!(log.contains("no longer configured") && log.contains("pending=1"), "{log}");
 }

@@ -133,6 +133,7 @@ pub async fn start(
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> HashMap<String, Arc<AppWebhooks>> {
+    warn_of_orphans(apps, &queue).await;
     let client = delivery::client();
     let mut started = HashMap::new();
     for app in apps.iter().filter(|app| !app.webhooks.is_empty()) {
@@ -181,4 +182,29 @@ pub async fn start(
         started.insert(app.id.clone(), Arc::new(AppWebhooks { sink, local, targets }));
     }
     started
+}
+
+/// Says at start-up which queued webhooks belong to no configured target (its URL changed, or it
+/// was removed): they are kept, not sent, until the target is configured again.
+async fn warn_of_orphans(apps: &[AppConfig], queue: &Arc<dyn WebhookQueue>) {
+    let configured: Vec<String> =
+        apps.iter().flat_map(|app| app.webhooks.iter().map(|target| target.target_id(&app.id))).collect();
+    let queue = Arc::clone(queue);
+    let orphans = tokio::task::spawn_blocking(move || {
+        let mut orphans = Vec::new();
+        for target in queue.targets()?.into_iter().filter(|target| !configured.contains(target)) {
+            let pending = queue.pending(&target)?;
+            if pending > 0 {
+                orphans.push((target, pending));
+            }
+        }
+        Ok::<_, queue::QueueError>(orphans)
+    })
+    .await;
+    if let Ok(Ok(orphans)) = orphans {
+        for (target, pending) in orphans {
+            tracing::warn!(%target, pending, "webhooks are queued for a target that is no longer configured (its URL \
+                changed or it was removed); they are kept, and sent if it is configured again");
+        }
+    }
 }

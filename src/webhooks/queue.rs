@@ -78,6 +78,11 @@ pub trait WebhookQueue: Send + Sync {
     fn hold(&self, _target: &str) -> Result<bool, QueueError> {
         Ok(true)
     }
+    /// Every target this queue holds webhooks for, configured now or not (the process's own
+    /// queue only: a shared one answers for the cluster elsewhere).
+    fn targets(&self) -> Result<Vec<String>, QueueError> {
+        Ok(Vec::new())
+    }
     /// Gives up what `hold` took (on shutdown), so another process takes over at once.
     fn release(&self, _target: &str) {}
     /// Whether other processes queue into it too: then a deliverer must look for work it was not

@@ -86,6 +86,15 @@ impl WebhookQueue for SledQueue {
         let tree = self.tree(target)?;
         Ok(self.with_pending(target, &tree, |count| *count))
     }
+
+    fn targets(&self) -> Result<Vec<String>, QueueError> {
+        let names = self.db.tree_names();
+        Ok(names
+            .iter()
+            .filter_map(|name| std::str::from_utf8(name).ok()?.strip_prefix("target/"))
+            .map(str::to_owned)
+            .collect())
+    }
 }
 
 #[cfg(test)]
@@ -107,6 +116,7 @@ mod tests {
             queue.push("app:t", &webhooks, 10).unwrap();
         }
         let queue = SledQueue::open(dir.path()).unwrap();
+        assert_eq!(queue.targets().unwrap(), vec!["app:t".to_owned()]);
         assert_eq!(queue.pending("app:t").unwrap(), 2);
         assert_eq!(queue.first("app:t").unwrap().unwrap().1, webhooks[0]);
     }
