@@ -200,18 +200,39 @@ fn write_config(dir: &tempfile::TempDir, url: &str) -> std::path::PathBuf {
     path
 }
 
+/// The real binary with one target (cache misses) whose receiver answers 503 for now, and a
+/// connected client.
+struct Binary {
+    receiver: Receiver,
+    dir: tempfile::TempDir,
+    server: ServerProcess,
+    client: WsClient,
+}
+
+impl Binary {
+    async fn start() -> Binary {
+        let receiver = Receiver::start().await;
+        receiver.always(503);
+        let dir = tempfile::tempdir().unwrap();
+        write_config(&dir, &receiver.url());
+        let server = Self::launch(&dir, "first.log").await;
+        let client = WsClient::established(&server.ws_url()).await;
+        Binary { receiver, dir, server, client }
+    }
+
+    /// Starts the binary (again) on the same data directory and config file.
+    async fn launch(dir: &tempfile::TempDir, log: &str) -> ServerProcess {
+        let config = dir.path().join("reprise.toml");
+        let args = ["--config", config.to_str().unwrap()];
+        ServerProcess::start(&dir.path().join("data"), dir.path().join(log), &args).await
+    }
+}
+
 /// Webhooks queued when the server is killed (`kill -9`) are delivered after a restart on the
 /// same data directory: they were on disk before they counted as sent.
 #[tokio::test]
 async fn webhooks_pending_at_kill_9_are_delivered_after_the_restart() {
-    let receiver = Receiver::start().await;
-    receiver.always(503);
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = write_config(&dir, &receiver.url());
-    let data_dir = dir.path().join("data");
-    let args = ["--config", config_path.to_str().unwrap()];
-    let mut server = ServerProcess::start(&data_dir, dir.path().join("first.log"), &args).await;
-    let mut client = WsClient::established(&server.ws_url()).await;
+    let Binary { receiver, dir, mut server, mut client } = Binary::start().await;
     let channels: Vec<String> = (0..3).map(|n| format!("cache-k{n}")).collect();
     for channel in &channels {
         miss(&mut client, channel).await;
@@ -225,7 +246,7 @@ async fn webhooks_pending_at_kill_9_are_delivered_after_the_restart() {
     drop(client);
 
     receiver.always(0);
-    let _restarted = ServerProcess::start(&data_dir, dir.path().join("second.log"), &args).await;
+    let _restarted = Binary::launch(&dir, "second.log").await;
     let misses: Vec<WebhookEvent> = channels.iter().map(|c| cache_miss(c)).collect();
     receiver.wait_for_events_within(&misses, RETRIES_WITHIN).await;
     let delivered: Vec<WebhookEvent> = receiver.unique_events();
@@ -255,20 +276,13 @@ async fn a_clean_shutdown_queues_held_departures() {
 /// how many: an operator sees what is owed instead of losing it silently.
 #[tokio::test]
 async fn pending_webhooks_of_a_changed_url_are_kept_and_named_at_start_up() {
-    let receiver = Receiver::start().await;
-    receiver.always(503);
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = write_config(&dir, &receiver.url());
-    let data_dir = dir.path().join("data");
-    let args = ["--config", config_path.to_str().unwrap()];
-    let mut server = ServerProcess::start(&data_dir, dir.path().join("first.log"), &args).await;
-    let mut client = WsClient::established(&server.ws_url()).await;
+    let Binary { receiver, dir, mut server, mut client } = Binary::start().await;
     miss(&mut client, "cache-owed").await;
     receiver.wait_for(READ_TIMEOUT, "a first attempt", |requests| !requests.is_empty()).await;
     drop(client);
     server.stop();
     write_config(&dir, &format!("{}/moved", receiver.url()));
-    let restarted = ServerProcess::start(&data_dir, dir.path().join("second.log"), &args).await;
+    let restarted = Binary::launch(&dir, "second.log").await;
     let log = restarted.stderr();
     assert!(log.contains("no longer configured") && log.contains("pending=1"), "{log}");
 }
