@@ -69,6 +69,8 @@ pub struct Target {
     stopped: AtomicBool,
     /// Set while the target's queue is full, so that is logged once per episode.
     full: AtomicBool,
+    /// Set while queueing fails (a full or failing disk, Redis away), logged once per episode.
+    failing: AtomicBool,
     pub stats: WebhookStats,
 }
 
@@ -83,6 +85,9 @@ impl Target {
 
     /// After a push: `queued` webhooks are in the queue, `dropped` did not fit.
     fn queued(&self, queued: usize, dropped: usize) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!(target = %self.url, "webhooks can be queued again");
+        }
         self.stats.pending.inc_by(i64::try_from(queued).unwrap_or(i64::MAX));
         if queued > 0 {
             self.wake.notify_one();
@@ -99,7 +104,10 @@ impl Target {
     }
 
     fn queue_failed(&self, error: &str, dropped: usize) {
-        tracing::error!(%error, target = %self.url, dropped, "webhooks could not be queued");
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::error!(%error, target = %self.url, "webhooks cannot be queued: they are dropped (counted) until \
+                the queue can be written again");
+        }
         self.stats.dropped_error.inc_by(dropped as u64);
     }
 }
@@ -151,6 +159,7 @@ pub async fn start(
                 wake: Notify::new(),
                 stopped: AtomicBool::new(false),
                 full: AtomicBool::new(false),
+                failing: AtomicBool::new(false),
                 stats: stats.clone(),
             });
             let (queue_for_count, id) = (Arc::clone(&queue), target.id.clone());
