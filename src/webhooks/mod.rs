@@ -162,22 +162,7 @@ pub async fn start(
                 failing: AtomicBool::new(false),
                 stats: stats.clone(),
             });
-            let (queue_for_count, id) = (Arc::clone(&queue), target.id.clone());
-            // A shared queue's count is the cluster's, not this node's to add up.
-            let counted = match queue.shared() {
-                true => Ok(Ok(0)),
-                false => tokio::task::spawn_blocking(move || queue_for_count.pending(&id)).await,
-            };
-            match counted {
-                Ok(Ok(pending)) => {
-                    target.stats.pending.inc_by(i64::try_from(pending).unwrap_or(i64::MAX));
-                    if pending > 0 {
-                        tracing::info!(app = %app.id, target = %target.url, pending, "webhooks pending from before the start");
-                    }
-                }
-                Ok(Err(error)) => tracing::error!(%error, target = %target.url, "cannot count pending webhooks"),
-                Err(_) => {}
-            }
+            count_pending(&target, &queue).await;
             tracker.spawn(delivery::run(Arc::clone(&target), Arc::clone(&queue), client.clone(), shutdown.clone()));
             targets.push(target);
         }
@@ -191,6 +176,23 @@ pub async fn start(
         started.insert(app.id.clone(), Arc::new(AppWebhooks { sink, local, targets }));
     }
     started
+}
+
+/// Adds what `target` has pending from before the start to the gauge (and says so). A shared
+/// queue's count is the cluster's, not this node's to add up.
+async fn count_pending(target: &Target, queue: &Arc<dyn WebhookQueue>) {
+    if queue.shared() {
+        return;
+    }
+    let (queue, id) = (Arc::clone(queue), target.id.clone());
+    match tokio::task::spawn_blocking(move || queue.pending(&id)).await {
+        Ok(Ok(0)) | Err(_) => {}
+        Ok(Ok(pending)) => {
+            target.stats.pending.inc_by(i64::try_from(pending).unwrap_or(i64::MAX));
+            tracing::info!(target = %target.url, pending, "webhooks pending from before the start");
+        }
+        Ok(Err(error)) => tracing::error!(%error, target = %target.url, "cannot count pending webhooks"),
+    }
 }
 
 /// Says at start-up which queued webhooks belong to no configured target (its URL changed, or it
