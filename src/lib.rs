@@ -183,10 +183,6 @@ async fn start_webhooks(
     }
     if let Some(cluster) = cluster {
         // The queue is Redis, shared by the nodes; the cluster decides occupancy and members.
-        let count_bit = reprise_api::webhook::WebhookKind::SubscriptionCount.bit();
-        if config.apps.iter().flat_map(|app| &app.webhooks).any(|target| target.kinds() & count_bit != 0) {
-            tracing::warn!("cluster mode: subscription_count webhooks are not sent yet (docs/webhooks.md)");
-        }
         let runtime = tokio::runtime::Handle::current();
         let queue = RedisQueue::new(cluster.connection(), cluster.prefix(), &cluster.node_id, runtime);
         let clustered = ClusterWebhooks { cluster: Arc::clone(cluster), relays: background.clone() };

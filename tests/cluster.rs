@@ -330,7 +330,8 @@ fn webhook_config(receiver: &Receiver) -> String {
     format!(
         "[[apps]]\nid = \"{APP_ID}\"\nkey = \"{APP_KEY}\"\nsecret = \"{APP_SECRET}\"\n\
          [[apps.webhooks]]\nurl = \"{}\"\n\
-         event_types = [\"channel_occupied\", \"channel_vacated\", \"member_added\", \"member_removed\", \"cache_miss\"]\n",
+         event_types = [\"channel_occupied\", \"channel_vacated\", \"member_added\", \"member_removed\", \"cache_miss\", \
+         \"subscription_count\"]\n",
         receiver.url()
     )
 }
@@ -342,7 +343,8 @@ fn count(receiver: &Receiver, event: &WebhookEvent) -> usize {
 
 /// Webhooks describe the whole cluster and are sent once: a channel with subscribers on two
 /// nodes is occupied once and vacated once (when the last one anywhere leaves), a user with
-/// sockets on two nodes is added once and removed once, whichever node they leave from last.
+/// sockets on two nodes is added once and removed once, whichever node they leave from last, and
+/// subscription counts are the cluster's (3 here, when no node has more than 2).
 #[tokio::test]
 async fn webhooks_describe_the_cluster_and_are_sent_once() {
     let receiver = Receiver::start().await;
@@ -378,6 +380,17 @@ async fn webhooks_describe_the_cluster_and_are_sent_once() {
     for event in [occupied, added("ann"), added("bob"), removed("ann"), removed("bob"), vacated] {
         assert_eq!(count(&receiver, &event), 1, "{event:?} once, in {:#?}", receiver.unique_events());
     }
+    let counts: Vec<u64> = receiver
+        .unique_events()
+        .into_iter()
+        .filter_map(|event| match event {
+            WebhookEvent::SubscriptionCount { channel, subscription_count } if channel == room => {
+                Some(subscription_count)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(counts.contains(&3) && counts.last() == Some(&0), "{counts:?}");
 }
 
 /// A node killed with webhooks owed: the survivors report its departures (member_removed,

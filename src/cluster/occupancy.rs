@@ -2,7 +2,9 @@
 //! must describe the whole cluster (first subscriber anywhere, last anywhere) and be sent once:
 //!
 //! - `{p}:occupancy:{app}:{channel}`: the nodes with at least one subscriber of the channel;
-//! - `{p}:occupied_channels:{app}`: the channels with such a set, for the sweep.
+//! - `{p}:occupied_channels:{app}`: the channels with such a set, for the sweep;
+//! - `{p}:subcount:{app}:{channel}`: node -> its subscriptions to the channel, for the
+//!   `subscription_count` webhook (kept only for apps that want it).
 //!
 //! A node reports only its own transitions (its first local subscriber, its last), in the order
 //! they happened (one relay task per app), with a Lua script that also says whether the cluster
@@ -52,7 +54,34 @@ static VACATE: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
+/// KEYS: the channel's counts. ARGV: node, its count. Records the node's count and returns the
+/// cluster's.
+static COUNT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        if ARGV[2] == '0' then
+            redis.call('HDEL', KEYS[1], ARGV[1])
+        else
+            redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+        end
+        local total = 0
+        for _, count in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(count) end
+        return total
+        ",
+    )
+});
+
 impl Cluster {
+    /// Records `node`'s subscriptions to `channel` and returns the cluster's, for the
+    /// `subscription_count` webhook: each change is told once, by the node where it happened,
+    /// with the cluster's count at that moment.
+    async fn count_subscriptions(&self, app: &str, channel: &str, node: &str, count: u64) -> Result<u64, ClusterError> {
+        let mut redis = self.connection();
+        let key = self.key(&["subcount", app, channel]);
+        let result: Result<u64, _> = COUNT.key(key).arg(node).arg(count).invoke_async(&mut redis).await;
+        self.observe(result)
+    }
+
     fn occupancy_keys(&self, app: &str, channel: &str) -> [String; 2] {
         [self.key(&["occupancy", app, channel]), self.key(&["occupied_channels", app])]
     }
@@ -83,8 +112,8 @@ impl Cluster {
         Ok(self.observe(result)? > 0)
     }
 
-    /// Removes the places of nodes not in `live_nodes`, telling `webhooks` of each channel left
-    /// vacant. Returns how many places were removed.
+    /// Removes the places (and counts) of nodes not in `live_nodes`, telling `webhooks` of each
+    /// channel left vacant and of its new count. Returns how many places were removed.
     pub async fn sweep_occupancy(
         &self,
         app: &str,
@@ -103,10 +132,14 @@ impl Cluster {
                     continue;
                 }
                 removed += 1;
-                if self.vacate(app, &channel, &node).await?
-                    && let Some(webhooks) = webhooks
-                {
+                let vacated = self.vacate(app, &channel, &node).await?;
+                let Some(webhooks) = webhooks else { continue };
+                if vacated {
                     webhooks.emit(WebhookEvent::ChannelVacated { channel: channel.clone() });
+                }
+                if webhooks.wants(WebhookKind::SubscriptionCount) {
+                    let subscription_count = self.count_subscriptions(app, &channel, &node, 0).await?;
+                    webhooks.emit(WebhookEvent::SubscriptionCount { channel: channel.clone(), subscription_count });
                 }
             }
         }
@@ -114,8 +147,9 @@ impl Cluster {
     }
 }
 
-/// Reports this node's occupancy changes of one app's channels (from its hub, in order) to the
-/// cluster, and tells `webhooks` the ones that changed the cluster's. Ends when the hub is gone.
+/// Reports this node's occupancy and count changes of one app's channels (from its hub, in order)
+/// to the cluster, and tells `webhooks` the ones that changed the cluster's (every count change,
+/// with the cluster's count). Ends when the hub is gone.
 pub async fn relay(
     cluster: Arc<Cluster>,
     app_id: String,
@@ -123,9 +157,19 @@ pub async fn relay(
     webhooks: Arc<WebhookSink>,
 ) {
     while let Some(change) = changes_rx.recv().await {
+        let node = &cluster.node_id;
         let decided = match &change {
-            WebhookEvent::ChannelOccupied { channel } => cluster.occupy(&app_id, channel, &cluster.node_id).await,
-            WebhookEvent::ChannelVacated { channel } => cluster.vacate(&app_id, channel, &cluster.node_id).await,
+            WebhookEvent::ChannelOccupied { channel } => cluster.occupy(&app_id, channel, node).await,
+            WebhookEvent::ChannelVacated { channel } => cluster.vacate(&app_id, channel, node).await,
+            WebhookEvent::SubscriptionCount { channel, subscription_count: here } => {
+                match cluster.count_subscriptions(&app_id, channel, node, *here).await {
+                    Ok(subscription_count) => {
+                        webhooks.emit(WebhookEvent::SubscriptionCount { channel: channel.clone(), subscription_count });
+                        continue;
+                    }
+                    Err(error) => Err(error),
+                }
+            }
             _ => continue,
         };
         match decided {
@@ -174,7 +218,10 @@ impl Clustered for ClusterWebhooks {
     }
 
     fn relay(&self, app_id: &str, sink: Arc<WebhookSink>) -> Arc<WebhookSink> {
-        let kinds = WebhookKind::ChannelOccupied.bit() | WebhookKind::ChannelVacated.bit();
+        let mut kinds = WebhookKind::ChannelOccupied.bit() | WebhookKind::ChannelVacated.bit();
+        if sink.wants(WebhookKind::SubscriptionCount) {
+            kinds |= WebhookKind::SubscriptionCount.bit();
+        }
         let (relay_sink, changes_rx) = WebhookSink::new(app_id, kinds, sink.stats());
         self.relays.spawn(relay(Arc::clone(&self.cluster), app_id.to_owned(), changes_rx, sink));
         Arc::new(relay_sink)

@@ -141,8 +141,8 @@ pub struct AppHub {
     /// Where this app's webhook events go, if it has webhooks.
     webhooks: Option<Arc<WebhookSink>>,
     /// Where this hub tells its channel changes (occupied, vacated, members, counts): the app's
-    /// sink on a single node; in cluster mode a relay that lets the cluster decide occupancy
-    /// (member events come from the cluster's roster instead, counts are not sent).
+    /// sink on a single node; in cluster mode a relay that lets the cluster decide occupancy and
+    /// counts (member events come from the cluster's roster instead).
     local_events: Option<Arc<WebhookSink>>,
 }
 
