@@ -156,6 +156,8 @@ pub async fn relay(
     mut changes_rx: mpsc::Receiver<WebhookEvent>,
     webhooks: Arc<WebhookSink>,
 ) {
+    // Set while Redis fails, so that is logged once per outage, not once per subscribe.
+    let mut failing = false;
     while let Some(change) = changes_rx.recv().await {
         let node = &cluster.node_id;
         let decided = match &change {
@@ -165,6 +167,7 @@ pub async fn relay(
                 match cluster.count_subscriptions(&app_id, channel, node, *here).await {
                     Ok(subscription_count) => {
                         webhooks.emit(WebhookEvent::SubscriptionCount { channel: channel.clone(), subscription_count });
+                        failing = false;
                         continue;
                     }
                     Err(error) => Err(error),
@@ -173,11 +176,20 @@ pub async fn relay(
             _ => continue,
         };
         match decided {
-            Ok(true) => webhooks.emit(change),
-            Ok(false) => {}
+            Ok(cluster_changed) => {
+                failing = false;
+                if cluster_changed {
+                    webhooks.emit(change);
+                }
+            }
             // Redis is failing (reported to health): this change is not counted, so the channel's
             // occupancy webhooks may be missing or late until it settles (docs/webhooks.md).
-            Err(error) => tracing::warn!(%error, app = %app_id, "cannot record a channel's occupancy in the cluster"),
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(%error, app = %app_id, "cannot record channel occupancy in the cluster; webhooks about it \
+                    may be missing until Redis answers again");
+            }
+            Err(_) => {}
         }
     }
 }
