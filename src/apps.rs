@@ -8,6 +8,7 @@ use reprise_storage::LogKey;
 
 use crate::config::AppConfig;
 use crate::hub::AppHub;
+use crate::webhooks::AppWebhooks;
 
 /// One app: its configuration and its live channels.
 pub struct App {
@@ -28,12 +29,17 @@ pub struct Apps {
 }
 
 impl Apps {
-    /// The apps of `configs`; `clustered` hubs leave presence events to the cluster.
-    pub fn new(configs: &[AppConfig], clustered: bool) -> Self {
+    /// The apps of `configs`; `clustered` hubs leave presence events to the cluster. An app with
+    /// an entry in `webhooks` tells its hub's events to its webhook sink.
+    pub fn new(configs: &[AppConfig], clustered: bool, webhooks: &HashMap<String, Arc<AppWebhooks>>) -> Self {
         let mut by_key = HashMap::new();
         let mut by_id = HashMap::new();
         for config in configs {
             let hub = if clustered { AppHub::clustered() } else { AppHub::default() };
+            let hub = match webhooks.get(&config.id) {
+                Some(webhooks) => hub.with_webhooks(Arc::clone(&webhooks.sink), Arc::clone(&webhooks.local)),
+                None => hub,
+            };
             let app = Arc::new(App { config: config.clone(), hub: Arc::new(hub) });
             by_key.insert(config.key.clone(), Arc::clone(&app));
             by_id.insert(config.id.clone(), app);

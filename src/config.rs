@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::webhooks::config::WebhookConfig;
+
 /// Reverb's default port.
 pub const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_HOST: &str = "0.0.0.0";
@@ -238,6 +240,8 @@ pub struct AppConfig {
     pub presence_max_members: usize,
     /// Largest `user_info` of a presence member, as JSON, in bytes.
     pub presence_max_member_size_bytes: usize,
+    /// Webhook targets (`[[apps.webhooks]]`; docs/webhooks.md). None by default.
+    pub webhooks: Vec<WebhookConfig>,
     /// Where these settings came from, for the start-up line that names each app.
     #[serde(skip)]
     pub source: AppSource,
@@ -290,6 +294,7 @@ impl Default for AppConfig {
             retention_max_age_secs: None,
             presence_max_members: DEFAULT_PRESENCE_MAX_MEMBERS,
             presence_max_member_size_bytes: DEFAULT_PRESENCE_MAX_MEMBER_SIZE_BYTES,
+            webhooks: Vec::new(),
             source: AppSource::Code,
         }
     }
@@ -315,6 +320,7 @@ impl std::fmt::Debug for AppConfig {
             retention_max_age_secs,
             presence_max_members,
             presence_max_member_size_bytes,
+            webhooks,
             source,
         } = self;
         f.debug_struct("AppConfig")
@@ -334,6 +340,7 @@ impl std::fmt::Debug for AppConfig {
             .field("retention_max_age_secs", retention_max_age_secs)
             .field("presence_max_members", presence_max_members)
             .field("presence_max_member_size_bytes", presence_max_member_size_bytes)
+            .field("webhooks", webhooks)
             .field("source", source)
             .finish()
     }
@@ -495,7 +502,16 @@ impl Config {
                 Err(_) => problems.push(format!("REVERB_SERVER_PORT: {port:?} is not a port number")),
             }
         }
-        let Some(key) = env.var("REVERB_APP_KEY") else { return };
+        let Some(key) = env.var("REVERB_APP_KEY") else {
+            if env.var("REPRISE_WEBHOOK_URL").is_some() {
+                problems.push(
+                    "REPRISE_WEBHOOK_URL configures the app of the REVERB_APP_* variables, but REVERB_APP_KEY is not \
+                     set (use [[apps.webhooks]] in a config file instead)"
+                        .to_owned(),
+                );
+            }
+            return;
+        };
         // The variables describe one app: the file's app with that key (they win over the file
         // there), or a new one.
         let index = match self.apps.iter().position(|app| app.key == key) {
@@ -533,6 +549,16 @@ impl Config {
                 Ok(n) => app.max_connections = Some(n),
                 Err(_) => problems.push(format!("REVERB_APP_MAX_CONNECTIONS: {value:?} is not a whole number")),
             }
+        }
+        if let Some(url) = env.var("REPRISE_WEBHOOK_URL") {
+            let mut target = WebhookConfig::for_url(url);
+            if let Some(events) = env.var("REPRISE_WEBHOOK_EVENTS") {
+                target.event_types = Some(events.split(',').map(|name| name.trim().to_owned()).collect());
+            }
+            // The variable describes the one target of this app: it replaces the file's.
+            app.webhooks = vec![target];
+        } else if env.var("REPRISE_WEBHOOK_EVENTS").is_some() {
+            problems.push("REPRISE_WEBHOOK_EVENTS is set without REPRISE_WEBHOOK_URL".to_owned());
         }
         if let Some(value) = env.var("REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM") {
             match value.as_str() {
@@ -631,6 +657,12 @@ impl Config {
                 problems.push(format!(
                     "{at}.client_events_per_sec must be at least 1 (or set accept_client_events_from = \"none\")"
                 ));
+            }
+            for (target_index, target) in app.webhooks.iter().enumerate() {
+                problems.extend(target.problems(&format!("{at}.webhooks[{target_index}]")));
+                if app.webhooks[..target_index].iter().any(|other| other.url == target.url) {
+                    problems.push(format!("{at}.webhooks[{target_index}].url is already a target of this app"));
+                }
             }
             for (other_index, other) in self.apps.iter().enumerate().take(index) {
                 if !app.id.is_empty() && other.id == app.id {
@@ -817,6 +849,45 @@ mod tests {
         let problems = bad.problems();
         assert!(problems.iter().any(|p| p.contains("metrics_port must differ")), "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("metrics_host")), "{problems:?}");
+    }
+
+    /// Webhook targets come from `[[apps.webhooks]]`, or REPRISE_WEBHOOK_URL for the one-app case;
+    /// every problem of every target is reported with the rest.
+    #[test]
+    fn webhooks_are_configured_per_app_and_validated() {
+        let text = r#"
+            [[apps]]
+            id = "a"
+            key = "k"
+            secret = "s"
+            [[apps.webhooks]]
+            url = "https://example.com/hooks"
+            event_types = ["member_added", "member_removed"]
+            filter = { channel_name_starts_with = "presence-" }
+            headers = { Authorization = "Bearer t" }
+            [[apps.webhooks]]
+            url = "http://other/"
+        "#;
+        let config = Config::load(Some(text), &env(&[]), &Overrides::default()).unwrap();
+        let hooks = &config.apps[0].webhooks;
+        assert_eq!(hooks.len(), 2);
+        assert_eq!(hooks[0].filter.channel_name_starts_with.as_deref(), Some("presence-"));
+        assert_eq!(hooks[1].event_types, None);
+        let from_env = env(&[
+            ("REVERB_APP_ID", "1"),
+            ("REVERB_APP_KEY", "k2"),
+            ("REVERB_APP_SECRET", "s"),
+            ("REPRISE_WEBHOOK_URL", "http://127.0.0.1:9/w"),
+            ("REPRISE_WEBHOOK_EVENTS", "channel_occupied, channel_vacated"),
+        ]);
+        let config = Config::load(None, &from_env, &Overrides::default()).unwrap();
+        let hook = &config.apps[0].webhooks[0];
+        assert_eq!((hook.url.as_str(), hook.kinds().count_ones()), ("http://127.0.0.1:9/w", 2));
+        let bad = "[[apps]]\nid=\"a\"\nkey=\"k\"\nsecret=\"s\"\n[[apps.webhooks]]\nurl=\"nope\"\n\
+                   event_types=[\"channel_ocupied\"]\n[[apps.webhooks]]\nurl=\"nope\"\n";
+        let err = Config::load(Some(bad), &env(&[]), &Overrides::default()).unwrap_err();
+        assert_eq!(err.problems.len(), 4, "{err}");
+        assert!(err.to_string().contains("apps[0].webhooks[1].url is already"), "{err}");
     }
 
     #[test]

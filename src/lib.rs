@@ -22,7 +22,9 @@ pub mod publisher;
 pub mod routes;
 pub mod sse;
 pub mod status;
+pub mod webhooks;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::apps::Apps;
 use crate::capacity::ConnectionCap;
+use crate::cluster::occupancy::ClusterWebhooks;
 use crate::cluster::{Cluster, SharedLog};
 use crate::config::Config;
 use crate::health::Health;
@@ -41,6 +44,10 @@ use crate::log_guard::GuardedLog;
 use crate::log_service::LogService;
 use crate::metrics::Metrics;
 use crate::publisher::{FanOut, Publisher};
+use crate::webhooks::AppWebhooks;
+use crate::webhooks::queue::QueueError;
+use crate::webhooks::redis_queue::RedisQueue;
+use crate::webhooks::sled_queue::SledQueue;
 
 /// What every handler and connection shares.
 pub struct ServerState {
@@ -77,6 +84,8 @@ pub enum ServerError {
     MetricsListener { address: String, source: std::io::Error },
     #[error("flushing the event log on shutdown failed: {0}")]
     FinalFlush(StorageError),
+    #[error("cannot open the webhook queue in {path}: {source}")]
+    WebhookQueue { path: String, source: QueueError },
     #[error("cluster mode: cannot reach Redis at {url}: {reason}")]
     Redis { url: String, reason: String },
     /// The server stopped itself because a part of it failed for good.
@@ -157,6 +166,36 @@ pub async fn serve(
     serve_on(listener, config, Backend::Local(log), Arc::new(Health::default()), shutdown).await
 }
 
+/// Opens the webhook queue and starts every app's webhooks: nothing at all when no app has a
+/// target. Delivery workers stop when `shutdown` fires; batchers once the server state (which
+/// holds their senders) is dropped, after queueing what they still held.
+async fn start_webhooks(
+    config: &Config,
+    cluster: Option<&Arc<Cluster>>,
+    metrics: &Metrics,
+    background: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Result<HashMap<String, Arc<AppWebhooks>>, ServerError> {
+    if config.apps.iter().all(|app| app.webhooks.is_empty()) {
+        return Ok(HashMap::new());
+    }
+    if let Some(cluster) = cluster {
+        // The queue is Redis, shared by the nodes; the cluster decides occupancy and members.
+        let runtime = tokio::runtime::Handle::current();
+        let queue = RedisQueue::new(cluster.connection(), cluster.prefix(), &cluster.node_id, runtime);
+        let clustered = ClusterWebhooks { cluster: Arc::clone(cluster), relays: background.clone() };
+        let clustered: &dyn webhooks::Clustered = &clustered;
+        return Ok(webhooks::start(&config.apps, Arc::new(queue), Some(clustered), metrics, background, shutdown).await);
+    }
+    let path = config.server.data_dir.join(webhooks::QUEUE_DIR);
+    let shown = path.display().to_string();
+    let opened = tokio::task::spawn_blocking(move || SledQueue::open(&path))
+        .await
+        .unwrap_or_else(|_| Err(QueueError::Backend("opening was cancelled".into())));
+    let queue = opened.map_err(|source| ServerError::WebhookQueue { path: shown, source })?;
+    Ok(webhooks::start(&config.apps, Arc::new(queue), None, metrics, background, shutdown).await)
+}
+
 /// Serves on `backend` until `shutdown` fires; `health` is where problems are reported.
 pub async fn serve_on(
     listener: TcpListener,
@@ -200,10 +239,11 @@ pub async fn serve_on(
         Arc::clone(&metrics),
         cluster.clone(),
     ));
+    let webhooks = start_webhooks(&config, cluster.as_ref(), &metrics, &background, shutdown.clone()).await?;
     let tracker = TaskTracker::new();
     let state = Arc::new(ServerState {
         config: Arc::clone(&config),
-        apps: Apps::new(&config.apps, cluster.is_some()),
+        apps: Apps::new(&config.apps, cluster.is_some(), &webhooks),
         log: log_service,
         publisher,
         health: Arc::clone(&health),
@@ -212,6 +252,9 @@ pub async fn serve_on(
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
     });
+    // The hubs hold the webhook sinks now: once the state is dropped on shutdown, the batchers see
+    // their senders gone, queue what they still hold and end.
+    drop(webhooks);
     if let Some(cluster) = &cluster {
         background.spawn(cluster::bus::run(Arc::clone(cluster), Arc::clone(&state), shutdown.clone()));
         background.spawn(cluster::census::run(Arc::clone(cluster), Arc::clone(&state), shutdown.clone()));

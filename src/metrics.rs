@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::ServerState;
+use crate::webhooks::WebhookStats;
 
 /// `prometheus-client` writes the OpenMetrics text format, which Prometheus reads (and which is
 /// the plain Prometheus text format plus `# EOF`).
@@ -59,6 +60,14 @@ struct ClosedLabels {
     app: String,
     /// The close code the server sent, or `client` / `transport`.
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DroppedLabels {
+    app: String,
+    /// `expired` (not delivered within the retry period), `full` (the target's queue was full),
+    /// `overflow` (events came faster than they could be queued), `error` (the queue failed).
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -189,6 +198,10 @@ pub struct Metrics {
     pub cluster: Option<ClusterMetrics>,
     /// When the server started, for the status page's uptime.
     started: Instant,
+    webhooks_sent: Family<AppLabel, Counter>,
+    webhook_attempts_failed: Family<AppLabel, Counter>,
+    webhooks_dropped: Family<DroppedLabels, Counter>,
+    webhooks_pending: Family<AppLabel, Gauge>,
     /// Scrapes refresh the scrape-time figures one at a time, so counters copied from the hub
     /// are never advanced twice.
     scrape: Mutex<()>,
@@ -275,6 +288,22 @@ impl Metrics {
             Unit::Bytes,
             log_size.clone(),
         );
+        let webhooks_sent = Family::<AppLabel, Counter>::default();
+        registry.register("webhooks_sent", "Webhook requests delivered (answered 2xx)", webhooks_sent.clone());
+        let webhook_attempts_failed = Family::<AppLabel, Counter>::default();
+        registry.register(
+            "webhook_attempts_failed",
+            "Webhook delivery attempts that failed (timeout, connection error, non-2xx) and are retried",
+            webhook_attempts_failed.clone(),
+        );
+        let webhooks_dropped = Family::<DroppedLabels, Counter>::default();
+        registry.register(
+            "webhooks_dropped",
+            "Webhooks (or events) never delivered, by reason",
+            webhooks_dropped.clone(),
+        );
+        let webhooks_pending = Family::<AppLabel, Gauge>::default();
+        registry.register("webhooks_pending", "Webhook requests queued, not yet delivered", webhooks_pending.clone());
         let apps = app_ids
             .into_iter()
             .map(|id| {
@@ -321,6 +350,10 @@ impl Metrics {
             log_figures: Mutex::new(None),
             cluster: None,
             started: Instant::now(),
+            webhooks_sent,
+            webhook_attempts_failed,
+            webhooks_dropped,
+            webhooks_pending,
             scrape: Mutex::new(()),
         }
     }
@@ -365,6 +398,22 @@ impl Metrics {
     /// The counters of app `id` (None for an app that is not configured, which cannot happen).
     pub fn app(&self, id: &str) -> Option<&AppMetrics> {
         self.apps.get(id)
+    }
+
+    /// The webhook figures of app `id`, shared by its targets (once per app at start-up).
+    pub fn webhook_stats(&self, id: &str) -> WebhookStats {
+        let app = AppLabel { app: id.to_owned() };
+        let dropped =
+            |reason| self.webhooks_dropped.get_or_create(&DroppedLabels { app: id.to_owned(), reason }).clone();
+        WebhookStats {
+            sent: self.webhooks_sent.get_or_create(&app).clone(),
+            failed_attempts: self.webhook_attempts_failed.get_or_create(&app).clone(),
+            dropped_expired: dropped("expired"),
+            dropped_full: dropped("full"),
+            dropped_error: dropped("error"),
+            dropped_overflow: dropped("overflow"),
+            pending: self.webhooks_pending.get_or_create(&app).clone(),
+        }
     }
 
     /// Counts a closed connection: once per connection, so the label is built here.

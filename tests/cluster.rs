@@ -7,9 +7,11 @@ mod support;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use reprise_api::webhook::WebhookEvent;
 use serde_json::{Value, json};
 use support::process::ServerProcess;
 use support::redis::RedisServer;
+use support::webhooks::Receiver;
 use support::{APP_ID, APP_KEY, APP_SECRET, RestClient, WsClient, data_of, event_id, watch_event, watchlist_events};
 
 /// Nodes sharing one Redis, each with its own (unused) data directory.
@@ -551,4 +553,118 @@ async fn an_event_stream_counts_on_every_node() {
     eventually("node 0 counts node 1's stream", || counted(1)).await;
     drop(stream);
     eventually("the ended stream no longer counts", || counted(0)).await;
+}
+
+/// One webhook target for the test app (TOML lines after its `[[apps]]` entry), for every node.
+fn webhook_config(receiver: &Receiver) -> String {
+    format!(
+        "[[apps.webhooks]]\nurl = \"{}\"\n\
+         event_types = [\"channel_occupied\", \"channel_vacated\", \"member_added\", \"member_removed\", \"cache_miss\", \
+         \"subscription_count\"]\n",
+        receiver.url()
+    )
+}
+
+/// Counts each event among the distinct webhooks received (by id).
+fn count(receiver: &Receiver, event: &WebhookEvent) -> usize {
+    receiver.unique_events().iter().filter(|e| *e == event).count()
+}
+
+/// Webhooks describe the whole cluster and are sent once: a channel with subscribers on two
+/// nodes is occupied once and vacated once (when the last one anywhere leaves), a user with
+/// sockets on two nodes is added once and removed once, whichever node they leave from last, and
+/// subscription counts are the cluster's (3 here, when no node has more than 2).
+#[tokio::test]
+async fn webhooks_describe_the_cluster_and_are_sent_once() {
+    let receiver = Receiver::start().await;
+    let cluster = TestCluster::start_with_app_settings(2, &webhook_config(&receiver)).await;
+    let room = "presence-room";
+    let mut ann = cluster.client(0).await;
+    ann.subscribe_presence(room, "ann", json!({})).await;
+    let mut ann_tab = cluster.client(1).await;
+    ann_tab.subscribe_presence(room, "ann", json!({})).await;
+    let mut bob = cluster.client(1).await;
+    bob.subscribe_presence(room, "bob", json!({})).await;
+    let occupied = WebhookEvent::ChannelOccupied { channel: room.into() };
+    let added = |user: &str| WebhookEvent::MemberAdded { channel: room.into(), user_id: user.into() };
+    receiver.wait_for_events(&[occupied.clone(), added("ann"), added("bob")]).await;
+
+    // Ann leaves node 0 (still present on node 1); then everybody leaves node 1.
+    drop(ann);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(ann_tab);
+    drop(bob);
+    let removed = |user: &str| WebhookEvent::MemberRemoved { channel: room.into(), user_id: user.into() };
+    let vacated = WebhookEvent::ChannelVacated { channel: room.into() };
+    let departures = [removed("ann"), removed("bob"), vacated.clone()];
+    receiver.wait_for_events_within(&departures, Duration::from_secs(20)).await;
+
+    // A marker, queued after anything either node could still have held (3 s): duplicates, if
+    // any, are in by the time it arrives.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut marker = cluster.client(0).await;
+    marker.subscribe("cache-marker").await;
+    let marked = WebhookEvent::CacheMiss { channel: "cache-marker".into() };
+    receiver.wait_for_events_within(&[marked], Duration::from_secs(20)).await;
+    for event in [occupied, added("ann"), added("bob"), removed("ann"), removed("bob"), vacated] {
+        assert_eq!(count(&receiver, &event), 1, "{event:?} once, in {:#?}", receiver.unique_events());
+    }
+    let counts: Vec<u64> = receiver
+        .unique_events()
+        .into_iter()
+        .filter_map(|event| match event {
+            WebhookEvent::SubscriptionCount { channel, subscription_count } if channel == room => {
+                Some(subscription_count)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(counts.contains(&3) && counts.last() == Some(&0), "{counts:?}");
+}
+
+/// A node killed with webhooks owed: the survivors report its departures (member_removed,
+/// channel_vacated) once it is presumed dead, and deliver from the shared queue.
+#[tokio::test]
+async fn a_killed_nodes_departures_are_reported_by_the_survivors() {
+    let receiver = Receiver::start().await;
+    let mut cluster = TestCluster::start_with_app_settings(2, &webhook_config(&receiver)).await;
+    let mut doomed = cluster.client(0).await;
+    doomed.subscribe_presence("presence-lost", "doomed", json!({})).await;
+    let added = WebhookEvent::MemberAdded { channel: "presence-lost".into(), user_id: "doomed".into() };
+    receiver.wait_for_events(&[added]).await;
+    cluster.nodes[0].kill_9();
+    let removed = WebhookEvent::MemberRemoved { channel: "presence-lost".into(), user_id: "doomed".into() };
+    let vacated = WebhookEvent::ChannelVacated { channel: "presence-lost".into() };
+    // Presumed dead after 6 s, swept within 2 s more, held 3 s, and the lease of a dead holder
+    // expires after 15 s.
+    receiver.wait_for_events_within(&[removed.clone(), vacated.clone()], Duration::from_secs(40)).await;
+    assert_eq!((count(&receiver, &removed), count(&receiver, &vacated)), (1, 1));
+}
+
+/// The node delivering a target is killed with webhooks pending: another node takes its lease
+/// over (within 15 s) and delivers them, each once by id.
+#[tokio::test]
+async fn pending_webhooks_survive_the_death_of_the_node_delivering_them() {
+    let receiver = Receiver::start().await;
+    receiver.always(503);
+    // Node 0 alone first, so it is the one that takes the target's lease.
+    let mut cluster = TestCluster::start_with_app_settings(1, &webhook_config(&receiver)).await;
+    let mut client = cluster.client(0).await;
+    let channels: Vec<String> = (0..3).map(|n| format!("cache-p{n}")).collect();
+    for channel in &channels {
+        client.subscribe(channel).await;
+        client.expect_event("pusher:cache_miss").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    receiver.wait_for(Duration::from_secs(10), "a first attempt", |requests| !requests.is_empty()).await;
+    cluster.add_node().await;
+    cluster.nodes[0].kill_9();
+    drop(client);
+    receiver.always(0);
+    let misses: Vec<WebhookEvent> =
+        channels.iter().map(|channel| WebhookEvent::CacheMiss { channel: channel.clone() }).collect();
+    receiver.wait_for_events_within(&misses, Duration::from_secs(40)).await;
+    let delivered: Vec<WebhookEvent> =
+        receiver.unique_events().into_iter().filter(|event| matches!(event, WebhookEvent::CacheMiss { .. })).collect();
+    assert_eq!(delivered, misses, "each once by id, in order");
 }

@@ -5,8 +5,11 @@
 mod support;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
+use reprise::webhooks::config::WebhookConfig;
 use support::metrics::{free_port, scrape};
+use support::webhooks::Receiver;
 use support::{APP_ID, TestServer};
 
 fn value(samples: &HashMap<String, f64>, text: &str, series: &str) -> f64 {
@@ -280,4 +283,36 @@ async fn the_dashboard_queries_only_exported_metrics() {
         }
     }
     assert!(queried > 10, "the dashboard queries {queried} metrics");
+}
+
+/// Webhooks: a failed attempt is counted, then the delivery, and nothing is left pending.
+#[tokio::test]
+async fn metrics_count_webhooks_sent_failed_and_pending() {
+    let receiver = Receiver::start().await;
+    receiver.fail_first(1, 500);
+    let port = free_port().await;
+    let url = receiver.url();
+    let server = TestServer::start_with(|config| {
+        config.server.metrics_port = Some(port);
+        config.apps[0].webhooks = vec![WebhookConfig::for_url(url)];
+    })
+    .await;
+    let mut client = server.client().await;
+    client.subscribe("cache-m").await;
+    let series = |name: &str| format!("reprise_{name}{{app=\"{APP_ID}\"}}");
+    let delivered = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let (samples, text) = scrape(port).await;
+            if samples.get(&series("webhooks_sent_total")).is_some_and(|sent| *sent >= 1.0) {
+                return (samples, text);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let (samples, text) = delivered.expect("a webhook delivered within 20 s");
+    assert_eq!(value(&samples, &text, &series("webhook_attempts_failed_total")), 1.0);
+    assert_eq!(value(&samples, &text, &series("webhooks_pending")), 0.0);
+    let full = format!("reprise_webhooks_dropped_total{{app=\"{APP_ID}\",reason=\"full\"}}");
+    assert_eq!(value(&samples, &text, &full), 0.0);
 }

@@ -2,7 +2,7 @@
 //!
 //! Pusher protocol v7 frames, the Pusher HTTP API payloads and signatures, channel-name rules, and
 //! Reprise's replay extension (event ids, `since`, the replay block of `subscription_succeeded`), and
-//! the Server-Sent Events stream (framing, composite cursor, grant).
+//! the Server-Sent Events stream (framing, composite cursor, grant), and webhooks (body, signature).
 
 pub mod backup;
 pub mod channel;
@@ -15,6 +15,7 @@ pub mod presence;
 pub mod signature;
 pub mod sse;
 pub mod user;
+pub mod webhook;
 
 pub use channel::{ChannelKind, ChannelName, ChannelNameError};
 pub use codes::ErrorCode;

@@ -230,6 +230,7 @@ async fn rejoin_presence(cluster: &Cluster, state: &ServerState) {
     for app in state.apps.iter() {
         for (channel, socket, user_id, user_info) in app.hub.presence_members() {
             let member = PresenceMember { user_id, user_info };
+            // No member_added webhook here: the member is not new to the app, only to this Redis.
             match cluster.join(&app.config.id, &channel, &socket, &member, app.config.presence_max_members).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(RosterFull)) => {

@@ -214,13 +214,17 @@ pub async fn run(cluster: Arc<Cluster>, state: Arc<ServerState>, shutdown: Cance
         if cluster.may_sweep() {
             for app in state.apps.iter() {
                 let app_id = &app.config.id;
-                match cluster.sweep_presence(app_id, &live).await {
+                match cluster.sweep_presence(app_id, &live, app.hub.webhooks()).await {
                     Ok(0) | Err(_) => {}
                     Ok(removed) => tracing::info!(app = %app_id, removed, "removed the presence of dead nodes"),
                 }
                 match cluster.sweep_sign_ins(app_id, &live).await {
                     Ok(0) | Err(_) => {}
                     Ok(removed) => tracing::info!(app = %app_id, removed, "signed out the sockets of dead nodes"),
+                }
+                // Only apps with webhooks keep occupancy in Redis.
+                if let Some(webhooks) = app.hub.webhooks() {
+                    let _ = cluster.sweep_occupancy(app_id, &live, Some(webhooks)).await;
                 }
                 let _ = cluster.sweep_counts(app_id, &live).await;
                 if app.config.max_connections.is_some() {

@@ -10,6 +10,9 @@
 //!   first socket anywhere signs in and `offline` when their last one goes or its node dies.
 //! - Subscription counts and node liveness are published for the HTTP API (`census`), and
 //!   connection counts for apps' `max_connections` (`connections`).
+//! - Channel occupancy is cluster-wide for the webhooks (`occupancy`): occupied on the first
+//!   subscriber anywhere, vacated on the last, decided once.
+//! - Chores that one node per round should do, such as retention, go by turns (`turns`).
 //!
 //! A node never talks to another node directly: everything goes through Redis.
 
@@ -17,6 +20,7 @@ pub mod bus;
 pub mod census;
 pub mod connections;
 pub mod messages;
+pub mod occupancy;
 pub mod presence;
 pub mod signins;
 pub mod turns;
@@ -109,6 +113,11 @@ impl Cluster {
         })
     }
 
+    /// The prefix of every key the cluster keeps in Redis.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// A key under the cluster's prefix.
     fn key(&self, parts: &[&str]) -> String {
         let mut key = self.prefix.clone();
@@ -129,7 +138,7 @@ impl Cluster {
     }
 
     /// A connection for one command (a cheap clone of the multiplexed one).
-    fn connection(&self) -> ConnectionManager {
+    pub(crate) fn connection(&self) -> ConnectionManager {
         self.redis.clone()
     }
 

@@ -14,19 +14,23 @@
 use std::sync::LazyLock;
 
 use reprise_api::presence::{PresenceMember, roster};
+use reprise_api::webhook::WebhookEvent;
 use serde_json::Value;
 
 use super::messages::BusMessage;
 use super::{Cluster, ClusterError};
 use crate::hub::{RosterFull, Socket};
+use crate::webhooks::sink::WebhookSink;
 
 /// KEYS: sockets, users, info, presence channels. ARGV: socket key, user id, user info, bus
-/// channel, channel name, added message, most members. Returns the roster as [user, info, user,
-/// info...], or nil (nothing changed) if the user is new and the roster already holds the most
-/// members: checked in the script, so concurrent joins on several nodes cannot overshoot.
+/// channel, channel name, added message, most members. Returns whether the user was added (their
+/// first socket anywhere: "1" or "0"), then the roster: [added, user, info, user, info...]; or
+/// nil (nothing changed) if the user is new and the roster already holds the most members:
+/// checked in the script, so concurrent joins on several nodes cannot overshoot.
 static JOIN: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
+        local added = '0'
         if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
             if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0
                 and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[7]) then
@@ -37,28 +41,31 @@ static JOIN: LazyLock<redis::Script> = LazyLock::new(|| {
             if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then
                 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
                 redis.call('PUBLISH', ARGV[4], ARGV[6])
+                added = '1'
             end
         end
-        return redis.call('HGETALL', KEYS[3])
+        local roster = redis.call('HGETALL', KEYS[3])
+        table.insert(roster, 1, added)
+        return roster
         ",
     )
 });
 
-/// KEYS: sockets, users, info. ARGV: socket key, bus channel, app, channel. Returns 1 if the
-/// user left (their last socket), else 0.
+/// KEYS: sockets, users, info. ARGV: socket key, bus channel, app, channel. Returns the user id
+/// if the user left (their last socket), else nil.
 static LEAVE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
         local user = redis.call('HGET', KEYS[1], ARGV[1])
-        if not user then return 0 end
+        if not user then return false end
         redis.call('HDEL', KEYS[1], ARGV[1])
         if redis.call('HINCRBY', KEYS[2], user, -1) <= 0 then
             redis.call('HDEL', KEYS[2], user)
             redis.call('HDEL', KEYS[3], user)
             redis.call('PUBLISH', ARGV[2], cjson.encode({k = 'pr', a = ARGV[3], c = ARGV[4], u = user}))
-            return 1
+            return user
         end
-        return 0
+        return false
         ",
     )
 });
@@ -73,8 +80,9 @@ impl Cluster {
     }
 
     /// Adds `socket` as `member` to the cluster-wide roster of `channel` (announcing the user if
-    /// it is their first socket anywhere) and returns the roster (`{"presence":{...}}`); a new
-    /// user is refused if the roster already holds `max_members`, on all nodes together.
+    /// it is their first socket anywhere) and returns the roster (`{"presence":{...}}`) and
+    /// whether the user was added (the one place in the cluster that decides it); a new user is
+    /// refused if the roster already holds `max_members`, on all nodes together.
     pub async fn join(
         &self,
         app: &str,
@@ -82,7 +90,7 @@ impl Cluster {
         socket: &Socket,
         member: &PresenceMember,
         max_members: usize,
-    ) -> Result<Result<Value, RosterFull>, ClusterError> {
+    ) -> Result<Result<(Value, bool), RosterFull>, ClusterError> {
         let user_info = member.user_info.to_string();
         let added = BusMessage::MemberAdded {
             app: app.to_owned(),
@@ -108,19 +116,22 @@ impl Cluster {
             .invoke_async(&mut redis)
             .await;
         let Some(flat) = self.observe(result)? else { return Ok(Err(RosterFull)) };
+        let added = flat.first().is_some_and(|flag| flag == "1");
         let members: Vec<(String, Value)> = flat
+            .get(1..)
+            .unwrap_or_default()
             .chunks_exact(2)
             .map(|pair| (pair[0].clone(), serde_json::from_str(&pair[1]).unwrap_or(Value::Null)))
             .collect();
-        Ok(Ok(roster(members.iter().map(|(id, info)| (id.as_str(), info)))))
+        Ok(Ok((roster(members.iter().map(|(id, info)| (id.as_str(), info))), added)))
     }
 
     /// Removes one socket (by its cluster key) from `channel`'s roster, announcing the user's
-    /// departure if it was their last socket anywhere. Returns whether they left.
-    pub async fn leave(&self, app: &str, channel: &str, socket_key: &str) -> Result<bool, ClusterError> {
+    /// departure if it was their last socket anywhere. Returns the user if they left.
+    pub async fn leave(&self, app: &str, channel: &str, socket_key: &str) -> Result<Option<String>, ClusterError> {
         let [sockets, users, info] = self.presence_keys(app, channel);
         let mut redis = self.connection();
-        let result: Result<u8, _> = LEAVE
+        let result: Result<Option<String>, _> = LEAVE
             .key(sockets)
             .key(users)
             .key(info)
@@ -130,7 +141,15 @@ impl Cluster {
             .arg(channel)
             .invoke_async(&mut redis)
             .await;
-        Ok(self.observe(result)? == 1)
+        self.observe(result)
+    }
+
+    /// Whether `user_id` is present on `channel` on any node now.
+    pub async fn is_present(&self, app: &str, channel: &str, user_id: &str) -> Result<bool, ClusterError> {
+        let [_, users, _] = self.presence_keys(app, channel);
+        let mut redis = self.connection();
+        let result = redis::cmd("HEXISTS").arg(users).arg(user_id).query_async(&mut redis).await;
+        self.observe(result)
     }
 
     /// The user ids present on `channel`, on every node.
@@ -150,9 +169,14 @@ impl Cluster {
     }
 
     /// Removes every presence socket of a node not in `live_nodes` (a node killed, or cut off
-    /// long enough to be presumed dead), with `member_removed` for users who had no other socket.
-    /// Returns how many sockets were removed.
-    pub async fn sweep_presence(&self, app: &str, live_nodes: &[String]) -> Result<usize, ClusterError> {
+    /// long enough to be presumed dead), with `member_removed` for users who had no other socket
+    /// (also told to `webhooks`). Returns how many sockets were removed.
+    pub async fn sweep_presence(
+        &self,
+        app: &str,
+        live_nodes: &[String],
+        webhooks: Option<&WebhookSink>,
+    ) -> Result<usize, ClusterError> {
         let mut redis = self.connection();
         let channels: Result<Vec<String>, _> =
             redis::cmd("SMEMBERS").arg(self.presence_channels_key(app)).query_async(&mut redis).await;
@@ -172,7 +196,9 @@ impl Cluster {
             for key in keys {
                 let node = key.split(':').next().unwrap_or_default();
                 if !live_nodes.iter().any(|live| live == node) {
-                    self.leave(app, &channel, &key).await?;
+                    if let (Some(user_id), Some(webhooks)) = (self.leave(app, &channel, &key).await?, webhooks) {
+                        webhooks.emit(WebhookEvent::MemberRemoved { channel: channel.clone(), user_id });
+                    }
                     removed += 1;
                 }
             }

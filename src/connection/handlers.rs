@@ -8,6 +8,7 @@ use axum::extract::ws::Message;
 use futures_util::SinkExt;
 use reprise_api::frames::{self, ClientMessage, FrameError, SubscribeRequest};
 use reprise_api::presence::PresenceMember;
+use reprise_api::webhook::{WebhookEvent, WebhookKind};
 use reprise_api::{ChannelName, ErrorCode, EventId, signature};
 use serde_json::{Value, json};
 
@@ -131,7 +132,14 @@ impl Connection {
             (Some(cluster), Some(member)) => {
                 let socket = &self.membership.socket;
                 match cluster.join(&app.config.id, channel.as_str(), socket, &member, max_members).await {
-                    Ok(Ok(roster)) => Some(roster),
+                    Ok(Ok((roster, added))) => {
+                        // The user's first socket anywhere: the cluster decided it here, once.
+                        if let (true, Some(webhooks)) = (added, app.hub.webhooks()) {
+                            let (channel, user_id) = (channel.as_str().to_owned(), member.user_id.clone());
+                            webhooks.emit(WebhookEvent::MemberAdded { channel, user_id });
+                        }
+                        Some(roster)
+                    }
                     Ok(Err(RosterFull)) => {
                         self.membership.leave(channel.as_str());
                         return self.roster_full(channel.as_str(), max_members).await;
@@ -189,7 +197,12 @@ impl Connection {
                     Some(last.id),
                     last.user_id.as_deref(),
                 ),
-                None => frames::cache_miss(channel.as_str()),
+                None => {
+                    if let Some(webhooks) = app.hub.webhooks() {
+                        webhooks.emit(WebhookEvent::CacheMiss { channel: channel.as_str().to_owned() });
+                    }
+                    frames::cache_miss(channel.as_str())
+                }
             };
             if self.ws.feed(Message::Text(frame.into())).await.is_err() {
                 return false;
@@ -236,6 +249,18 @@ impl Connection {
         }
         let user_id = subscription.flatten();
         let data = frames::client_event_data(&data);
+        if let Some(webhooks) = self.membership.app.hub.webhooks()
+            && webhooks.wants(WebhookKind::ClientEvent)
+        {
+            // Told by the node the client sent it to: once, also in cluster mode.
+            webhooks.emit(WebhookEvent::ClientEvent {
+                channel: channel.as_str().to_owned(),
+                event: event.clone(),
+                data: data.clone(),
+                socket_id: self.membership.socket.id.to_string(),
+                user_id: user_id.clone(),
+            });
+        }
         if config.log_client_events {
             let item = PublishItem {
                 channel,

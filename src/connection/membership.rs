@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use reprise_api::ChannelName;
+use reprise_api::webhook::WebhookEvent;
 
 use super::admission::ConnectionSlot;
 use crate::apps::App;
@@ -69,11 +70,20 @@ impl Membership {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let (cluster, app, channel) = (Arc::clone(cluster), self.app.config.id.clone(), channel.to_owned());
+        let (cluster, app, channel) = (Arc::clone(cluster), Arc::clone(&self.app), channel.to_owned());
         let socket_key = cluster.socket_key(&self.socket);
         runtime.spawn(async move {
-            if let Err(error) = cluster.leave(&app, &channel, &socket_key).await {
-                tracing::warn!(%error, "could not leave the cluster's roster; the next reconnect or sweep retries");
+            match cluster.leave(&app.config.id, &channel, &socket_key).await {
+                // The user's last socket anywhere: the cluster decided it here, once.
+                Ok(Some(user_id)) => {
+                    if let Some(webhooks) = app.hub.webhooks() {
+                        webhooks.emit(WebhookEvent::MemberRemoved { channel, user_id });
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "could not leave the cluster's roster; the next reconnect or sweep retries");
+                }
             }
         });
     }

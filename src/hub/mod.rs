@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use reprise_api::presence::PresenceMember;
+use reprise_api::webhook::{WebhookEvent, WebhookKind};
 use reprise_api::{ChannelName, EventId, frames};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -29,6 +30,7 @@ use tokio::sync::oneshot;
 use self::channel::{Channel, Head, Subscriber};
 use self::signins::SignIns;
 pub use self::socket::{Frame, Logged, Socket, SocketId};
+use crate::webhooks::sink::WebhookSink;
 
 /// Channel maps are split in shards so publishes to different channels rarely share a lock.
 const SHARDS: usize = 16;
@@ -139,6 +141,12 @@ pub struct AppHub {
     /// Whether this hub tells subscribers about presence members joining and leaving. In cluster
     /// mode the roster is cluster-wide and those events come over the bus instead.
     presence_events: bool,
+    /// Where this app's webhook events go, if it has webhooks.
+    webhooks: Option<Arc<WebhookSink>>,
+    /// Where this hub tells its channel changes (occupied, vacated, members, counts): the app's
+    /// sink on a single node; in cluster mode a relay that lets the cluster decide occupancy and
+    /// counts (member events come from the cluster's roster instead).
+    local_events: Option<Arc<WebhookSink>>,
 }
 
 impl Default for AppHub {
@@ -151,6 +159,8 @@ impl Default for AppHub {
             slow_consumers: AtomicU64::new(0),
             sign_ins: SignIns::new(true),
             presence_events: true,
+            webhooks: None,
+            local_events: None,
         }
     }
 }
@@ -159,6 +169,22 @@ impl AppHub {
     /// A hub for cluster mode: presence events come from the cluster, not from this node's roster.
     pub fn clustered() -> Self {
         AppHub { presence_events: false, sign_ins: SignIns::new(false), ..AppHub::default() }
+    }
+
+    /// This hub, telling its events to `sink`, and its channel changes to `local`.
+    pub fn with_webhooks(self, sink: Arc<WebhookSink>, local: Arc<WebhookSink>) -> Self {
+        AppHub { webhooks: Some(sink), local_events: Some(local), ..self }
+    }
+
+    /// The app's webhook sink, if it has webhooks (for events the connections see: client
+    /// events, cache misses).
+    pub fn webhooks(&self) -> Option<&WebhookSink> {
+        self.webhooks.as_deref()
+    }
+
+    /// The sink for this node's channel changes.
+    fn local_webhooks(&self) -> Option<&WebhookSink> {
+        self.local_events.as_deref()
     }
 
     fn shard(&self, channel: &str) -> MutexGuard<'_, HashMap<String, Channel>> {
@@ -188,9 +214,18 @@ impl AppHub {
         let state = shard.entry(channel.as_str().to_owned()).or_insert_with(Channel::new);
         let user_id = member.as_ref().map(|m| m.user_id.clone());
         let previous = state.subscribers.insert(socket.serial, Subscriber { socket: Arc::clone(socket), user_id });
+        // Told under the shard lock, so a channel's webhook events keep the order they happened in.
+        if let (Some(webhooks), None) = (self.local_webhooks(), &previous) {
+            channel_changed(webhooks, channel.as_str(), state, true);
+        }
         if let (Some(member), None) = (member, previous) {
             let joins = self.presence_events && !state.members.contains_key(&member.user_id);
             let added = joins.then(|| frames::member_added(channel.as_str(), &member.user_id, &member.user_info));
+            // `joins` is false in cluster mode, where the cluster's roster decides.
+            if let (true, Some(webhooks)) = (joins, self.local_webhooks()) {
+                let user_id = member.user_id.clone();
+                webhooks.emit(WebhookEvent::MemberAdded { channel: channel.as_str().to_owned(), user_id });
+            }
             state.join(member.user_id, member.user_info);
             if let Some(added) = added {
                 state.send_to_all(&Frame::plain(added), Some(&socket.id));
@@ -210,6 +245,12 @@ impl AppHub {
             && self.presence_events
         {
             state.send_to_all(&Frame::plain(frames::member_removed(channel, &user_id)), None);
+            if let Some(webhooks) = self.local_webhooks() {
+                webhooks.emit(WebhookEvent::MemberRemoved { channel: channel.to_owned(), user_id });
+            }
+        }
+        if let Some(webhooks) = self.local_webhooks() {
+            channel_changed(webhooks, channel, state, false);
         }
         if state.is_idle() {
             shard.remove(channel);
@@ -449,6 +490,21 @@ impl AppHub {
             socket.close(code);
         }
         sockets.len()
+    }
+}
+
+/// Tells `webhooks` that `channel` gained (`joined`) or lost a subscriber: occupied on the first,
+/// vacated on the last, and the new count.
+fn channel_changed(webhooks: &WebhookSink, channel: &str, state: &Channel, joined: bool) {
+    let subscriptions = state.subscribers.len();
+    match (joined, subscriptions) {
+        (true, 1) => webhooks.emit(WebhookEvent::ChannelOccupied { channel: channel.to_owned() }),
+        (false, 0) => webhooks.emit(WebhookEvent::ChannelVacated { channel: channel.to_owned() }),
+        _ => {}
+    }
+    if webhooks.wants(WebhookKind::SubscriptionCount) {
+        let subscription_count = subscriptions as u64;
+        webhooks.emit(WebhookEvent::SubscriptionCount { channel: channel.to_owned(), subscription_count });
     }
 }
 

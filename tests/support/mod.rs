@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod process;
 pub mod redis;
 pub mod sse;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
