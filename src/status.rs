@@ -57,7 +57,19 @@ struct AppStatus {
     resumes_recovered: u64,
     resumes_not_recovered: u64,
     slow_consumers: u64,
+    /// None when the app has no webhook targets.
+    webhooks: Option<WebhookStatus>,
     busiest: Vec<ChannelStatus>,
+}
+
+/// The app's webhooks, over its targets (this node's, in cluster mode).
+#[derive(Serialize)]
+struct WebhookStatus {
+    targets: usize,
+    pending: i64,
+    sent: u64,
+    failed_attempts: u64,
+    dropped: u64,
 }
 
 #[derive(Serialize)]
@@ -107,6 +119,19 @@ pub async fn json(State(state): State<Arc<ServerState>>) -> Json<Status> {
             resumes_recovered: count(|app| app.resumes_recovered.get()),
             resumes_not_recovered: count(|app| app.resumes_not_recovered.get()),
             slow_consumers: hub.slow_consumers.load(Ordering::Relaxed),
+            webhooks: (!app.config.webhooks.is_empty()).then(|| {
+                let stats = state.metrics.webhook_stats(&app.config.id);
+                WebhookStatus {
+                    targets: app.config.webhooks.len(),
+                    pending: stats.pending.get(),
+                    sent: stats.sent.get(),
+                    failed_attempts: stats.failed_attempts.get(),
+                    dropped: [stats.dropped_expired, stats.dropped_full, stats.dropped_error, stats.dropped_overflow]
+                        .iter()
+                        .map(prometheus_client::metrics::counter::Counter::get)
+                        .sum(),
+                }
+            }),
             busiest,
         });
     }

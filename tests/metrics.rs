@@ -186,6 +186,7 @@ async fn the_status_json_lists_the_busiest_channels_with_their_log() {
         reqwest::get(format!("http://127.0.0.1:{port}/status.json")).await.expect("status").json().await.expect("JSON");
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(status["health"]["ok"], true, "{status}");
+    assert_eq!(status["apps"][0]["webhooks"], serde_json::Value::Null, "no targets, no webhook figures");
     let busiest = status["apps"][0]["busiest"].as_array().expect("busiest channels");
     let names: Vec<&str> = busiest.iter().map(|channel| channel["name"].as_str().expect("name")).collect();
     assert_eq!(names, ["busy", "quiet"], "by subscribers: {status}");
@@ -315,4 +316,25 @@ async fn metrics_count_webhooks_sent_failed_and_pending() {
     assert_eq!(value(&samples, &text, &series("webhooks_pending")), 0.0);
     let full = format!("reprise_webhooks_dropped_total{{app=\"{APP_ID}\",reason=\"full\"}}");
     assert_eq!(value(&samples, &text, &full), 0.0);
+    // The status page shows the same.
+    let status: serde_json::Value =
+        reqwest::get(format!("http://127.0.0.1:{port}/status.json")).await.expect("status").json().await.expect("JSON");
+    let webhooks = &status["apps"][0]["webhooks"];
+    assert_eq!(
+        (
+            &webhooks["targets"],
+            &webhooks["sent"],
+            &webhooks["failed_attempts"],
+            &webhooks["pending"],
+            &webhooks["dropped"]
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(0),
+            &serde_json::json!(0)
+        ),
+        "{status}"
+    );
 }
