@@ -25,7 +25,10 @@ extra=${3:-1000}
 scenario=${SCENARIO:-fanout}
 
 target_dir=${CARGO_TARGET_DIR:-target}
-cargo build --release -p reprise --bin reprise -p reprise-load
+# Built one at a time, as compare.sh does: together they would unify features differently and
+# each script would rebuild what the other just built.
+cargo build --release -p reprise --bin reprise
+cargo build --release -p reprise-load
 reprise="$target_dir/release/reprise"
 load="$target_dir/release/reprise-load"
 out="$target_dir/callgrind"
