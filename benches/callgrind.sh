@@ -10,7 +10,16 @@
 # E + EXTRA_EVENTS publishes, and the difference divided by EXTRA_EVENTS is the count per publish
 # (with its S frames): start-up, connects and shutdown cancel out.
 #
+# Not counted: the instructions of sled's start-up spin. sled starts its IO thread pool inside a
+# lazily initialised static (`sled::lazy::Lazy`), and the pool's new threads spin on that static's
+# lock until it is built; under valgrind, which runs one thread at a time, a spinning thread burns
+# whole time slices, from a few million instructions to several hundred million depending on how
+# the threads were scheduled. That function's own count is taken off each total (its ordinary
+# calls cost a few instructions each), so the totals compare.
+#
 # Usage: benches/callgrind.sh [SUBSCRIBERS] [EVENTS] [EXTRA_EVENTS]    (default 100 200 1000)
+#   REPRISE=<path>: measure that reprise binary (e.g. target/compare/reprise-base-<commit>, kept by
+#   compare.sh --base) instead of building the current tree's.
 #   SCENARIO=channels: 16 channels of one subscriber each, 16 publishers back to back
 #   (`channels --channels 16 --subscribers-per-channel 1 --publishers 16 --rate 0`): the publish
 #   path with group commits, where a commit's size depends on timing (so its count varies more).
@@ -27,9 +36,11 @@ scenario=${SCENARIO:-fanout}
 target_dir=${CARGO_TARGET_DIR:-target}
 # Built one at a time, as compare.sh does: together they would unify features differently and
 # each script would rebuild what the other just built.
-cargo build --release -p reprise --bin reprise
+if [ -z "${REPRISE:-}" ]; then
+  cargo build --release -p reprise --bin reprise
+fi
 cargo build --release -p reprise-load
-reprise="$target_dir/release/reprise"
+reprise=${REPRISE:-$target_dir/release/reprise}
 load="$target_dir/release/reprise-load"
 out="$target_dir/callgrind"
 mkdir -p "$out"
@@ -77,15 +88,20 @@ measure() {
   kill -TERM "$server_pid"
   wait "$server_pid" || true
   server_pid=""
-  # The profile's "totals:" line is the instructions of every thread of the run.
-  grep -E '^(summary|totals):' "$profile" | tail -1 | awk '{print $2}'
+  # The profile's "totals:" line is the instructions of every thread of the run; less the spin
+  # (see the top of this file).
+  local total spin
+  total=$(grep -E '^(summary|totals):' "$profile" | tail -1 | awk '{print $2}')
+  spin=$(callgrind_annotate "$profile" 2>/dev/null | grep -F 'sled::lazy::Lazy<T,F> as core::ops::deref::Deref>::deref' |
+    head -1 | awk '{gsub(",", "", $1); print $1}')
+  echo $((total - ${spin:-0}))
 }
 
 small=$(measure "$events")
 large=$(measure "$((events + extra))")
 per_publish=$(((large - small) / extra))
 echo
-echo "==> callgrind, $scenario: $events publishes: $small instructions; $((events + extra)): $large"
+echo "==> callgrind, $scenario, $reprise: $events publishes: $small instructions; $((events + extra)): $large"
 case "$scenario" in
   fanout) echo "    per publish (with its $subscribers frames): $per_publish instructions; per frame: $((per_publish / subscribers))" ;;
   channels) echo "    per publish (with its one frame): $per_publish instructions" ;;

@@ -203,7 +203,7 @@ pub async fn serve_on(
     let tracker = TaskTracker::new();
     let state = Arc::new(ServerState {
         config: Arc::clone(&config),
-        apps: Apps::new(&config.apps, cluster.is_some()),
+        apps: Apps::new(&config.apps, cluster.is_some(), &metrics),
         log: log_service,
         publisher,
         health: Arc::clone(&health),

@@ -125,7 +125,7 @@ impl AppMetrics {
 /// Every metric of the server.
 pub struct Metrics {
     registry: Registry,
-    apps: HashMap<String, AppMetrics>,
+    apps: HashMap<String, Arc<AppMetrics>>,
     closed: Family<ClosedLabels, Counter>,
     connections_open: Family<AppLabel, Gauge>,
     channels: Family<AppLabel, Gauge>,
@@ -231,7 +231,7 @@ impl Metrics {
                     not_durable: outcome(&publishes, "not_durable"),
                     unknown: outcome(&publishes, "unknown"),
                 };
-                (id.to_owned(), metrics)
+                (id.to_owned(), Arc::new(metrics))
             })
             .collect();
         Metrics {
@@ -253,7 +253,7 @@ impl Metrics {
     }
 
     /// The counters of app `id` (None for an app that is not configured, which cannot happen).
-    pub fn app(&self, id: &str) -> Option<&AppMetrics> {
+    pub fn app(&self, id: &str) -> Option<&Arc<AppMetrics>> {
         self.apps.get(id)
     }
 
@@ -336,7 +336,7 @@ async fn status(State(state): State<Arc<ServerState>>) -> axum::Json<serde_json:
         .map(|app| {
             let hub = &app.hub;
             let occupied = hub.occupied("");
-            let counters = state.metrics.app(&app.config.id);
+            let counters = state.metrics.app(&app.config.id).map(Arc::as_ref);
             let count = |pick: fn(&AppMetrics) -> u64| counters.map_or(0, pick);
             serde_json::json!({
                 "id": app.config.id,

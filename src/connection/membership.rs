@@ -130,7 +130,7 @@ mod tests {
     /// `member_removed`), its sign-in and its connection slot.
     #[test]
     fn a_panicking_connection_leaves_no_ghost_member() {
-        let app = Arc::new(App { config: AppConfig::default(), hub: Arc::new(AppHub::default()) });
+        let app = Arc::new(App { config: AppConfig::default(), hub: Arc::new(AppHub::default()), metrics: None });
         let room = ChannelName::parse("presence-room").unwrap();
         let watcher = Socket::new(SocketId::fixed("1.1"), 16);
         let as_member = |id: &str| Some(PresenceMember { user_id: id.into(), user_info: Value::Null });
