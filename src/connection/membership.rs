@@ -40,6 +40,11 @@ impl Membership {
     /// Records a subscription the hub has registered.
     pub fn add(&mut self, channel: &str) {
         if !self.is_subscribed(channel) {
+            // Most sockets hold one channel: room for one (24 bytes), where a first push would
+            // make room for four (96).
+            if self.channels.is_empty() {
+                self.channels.reserve_exact(1);
+            }
             self.channels.push(channel.to_owned());
             if let Some(cluster) = &self.cluster {
                 cluster.count_changed(&self.app.config.id, channel);
