@@ -183,15 +183,17 @@ impl Connection {
                 }
                 if let Poll::Ready(incoming) = incoming {
                     // The read may have left more frames in its buffer, which no new wake-up
-                    // would announce: look again next turn.
-                    socket.io_wake_again();
+                    // would announce: flag it and fire the wake-up, so that the next turn reads
+                    // again, after writing what was queued meanwhile (a client that keeps
+                    // sending must not starve its own outbox into a 4100).
+                    io_waker.wake_by_ref();
                     last_activity = Instant::now();
                     awaiting_pong = false;
                     heard_from = true;
                     // Bounded like batched writes: answering a client that stopped reading must
                     // not park the task.
                     match bounded(self.on_incoming(incoming)).await {
-                        Ok(None) => continue,
+                        Ok(None) => {}
                         Ok(Some(ended)) => return ended,
                         Err(_) => {
                             log!(warn, self, "writes stalled: dropping the connection");

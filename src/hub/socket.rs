@@ -226,7 +226,8 @@ impl Socket {
     }
 
     /// Whether what is polled with this socket as its waker woke since the last
-    /// [`Socket::take_io_wake`] (or may have more: see [`Socket::io_wake_again`]).
+    /// [`Socket::take_io_wake`] (or was woken by hand: a read that returned a message may have
+    /// left more in its buffer, which no new wake-up would announce).
     pub fn io_wake_pending(&self) -> bool {
         self.io_woken.load(Ordering::Acquire)
     }
@@ -234,12 +235,6 @@ impl Socket {
     /// Like [`Socket::io_wake_pending`], and clears it: the caller polls what it stands for now.
     pub fn take_io_wake(&self) -> bool {
         self.io_woken.swap(false, Ordering::AcqRel)
-    }
-
-    /// Marks the socket as woken without waking it: a read that returned a message may have left
-    /// more in its buffer, which no new wake-up would announce.
-    pub fn io_wake_again(&self) {
-        self.io_woken.store(true, Ordering::Release);
     }
 }
 
@@ -258,7 +253,8 @@ impl Wake for Socket {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.io_wake_again();
+        // Set before the wake-up fires: the connection looks at the flag once woken.
+        self.io_woken.store(true, Ordering::Release);
         Socket::wake(self);
     }
 }
