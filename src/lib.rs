@@ -243,7 +243,7 @@ pub async fn serve_on(
     let tracker = TaskTracker::new();
     let state = Arc::new(ServerState {
         config: Arc::clone(&config),
-        apps: Apps::new(&config.apps, cluster.is_some(), &webhooks),
+        apps: Apps::new(&config.apps, cluster.is_some(), &webhooks, &metrics),
         log: log_service,
         publisher,
         health: Arc::clone(&health),

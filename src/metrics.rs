@@ -177,7 +177,7 @@ impl AppMetrics {
 /// Every metric of the server.
 pub struct Metrics {
     registry: Registry,
-    apps: HashMap<String, AppMetrics>,
+    apps: HashMap<String, Arc<AppMetrics>>,
     closed: Family<ClosedLabels, Counter>,
     connections_open: Family<AppLabel, Gauge>,
     channels: Family<AppLabel, Gauge>,
@@ -327,7 +327,7 @@ impl Metrics {
                     not_durable: outcome(&publishes, "not_durable"),
                     unknown: outcome(&publishes, "unknown"),
                 };
-                (id.to_owned(), metrics)
+                (id.to_owned(), Arc::new(metrics))
             })
             .collect();
         Metrics {
@@ -396,7 +396,7 @@ impl Metrics {
     }
 
     /// The counters of app `id` (None for an app that is not configured, which cannot happen).
-    pub fn app(&self, id: &str) -> Option<&AppMetrics> {
+    pub fn app(&self, id: &str) -> Option<&Arc<AppMetrics>> {
         self.apps.get(id)
     }
 

@@ -90,7 +90,7 @@ pub async fn json(State(state): State<Arc<ServerState>>) -> Json<Status> {
     for app in state.apps.iter() {
         let hub = &app.hub;
         let mut occupied = hub.occupied("");
-        let counters = state.metrics.app(&app.config.id);
+        let counters = app.metrics.as_deref();
         let count = |pick: fn(&AppMetrics) -> u64| counters.map_or(0, pick);
         occupied.sort_by(|a, b| b.1.subscriptions.cmp(&a.1.subscriptions).then_with(|| a.0.cmp(&b.0)));
         let mut busiest = Vec::with_capacity(BUSIEST_CHANNELS);

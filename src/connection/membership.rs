@@ -44,6 +44,11 @@ impl Membership {
     /// Records a subscription the hub has registered.
     pub fn add(&mut self, channel: &str) {
         if !self.is_subscribed(channel) {
+            // Most sockets hold one channel: room for one (24 bytes), where a first push would
+            // make room for four (96).
+            if self.channels.is_empty() {
+                self.channels.reserve_exact(1);
+            }
             self.channels.push(channel.to_owned());
             if let Some(cluster) = &self.cluster {
                 cluster.count_changed(&self.app.config.id, channel);
@@ -169,7 +174,7 @@ mod tests {
     /// `member_removed`), its sign-in and its connection slot.
     #[test]
     fn a_panicking_connection_leaves_no_ghost_member() {
-        let app = Arc::new(App { config: AppConfig::default(), hub: Arc::new(AppHub::default()) });
+        let app = Arc::new(App { config: AppConfig::default(), hub: Arc::new(AppHub::default()), metrics: None });
         let room = ChannelName::parse("presence-room").unwrap();
         let watcher = Socket::new(SocketId::fixed("1.1"), 16);
         let as_member = |id: &str| Some(PresenceMember { user_id: id.into(), user_info: Value::Null });

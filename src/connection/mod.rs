@@ -8,10 +8,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use reprise_api::{ErrorCode, frames};
 use tokio::time::Instant;
 
@@ -160,14 +161,32 @@ impl Connection {
         let ping = tokio::time::sleep(self.silence_allowed(false));
         let woken = socket.woken();
         tokio::pin!(cancelled, ping, woken);
+        // The client's frames and the shutdown token are polled with the socket as their waker
+        // and only after it flagged them (see `Socket`'s `Wake`): most wake-ups are for queued
+        // frames, and polling the read side every time costs more than writing the frame.
+        let io_waker = Waker::from(Arc::clone(&socket));
         // The ping timer is not moved on every frame received: when it fires, it checks
         // `last_activity` and sleeps again if the client was heard from meanwhile.
         let mut last_activity = Instant::now();
         let mut awaiting_pong = false;
         let mut heard_from = false;
         loop {
-            tokio::select! {
-                incoming = self.ws.recv() => {
+            if socket.take_io_wake() {
+                // (A `Context` is not `Send`: it must not live across the awaits below.)
+                let (stopping, incoming) = {
+                    let mut io = Context::from_waker(&io_waker);
+                    let stopping = cancelled.as_mut().poll(&mut io).is_ready();
+                    (stopping, if stopping { Poll::Pending } else { self.ws.poll_next_unpin(&mut io) })
+                };
+                if stopping {
+                    return Box::pin(self.close(ErrorCode::Reconnect.as_u16(), "Server shutting down")).await;
+                }
+                if let Poll::Ready(incoming) = incoming {
+                    // The read may have left more frames in its buffer, which no new wake-up
+                    // would announce: flag it and fire the wake-up, so that the next turn reads
+                    // again, after writing what was queued meanwhile (a client that keeps
+                    // sending must not starve its own outbox into a 4100).
+                    io_waker.wake_by_ref();
                     last_activity = Instant::now();
                     awaiting_pong = false;
                     heard_from = true;
@@ -182,6 +201,13 @@ impl Connection {
                         }
                     }
                 }
+            }
+            // Biased, in the order written: no random number per wake-up. The ping timer comes
+            // second, so while frames keep coming it is not looked at; that only delays a ping to
+            // a client that is being written to, and a client that stopped reading stalls those
+            // writes, which drops it.
+            tokio::select! {
+                biased;
                 () = &mut woken => {
                     // Re-armed before looking: a frame queued (or a close asked) after the look
                     // wakes it again.
@@ -192,15 +218,16 @@ impl Connection {
                     }
                     socket.take_frames(&mut self.batch);
                     if self.batch.is_empty() {
-                        continue; // woken for frames an earlier take already wrote
+                        continue; // woken by the client or shutdown, or for frames already written
                     }
                     // A client that stopped reading stalls this write while its outbox fills:
-                    // the close asked on overflow must still be heard here.
+                    // the close asked on overflow, and shutdown, must still be heard here.
                     let mut frames_pending = false;
                     let written = {
                         let mut write = bounded(self.write_batch());
                         loop {
                             tokio::select! {
+                                biased;
                                 written = &mut write => break written,
                                 () = &mut woken => {
                                     woken.set(socket.woken());
@@ -209,12 +236,15 @@ impl Connection {
                                         drop(write);
                                         return Box::pin(self.close_requested(code)).await;
                                     }
+                                    // Left flagged: the client's frames are read after the write.
+                                    if socket.io_wake_pending()
+                                        && cancelled.as_mut().poll(&mut Context::from_waker(&io_waker)).is_ready()
+                                    {
+                                        drop(write);
+                                        let reason = "Server shutting down";
+                                        return Box::pin(self.close(ErrorCode::Reconnect.as_u16(), reason)).await;
+                                    }
                                     frames_pending = true;
-                                }
-                                () = &mut cancelled => {
-                                    drop(write);
-                                    let reason = "Server shutting down";
-                                    return Box::pin(self.close(ErrorCode::Reconnect.as_u16(), reason)).await;
                                 }
                             }
                         }
@@ -247,9 +277,6 @@ impl Connection {
                     ping.as_mut().reset(now + pong_timeout);
                     let pinged = bounded(self.write(frames::ping())).await;
                     if !matches!(pinged, Ok(true)) { return Ended::Transport; }
-                }
-                () = &mut cancelled => {
-                    return Box::pin(self.close(ErrorCode::Reconnect.as_u16(), "Server shutting down")).await;
                 }
             }
         }
@@ -314,9 +341,9 @@ impl Connection {
         Ended::ClosedByServer(code)
     }
 
-    /// This connection's app's counters (a map lookup: cheaper than carrying them in every socket).
+    /// This connection's app's counters.
     fn app_metrics(&self) -> Option<&AppMetrics> {
-        self.state.metrics.app(&self.membership.app.config.id)
+        self.membership.app.metrics.as_deref()
     }
 
     /// Writes one frame now. Returns false if the socket is gone.

@@ -2,8 +2,9 @@
 //! pushes shared frames into without ever waiting.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Wake;
 
 use axum::extract::ws::Utf8Bytes;
 use reprise_api::{ChannelName, ErrorCode, EventId};
@@ -125,6 +126,10 @@ pub struct Socket {
     /// Set (once) to the close code the connection should close with: 4100 on overflow, or the
     /// code of a `terminate_connections`. Read by the connection when it wakes.
     close_code: AtomicU16,
+    /// Set when something polled with this socket as its waker (the connection's reads and its
+    /// shutdown token; see the `Wake` impl) has news. Starts set, so that they are polled (and
+    /// so registered) once.
+    io_woken: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -144,6 +149,7 @@ impl Socket {
             capacity,
             wake: Notify::new(),
             close_code: AtomicU16::new(0),
+            io_woken: AtomicBool::new(true),
         })
     }
 
@@ -217,5 +223,38 @@ impl Socket {
     /// The code the socket was asked to close with, or 0 if it was not.
     pub fn close_code(&self) -> u16 {
         self.close_code.load(Ordering::Acquire)
+    }
+
+    /// Whether what is polled with this socket as its waker woke since the last
+    /// [`Socket::take_io_wake`] (or was woken by hand: a read that returned a message may have
+    /// left more in its buffer, which no new wake-up would announce).
+    pub fn io_wake_pending(&self) -> bool {
+        self.io_woken.load(Ordering::Acquire)
+    }
+
+    /// Like [`Socket::io_wake_pending`], and clears it: the caller polls what it stands for now.
+    pub fn take_io_wake(&self) -> bool {
+        self.io_woken.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// A socket is the waker of its connection's reads and shutdown token: their wake-ups set a flag
+/// and wake the connection through its one wake-up (the outbox's).
+///
+/// Why: a connection task is woken mostly to write queued frames, and every task wake-up polls
+/// every branch it waits on. Polling the WebSocket's read costs ~800 instructions even with
+/// nothing to read (tungstenite reserves its buffer and tries a read, which the runtime answers
+/// with "would block") and the shutdown token takes a mutex: together more than a third of what a
+/// delivered frame cost the connection task (`benches/callgrind.sh`, docs/benchmarks.md). With
+/// this flag they are polled only when they woke.
+impl Wake for Socket {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Set before the wake-up fires: the connection looks at the flag once woken.
+        self.io_woken.store(true, Ordering::Release);
+        Socket::wake(self);
     }
 }

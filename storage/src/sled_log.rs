@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use crate::blob_sync::BlobSync;
 use crate::codec::{self, ChannelMeta, Totals};
-use crate::watermark::{Reading, Watermark};
+use crate::watermark::{Reading, Watermark, WatermarkWriter};
 use crate::{
     ChannelHead, Clock, CompactRule, Cursor, DataLoss, EventId, EventLog, LogKey, LogStats, NewEvent, ReadOutcome,
     StorageError, StoredEvent, system_clock,
@@ -143,10 +143,10 @@ pub struct SledLog {
     log_file: Option<std::fs::File>,
     /// sled's blob files, which sled does not sync. None for a temporary log.
     blobs: Option<BlobSync>,
-    /// How many appends are durable, outside sled: written after each flush that appended
-    /// something. None for a temporary log. A mutex so concurrent flushes write it in turn (each
-    /// write only ever raises it).
-    watermark: Option<Mutex<Watermark>>,
+    /// How many appends are durable, outside sled: handed to its writer's thread after each
+    /// flush, which records it if something was appended (each record only ever raises it).
+    /// None for a temporary log.
+    watermark: Option<WatermarkWriter>,
     /// From the totals, set when a data loss was accepted: ids up to this time may have been
     /// handed out and lost. Fixed once the log is open.
     lost_through_ms: Option<u64>,
@@ -288,7 +288,7 @@ impl SledLog {
     /// durable appends, and opening fails unless `accept_data_loss`, which records the loss.
     fn check_watermark(&mut self, dir: &Path, accept_data_loss: bool) -> Result<(), StorageError> {
         let (watermark, reading) = Watermark::open(dir)?;
-        self.watermark = Some(Mutex::new(watermark));
+        self.watermark = Some(WatermarkWriter::start(watermark)?);
         let totals = self.lock().totals;
         let loss = |durable_appends, durable_through_ms| DataLoss {
             found_appends: totals.appends,
@@ -509,8 +509,10 @@ impl EventLog for SledLog {
             file.sync_data().map_err(|e| StorageError::Io(format!("fdatasync of the log failed: {e}")))?;
         }
         if let Some(watermark) = &self.watermark {
-            // Written in place with one fdatasync, and skipped when nothing was appended.
-            watermark.lock().unwrap_or_else(PoisonError::into_inner).record(totals.appends, totals.max_time_ms)?;
+            // Durable now, so the watermark may claim them: its thread writes them in place
+            // with one fdatasync (skipped when nothing was appended) while the commit goes on.
+            // Fails if an earlier record failed.
+            watermark.submit(totals.appends, totals.max_time_ms)?;
         }
         Ok(())
     }

@@ -7,7 +7,8 @@
 //! (issue 11). Nothing inside sled can notice that; a record that sled does not manage can.
 //!
 //! Why this shape: it is written after every flush that appended something (every group commit,
-//! thousands of times a second), so it is one fixed-size slot written in place and one
+//! thousands of times a second; by [`WatermarkWriter`]'s thread, so that a commit does not wait
+//! for it), so it is one fixed-size slot written in place and one
 //! `fdatasync`: no rename, no directory sync, no size change. Two slots, 4 KiB apart so that one
 //! torn write can never touch both, are written in turn, each with a generation and a CRC-32:
 //! a write torn by a power cut leaves the other slot, one flush older, which is still a correct
@@ -19,6 +20,7 @@ use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::StorageError;
 use crate::codec::{self, WATERMARK_SLOT_BYTES, WatermarkSlot};
@@ -114,6 +116,116 @@ impl Watermark {
     }
 }
 
+/// Writes the watermark from a thread of its own, so that a flush does not wait for the
+/// watermark's `fdatasync` after its own (two `fdatasync`s per group commit made publishing a
+/// third more costly in CPU and up to half as fast as before the watermark existed; see
+/// docs/benchmarks.md, round two).
+///
+/// Safe because the watermark may lag what is durable, never lead it: a flush hands over only
+/// totals that its own `fdatasync` already made durable. The writer writes the latest totals it
+/// was given (a burst of flushes is recorded once), one record at a time, so at most one slot is
+/// ever being written (a torn write leaves the other, as [`Watermark::record`] requires). A
+/// record that fails is reported by the next flush, which fails with it: the events of the
+/// flush that handed it over were durable, so that flush's answer stands. Dropping the writer
+/// waits for the record in progress and the latest handed over: a clean close leaves the
+/// watermark exact, a crash leaves it at most two flushes behind.
+pub(crate) struct WatermarkWriter {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
+    state: Mutex<WriterState>,
+    /// Signalled when totals are handed over, when a record ends, and on drop.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct WriterState {
+    /// The latest totals handed over and not yet taken by the thread: (appends, max_time_ms).
+    pending: Option<(u64, u64)>,
+    /// The thread is writing a record.
+    busy: bool,
+    /// The first record that failed, reported by every later hand-over.
+    failed: Option<String>,
+    stopping: bool,
+}
+
+impl WatermarkWriter {
+    pub(crate) fn start(mut watermark: Watermark) -> Result<Self, StorageError> {
+        let shared = Arc::new(Shared { state: Mutex::new(WriterState::default()), changed: Condvar::new() });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("reprise-watermark".into())
+            .spawn(move || {
+                let shared = thread_shared;
+                let mut state = lock(&shared.state);
+                loop {
+                    let Some((appends, max_time_ms)) = state.pending.take() else {
+                        if state.stopping {
+                            return;
+                        }
+                        state = shared.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
+                        continue;
+                    };
+                    state.busy = true;
+                    drop(state);
+                    let recorded = watermark.record(appends, max_time_ms);
+                    state = lock(&shared.state);
+                    state.busy = false;
+                    if let (Err(error), None) = (recorded, &state.failed) {
+                        state.failed = Some(error.to_string());
+                    }
+                    shared.changed.notify_all();
+                }
+            })
+            .map_err(|e| StorageError::Io(format!("cannot start the watermark's writer: {e}")))?;
+        Ok(WatermarkWriter { shared, thread: Some(thread) })
+    }
+
+    /// Hands over totals that a flush made durable (it returned). Fails if an earlier record
+    /// failed.
+    pub(crate) fn submit(&self, appends: u64, max_time_ms: u64) -> Result<(), StorageError> {
+        let mut state = lock(&self.shared.state);
+        if let Some(error) = &state.failed {
+            return Err(StorageError::Io(error.clone()));
+        }
+        let (held_appends, held_time) = state.pending.unwrap_or((0, 0));
+        state.pending = Some((appends.max(held_appends), max_time_ms.max(held_time)));
+        self.shared.changed.notify_all();
+        Ok(())
+    }
+
+    /// Waits until everything handed over is written; fails if a record failed.
+    #[cfg(test)]
+    pub(crate) fn wait(&self) -> Result<(), StorageError> {
+        let mut state = lock(&self.shared.state);
+        while state.pending.is_some() || state.busy {
+            state = self.shared.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+        match &state.failed {
+            Some(error) => Err(StorageError::Io(error.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for WatermarkWriter {
+    fn drop(&mut self) {
+        lock(&self.shared.state).stopping = true;
+        self.shared.changed.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join(); // it writes what was handed over before it ends
+        }
+    }
+}
+
+/// The writer's state lock: held for a few assignments, never while writing. A panic while it
+/// was held cannot have left it half-updated (whole-field assignments), so poisoning is ignored.
+fn lock(mutex: &Mutex<WriterState>) -> MutexGuard<'_, WriterState> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Reads both slots and picks the valid one with the higher generation.
 fn read_slots(file: &File) -> std::io::Result<Reading> {
     let mut best: Option<WatermarkSlot> = None;
@@ -157,6 +269,27 @@ mod tests {
         let expected = WatermarkSlot { generation: 2, appends: 12, max_time_ms: 101 };
         assert_eq!(reading, Reading::Valid(expected));
         assert_eq!(watermark.current(), expected);
+    }
+
+    /// The writer's thread records what flushes hand it (never less than it holds), and a writer
+    /// that is dropped has written everything it was handed: a clean close leaves it exact.
+    #[test]
+    fn the_writer_records_what_it_is_handed_and_finishes_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (watermark, _) = Watermark::open(dir.path()).unwrap();
+        let writer = WatermarkWriter::start(watermark).unwrap();
+        writer.submit(10, 100).unwrap();
+        writer.wait().unwrap();
+        let (_, reading) = Watermark::open(dir.path()).unwrap();
+        assert_eq!(reading, Reading::Valid(WatermarkSlot { generation: 1, appends: 10, max_time_ms: 100 }));
+        for appends in 11..=50 {
+            writer.submit(appends, 100 + appends).unwrap();
+        }
+        writer.submit(40, 140).unwrap(); // an older flush's totals lower nothing
+        drop(writer);
+        let (_, reading) = Watermark::open(dir.path()).unwrap();
+        let Reading::Valid(slot) = reading else { panic!("a valid slot: {reading:?}") };
+        assert_eq!((slot.appends, slot.max_time_ms), (50, 150));
     }
 
     /// A write torn by a power cut damages one slot; the other, one flush older, is read instead.
