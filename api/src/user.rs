@@ -30,6 +30,11 @@ pub struct SignedUser {
 /// names the user's `#server-to-user-{id}` channel.
 pub fn parse_user_id(user_data: &str) -> Result<String, InvalidUserData> {
     let data: Value = serde_json::from_str(user_data).map_err(|_| InvalidUserData::NoId)?;
+    id_of(&data)
+}
+
+/// The `id` of parsed user data (see [`parse_user_id`]).
+fn id_of(data: &Value) -> Result<String, InvalidUserData> {
     match data.get("id") {
         Some(Value::String(id)) if !id.is_empty() => Ok(id.clone()),
         _ => Err(InvalidUserData::NoId),
@@ -39,8 +44,8 @@ pub fn parse_user_id(user_data: &str) -> Result<String, InvalidUserData> {
 /// The id and the optional `watchlist` (at most [`MAX_WATCHLIST_USERS`] string ids; a number
 /// is refused, as for the id: it could never match a signed-in user).
 pub fn parse_user_data(user_data: &str) -> Result<SignedUser, InvalidUserData> {
-    let id = parse_user_id(user_data)?;
     let data: Value = serde_json::from_str(user_data).map_err(|_| InvalidUserData::NoId)?;
+    let id = id_of(&data)?;
     let watchlist = match data.get("watchlist") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(ids)) => {
