@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use reprise_storage::{DataLoss, EventLog, RedisLog, SledLog, StorageError};
+use reprise_storage::{DataLoss, EventLog, SledLog, StorageError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -134,8 +134,7 @@ async fn run_clustered(
     let handle = tokio::runtime::Handle::current();
     let timeout = Duration::from_secs(settings.redis_timeout_secs);
     let opened = tokio::task::spawn_blocking(move || {
-        let log = RedisLog::connect_with_timeout(&settings.redis_url, &settings.prefix, handle, timeout)?
-            .with_idle_ttl(Duration::from_secs(settings.channel_idle_ttl_secs));
+        let log = cluster::open_log(&settings, handle)?;
         Ok::<_, StorageError>(match settings.wait_replicas {
             0 => log,
             replicas => log.with_wait_replicas(replicas, timeout),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use reprise::config::{AppSource, ClusterConfig, Config, DEFAULT_DATA_DIR, Overrides, ProcessEnv};
-use reprise_storage::{EventLog, RedisLog, SledLog, StorageError};
+use reprise_storage::{EventLog, SledLog, StorageError};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
@@ -165,12 +165,9 @@ impl DataDir {
             return Ok(OpenedLog { log: Box::new(open_log(&self.data_dir)?), _runtime: None });
         };
         let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-        let timeout = Duration::from_secs(cluster.redis_timeout_secs);
         let where_ = reprise::config::redact_url_password(&cluster.redis_url);
-        let log =
-            RedisLog::connect_with_timeout(&cluster.redis_url, &cluster.prefix, runtime.handle().clone(), timeout)
-                .with_context(|| format!("cannot reach the cluster's Redis at {where_}"))?
-                .with_idle_ttl(Duration::from_secs(cluster.channel_idle_ttl_secs));
+        let log = reprise::cluster::open_log(&cluster, runtime.handle().clone())
+            .with_context(|| format!("cannot reach the cluster's Redis at {where_}"))?;
         Ok(OpenedLog { log: Box::new(log), _runtime: Some(runtime) })
     }
 }

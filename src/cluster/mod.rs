@@ -64,6 +64,17 @@ const COMMAND_READY_ATTEMPTS: u32 = 20;
 const COMMAND_READY_DELAY: Duration = Duration::from_millis(100);
 
 /// The `health` component Redis problems are reported under.
+/// Opens the cluster's shared log in Redis as `settings` say (URL, prefix, timeout, idle
+/// channels' expiry); blocking, on `handle`'s runtime. Serving nodes add `wait_replicas`.
+pub fn open_log(
+    settings: &ClusterConfig,
+    handle: tokio::runtime::Handle,
+) -> Result<reprise_storage::RedisLog, StorageError> {
+    let timeout = Duration::from_secs(settings.redis_timeout_secs);
+    Ok(reprise_storage::RedisLog::connect_with_timeout(&settings.redis_url, &settings.prefix, handle, timeout)?
+        .with_idle_ttl(Duration::from_secs(settings.channel_idle_ttl_secs)))
+}
+
 pub const HEALTH_COMPONENT: &str = "redis";
 
 #[derive(Debug, thiserror::Error)]
