@@ -303,7 +303,7 @@ fn end_all(jobs: &[Job], ids: Option<&[EventId]>) {
                     );
                     let logged =
                         Logged { channel: item.channel.clone(), id: *id, event: Some(item.event.as_str().into()) };
-                    let frame = Arc::new(Frame { text: text.into(), logged: Some(logged) });
+                    let frame = Frame::logged(text, logged);
                     job.hub.end_logged(&item.channel, Some((*id, &frame)), item.except_socket.as_deref());
                 }
                 None => job.hub.end_logged(&item.channel, None, None),

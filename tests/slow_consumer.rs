@@ -6,7 +6,8 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{TestServer, WsClient};
+use support::metrics::{free_port, scrape};
+use support::{APP_ID, RestClient, TestServer, WsClient};
 
 /// Big events fill the kernel's socket buffers quickly, so the outbox overflows.
 const EVENT_BYTES: usize = 50_000;
@@ -42,14 +43,7 @@ async fn a_stalled_subscriber_is_cut_off_and_resumes_without_loss() {
     let payload = "x".repeat(EVENT_BYTES);
     let mut published = Vec::new();
     for _ in 0..EVENTS / PER_BATCH {
-        let batch: Vec<Value> =
-            (0..PER_BATCH).map(|_| json!({"name":"big","channel":"firehose","data": payload})).collect();
-        let (status, response) =
-            rest.call("POST", &rest.path("/batch_events"), &[], Some(&json!({"batch": batch}))).await;
-        assert_eq!(status, 200, "{response}");
-        for item in response["batch"].as_array().expect("batch") {
-            published.push(item["ids"]["firehose"].as_str().expect("id").to_owned());
-        }
+        published.extend(publish_big_events(&rest, &payload).await);
     }
     let received = tokio::time::timeout(Duration::from_secs(60), reading).await.expect("reader finished").unwrap();
     assert_eq!(received, published, "the reading subscriber got every event, in order");
@@ -86,7 +80,63 @@ async fn a_stalled_subscriber_is_cut_off_and_resumes_without_loss() {
     assert_alive(&mut resumed).await;
 }
 
+/// Publishes `PER_BATCH` events carrying `payload` to `firehose` in one call; returns their ids.
+async fn publish_big_events(rest: &RestClient, payload: &str) -> Vec<String> {
+    let batch: Vec<Value> =
+        (0..PER_BATCH).map(|_| json!({"name":"big","channel":"firehose","data": payload})).collect();
+    let (status, response) = rest.call("POST", &rest.path("/batch_events"), &[], Some(&json!({"batch": batch}))).await;
+    assert_eq!(status, 200, "{response}");
+    response["batch"]
+        .as_array()
+        .expect("batch")
+        .iter()
+        .map(|item| item["ids"]["firehose"].as_str().expect("id").to_owned())
+        .collect()
+}
+
 async fn assert_alive(client: &mut WsClient) {
     client.send_json(json!({"event":"pusher:ping","data":{}})).await;
     assert_eq!(client.expect_event("pusher:pong").await["event"], "pusher:pong");
+}
+
+/// A client cut off while a frame was half written, which then reads again within a second,
+/// gets the rest of that frame and then the 4100 close: the close frame follows whole frames.
+/// (Frames go to the socket without tungstenite since `connection::wire`; a close written right
+/// after the part the kernel took would land inside a frame, and the client would read garbage.)
+#[tokio::test]
+async fn a_client_cut_off_mid_frame_reads_whole_frames_then_4100() {
+    let metrics_port = free_port().await;
+    let server = TestServer::start_with(|config| {
+        config.server.outbox_frames = 16;
+        config.server.metrics_port = Some(metrics_port);
+        config.apps[0].max_message_size_bytes = 100_000;
+        config.apps[0].max_request_size_bytes = 1_000_000;
+    })
+    .await;
+    let rest = server.rest();
+    let mut stalled = server.client().await;
+    stalled.subscribe("firehose").await;
+    // Big events until the outbox overflows, which happens while a write is stuck part-way
+    // through a frame (the kernel's buffers are full); then the client reads again at once,
+    // well within the second the server gives the close frame.
+    let payload = "x".repeat(EVENT_BYTES);
+    let slow_consumers = format!("reprise_slow_consumers_total{{app=\"{APP_ID}\"}}");
+    let mut published = 0;
+    while scrape(metrics_port).await.0.get(&slow_consumers).copied().unwrap_or_default() < 1.0 {
+        assert!(published < EVENTS * 10, "the outbox never overflowed");
+        published += publish_big_events(&rest, &payload).await.len();
+    }
+    let mut seen = 0;
+    let ended_with = loop {
+        match stalled.next().await {
+            Ok(frame) if frame["event"] == "big" => {
+                assert_eq!(frame["data"].as_str().map(str::len), Some(EVENT_BYTES), "a whole event");
+                seen += 1;
+            }
+            Ok(_) => {}
+            Err(close) => break close.map(|frame| u16::from(frame.code)),
+        }
+    };
+    assert!(seen < published, "the client was cut off ({seen} of {published} events)");
+    assert_eq!(ended_with, Some(4100), "after {seen} whole events");
 }

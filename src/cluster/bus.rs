@@ -155,7 +155,7 @@ fn count(state: &ServerState, kind: &'static str) {
 fn logged_frame(channel: &ChannelName, id: EventId, event: &str, data: &str, user_id: Option<&str>) -> Arc<Frame> {
     let text = frames::event_frame(event, channel.as_str(), data, Some(id), user_id);
     let logged = Logged { channel: channel.clone(), id, event: Some(event.into()) };
-    Arc::new(Frame { text: text.into(), logged: Some(logged) })
+    Frame::logged(text, logged)
 }
 
 /// Delivers, from the log, the events of `channel` after `after` up to sequence `up_to`.

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::ws::{Message, WebSocket};
+use futures_util::SinkExt;
 use reprise_api::{ErrorCode, frames};
+use tokio_tungstenite::tungstenite::Message;
 
-use super::close_message;
+use super::{WsStream, close_message};
 use crate::apps::App;
 
 /// Why a connection was refused before the handshake.
@@ -32,7 +33,7 @@ impl Refusal {
 }
 
 /// Tells a refused client why (a `pusher:error` with the code) and closes with that code.
-pub async fn refuse(mut ws: WebSocket, refusal: Refusal) {
+pub async fn refuse(mut ws: WsStream, refusal: Refusal) {
     let (code, message) = refusal.code_and_message();
     // Over capacity is logged once a minute by the accept loop: a flood must not log per socket.
     if !matches!(refusal, Refusal::OverCapacity) {

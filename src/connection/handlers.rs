@@ -4,8 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use axum::extract::ws::Message;
-use futures_util::SinkExt;
+use bytes::BytesMut;
 use reprise_api::frames::{self, ClientMessage, FrameError, SubscribeRequest};
 use reprise_api::presence::PresenceMember;
 use reprise_api::webhook::{WebhookEvent, WebhookKind};
@@ -15,9 +14,12 @@ use serde_json::{Value, json};
 use super::Connection;
 use crate::cluster::messages::BusMessage;
 use crate::config::ClientEventsFrom;
-use crate::hub::{Frame, RosterFull};
+use crate::hub::{Frame, RosterFull, put_text_header};
 use crate::publisher::{PublishError, PublishItem};
 
+/// A replay is written in chunks of about this much: a few system calls for thousands of events,
+/// without holding a large one in memory.
+const REPLAY_CHUNK_BYTES: usize = 16 * 1024;
 /// The `type` of a subscription refused by a presence limit (soketi's name for it).
 const LIMIT_REACHED: &str = "LimitReached";
 
@@ -176,11 +178,19 @@ impl Connection {
         if !self.write(frames::subscription_succeeded(channel.as_str(), &data)).await {
             return false;
         }
+        // Encoded into one buffer and written a chunk at a time: a few system calls for the
+        // whole replay.
+        let mut out = BytesMut::new();
         for event in &replay.events {
             let user_id = event.user_id.as_deref();
             let frame = frames::event_frame(&event.event, channel.as_str(), &event.data, Some(event.id), user_id);
-            if self.ws.feed(Message::Text(frame.into())).await.is_err() {
-                return false;
+            put_text_header(&mut out, frame.len());
+            out.extend_from_slice(frame.as_bytes());
+            if out.len() >= REPLAY_CHUNK_BYTES {
+                if !self.write_wire(&out).await {
+                    return false;
+                }
+                out.clear();
             }
         }
         if let Some(watermark) = replay.watermark {
@@ -204,11 +214,10 @@ impl Connection {
                     frames::cache_miss(channel.as_str())
                 }
             };
-            if self.ws.feed(Message::Text(frame.into())).await.is_err() {
-                return false;
-            }
+            put_text_header(&mut out, frame.len());
+            out.extend_from_slice(frame.as_bytes());
         }
-        self.ws.flush().await.is_ok()
+        out.is_empty() || self.write_wire(&out).await
     }
 
     /// A new user refused by a full presence roster (this node's, or the cluster's).

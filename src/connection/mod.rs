@@ -6,36 +6,42 @@
 //! shutdown). Everything it does to other sockets goes through the hub without waiting.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use reprise_api::{ErrorCode, frames};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_util::sync::WaitForCancellationFuture;
 
 use self::membership::Membership;
 use self::rate_limit::ClientEventBudget;
 use crate::ServerState;
 use crate::apps::App;
-use crate::hub::{Frame, Socket, SocketId};
+use crate::hub::{Frame, Socket, SocketId, encode_text};
 use crate::metrics::{AppMetrics, Closed};
 
 pub use self::admission::{ConnectionSlot, Refusal, refuse, reserve_slot};
+pub use self::upgrade::{WsStream, WsUpgrade};
 
 /// The batch buffer's capacity kept between writes; above it, it is given back after a burst.
 const BATCH_CAPACITY_KEPT: usize = 64;
-/// How long one batch may take to reach the kernel. A client that stopped reading (or vanished
-/// without a FIN) would otherwise park this task, its outbox and its ping timer until TCP gives
-/// up, minutes later. The client resumes from the log when it comes back.
+/// How long a write may wait for the kernel to take more. A client that stopped reading (or
+/// vanished without a FIN) would otherwise park this task, its outbox and its ping timer until
+/// TCP gives up, minutes later. The client resumes from the log when it comes back.
 const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a close frame may take to go out before the socket is simply dropped.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn close_message(code: u16, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))
+    Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) }))
 }
 
 /// Logs a connection event with the socket's id and app. Fields on the event rather than a span
@@ -55,6 +61,8 @@ mod admission;
 mod handlers;
 mod membership;
 mod rate_limit;
+mod upgrade;
+mod wire;
 
 /// Serves an accepted connection until it closes.
 ///
@@ -62,7 +70,7 @@ mod rate_limit;
 /// holds it once. (An `async fn` taking it by value would keep the argument and the moved-into
 /// local both, a dead copy every idle socket would pay for.)
 pub fn run(
-    ws: WebSocket,
+    ws: WsStream,
     app: Arc<App>,
     state: Arc<ServerState>,
     slot: ConnectionSlot,
@@ -75,6 +83,8 @@ pub fn run(
         state,
         membership,
         batch: VecDeque::new(),
+        batch_offset: 0,
+        ws_unflushed: false,
         replay_watermarks: HashMap::new(),
         client_event_budget: ClientEventBudget::default(),
     };
@@ -97,12 +107,12 @@ pub fn run(
     }
 }
 
-/// Bounds a write (or a handler that writes) by `WRITE_STALL_TIMEOUT`.
+/// Bounds a single write (or a handler that writes) by `WRITE_STALL_TIMEOUT`.
 ///
-/// Boxed: a task's future is as large as its largest state, and a pending write (or a subscribe
-/// with its replay) is by far the largest state of the connection loop. Boxed, it takes 8 bytes
-/// there; inline, every idle socket would carry its room. One allocation per batch written is
-/// nothing next to the system call that writes it.
+/// Boxed: a task's future is as large as its largest state, and a subscribe with its replay is
+/// by far the largest state of the connection loop. Boxed, it takes 8 bytes there; inline, every
+/// idle socket would carry its room. (Batches of queued frames, the frequent writes, are bounded
+/// without an allocation: see `Connection::write_batch`.)
 fn bounded<F: Future>(write: F) -> Pin<Box<tokio::time::Timeout<F>>> {
     Box::pin(tokio::time::timeout(WRITE_STALL_TIMEOUT, write))
 }
@@ -111,15 +121,27 @@ fn bounded<F: Future>(write: F) -> Pin<Box<tokio::time::Timeout<F>>> {
 /// text frame that is not UTF-8, 1009 for a message over the size limit, 1002 for any other
 /// protocol violation (an orphan continuation, a reserved opcode or bit, an unmasked frame).
 /// None for a broken transport, which can carry no close frame.
-fn close_code_for(error: axum::Error) -> Option<(u16, &'static str)> {
-    use tokio_tungstenite::tungstenite::error::{Error, ProtocolError};
-    match error.into_inner().downcast_ref::<Error>()? {
+fn close_code_for(error: &tungstenite::Error) -> Option<(u16, &'static str)> {
+    use tungstenite::error::{Error, ProtocolError};
+    match error {
         Error::Utf8(_) => Some((1007, "Invalid UTF-8 in a text frame")),
         Error::Capacity(_) => Some((1009, "Message too big")),
         Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
         Error::Protocol(_) => Some((1002, "WebSocket protocol error")),
         _ => None,
     }
+}
+
+/// How a batch write ended.
+enum BatchWritten {
+    All,
+    /// The transport failed.
+    Failed,
+    /// The kernel took nothing for `WRITE_STALL_TIMEOUT`.
+    Stalled,
+    /// A close was asked meanwhile (a full outbox, or a `terminate_connections`), with this code.
+    CloseAsked(u16),
+    ShuttingDown,
 }
 
 /// Why a connection ended.
@@ -132,12 +154,17 @@ enum Ended {
 }
 
 struct Connection {
-    ws: WebSocket,
+    ws: WsStream,
     state: Arc<ServerState>,
     /// The app, the socket's hub handle, and what it holds in the hub (left in its `Drop`).
     membership: Membership,
     /// The frames taken from the outbox for the write in progress (kept to reuse its memory).
     batch: VecDeque<Arc<Frame>>,
+    /// How much of the batch's first frame is written already (the kernel took part of it).
+    batch_offset: usize,
+    /// tungstenite may hold bytes not yet written: after a read (it answers a ping or a close
+    /// by itself). Flushed before writing past it (see `wire`).
+    ws_unflushed: bool,
     /// Per channel, the last sequence already sent by a replay: live copies at or below it are
     /// dropped. An entry goes away at the first live event above it, so this is usually empty.
     replay_watermarks: HashMap<String, u64>,
@@ -159,8 +186,8 @@ impl Connection {
         let shutdown = self.state.shutdown.clone();
         let cancelled = shutdown.cancelled();
         let ping = tokio::time::sleep(self.silence_allowed(false));
-        let woken = socket.woken();
-        tokio::pin!(cancelled, ping, woken);
+        let mut woken = socket.woken();
+        tokio::pin!(cancelled, ping);
         // The client's frames and the shutdown token are polled with the socket as their waker
         // and only after it flagged them (see `Socket`'s `Wake`): most wake-ups are for queued
         // frames, and polling the read side every time costs more than writing the frame.
@@ -178,6 +205,9 @@ impl Connection {
                     let stopping = cancelled.as_mut().poll(&mut io).is_ready();
                     (stopping, if stopping { Poll::Pending } else { self.ws.poll_next_unpin(&mut io) })
                 };
+                // A read may have queued an answer (to a ping or a close) that tungstenite could
+                // not write yet.
+                self.ws_unflushed = true;
                 if stopping {
                     return Box::pin(self.close(ErrorCode::Reconnect.as_u16(), "Server shutting down")).await;
                 }
@@ -209,55 +239,25 @@ impl Connection {
             tokio::select! {
                 biased;
                 () = &mut woken => {
-                    // Re-armed before looking: a frame queued (or a close asked) after the look
-                    // wakes it again.
-                    woken.set(socket.woken());
                     let code = socket.close_code();
                     if code != 0 {
                         return Box::pin(self.close_requested(code)).await;
                     }
-                    socket.take_frames(&mut self.batch);
+                    self.take_batch(&socket);
                     if self.batch.is_empty() {
                         continue; // woken by the client or shutdown, or for frames already written
                     }
-                    // A client that stopped reading stalls this write while its outbox fills:
-                    // the close asked on overflow, and shutdown, must still be heard here.
-                    let mut frames_pending = false;
-                    let written = {
-                        let mut write = bounded(self.write_batch());
-                        loop {
-                            tokio::select! {
-                                biased;
-                                written = &mut write => break written,
-                                () = &mut woken => {
-                                    woken.set(socket.woken());
-                                    let code = socket.close_code();
-                                    if code != 0 {
-                                        drop(write);
-                                        return Box::pin(self.close_requested(code)).await;
-                                    }
-                                    // Left flagged: the client's frames are read after the write.
-                                    if socket.io_wake_pending()
-                                        && cancelled.as_mut().poll(&mut Context::from_waker(&io_waker)).is_ready()
-                                    {
-                                        drop(write);
-                                        let reason = "Server shutting down";
-                                        return Box::pin(self.close(ErrorCode::Reconnect.as_u16(), reason)).await;
-                                    }
-                                    frames_pending = true;
-                                }
-                            }
-                        }
-                    };
-                    if frames_pending {
-                        socket.wake(); // the wake-up this write consumed: take those frames next
-                    }
-                    match written {
-                        Ok(true) => {}
-                        Ok(false) => return Ended::Transport,
-                        Err(_) => {
+                    match self.write_batch(&socket, cancelled.as_mut(), &io_waker).await {
+                        BatchWritten::All => {}
+                        BatchWritten::Failed => return Ended::Transport,
+                        BatchWritten::Stalled => {
                             log!(warn, self, "writes stalled: dropping the connection");
                             return Ended::Transport;
+                        }
+                        BatchWritten::CloseAsked(code) => return Box::pin(self.close_requested(code)).await,
+                        BatchWritten::ShuttingDown => {
+                            let reason = "Server shutting down";
+                            return Box::pin(self.close(ErrorCode::Reconnect.as_u16(), reason)).await;
                         }
                     }
                 }
@@ -298,13 +298,13 @@ impl Connection {
     ///
     /// A method of its own (awaited boxed, see `bounded`) so that the message and what handling
     /// it keeps across its writes live in that box, not in every idle socket's task.
-    async fn on_incoming(&mut self, incoming: Option<Result<Message, axum::Error>>) -> Option<Ended> {
+    async fn on_incoming(&mut self, incoming: Option<Result<Message, tungstenite::Error>>) -> Option<Ended> {
         let text = match incoming {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(_))) | None => return Some(Ended::ClientClosed),
             Some(Ok(_)) => return None, // pings are answered by the WebSocket layer; binary is ignored
             Some(Err(error)) => {
-                let Some((code, reason)) = close_code_for(error) else { return Some(Ended::Transport) };
+                let Some((code, reason)) = close_code_for(&error) else { return Some(Ended::Transport) };
                 log!(info, self, code, reason, "invalid WebSocket frame");
                 return Some(self.close(code, reason).await);
             }
@@ -337,7 +337,17 @@ impl Connection {
     async fn close(&mut self, code: u16, reason: &'static str) -> Ended {
         log!(debug, self, code, reason, "closing");
         // Bounded: a client that stopped reading cannot take the close frame either.
-        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.ws.send(close_message(code, reason))).await;
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+            // A frame the kernel took only part of is finished first: the close frame must
+            // follow whole frames. The rest of the batch is dropped (the client resumes).
+            if self.batch_offset > 0 && poll_fn(|cx| self.poll_finish_first_frame(cx)).await.is_err() {
+                return;
+            }
+            self.batch.clear();
+            self.batch_offset = 0;
+            let _ = self.ws.send(close_message(code, reason)).await;
+        })
+        .await;
         Ended::ClosedByServer(code)
     }
 
@@ -346,49 +356,121 @@ impl Connection {
         self.membership.app.metrics.as_deref()
     }
 
-    /// Writes one frame now. Returns false if the socket is gone.
+    /// Writes one text frame now. Returns false if the socket is gone.
     async fn write(&mut self, text: String) -> bool {
-        self.ws.send(Message::Text(text.into())).await.is_ok()
+        self.write_wire(&encode_text(&text)).await
     }
 
-    /// Writes the frames taken from the outbox, then flushes once.
-    async fn write_batch(&mut self) -> bool {
-        let (mut frames, mut bytes) = (0_u64, 0_u64);
-        while let Some(frame) = self.batch.pop_front() {
-            if self.is_replayed_already(&frame) {
-                continue;
-            }
-            if self.ws.feed(Message::Text(frame.text.clone())).await.is_err() {
-                return false;
-            }
-            frames += 1;
-            bytes += frame.text.len() as u64;
+    /// Writes already-encoded frames (`wire`) now, in full. Returns false if the socket is gone.
+    async fn write_wire(&mut self, wire: &[u8]) -> bool {
+        let mut offset = 0;
+        poll_fn(|cx| {
+            ready!(self.poll_flush_tungstenite(cx))?;
+            wire::poll_write_all(self.ws.get_mut(), cx, wire, &mut offset)
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Writes what tungstenite holds, if it may hold anything: what is written past it must
+    /// not land in the middle of one of its frames.
+    fn poll_flush_tungstenite(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.ws_unflushed {
+            ready!(self.ws.poll_flush_unpin(cx)).map_err(io::Error::other)?;
+            self.ws_unflushed = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes the rest of the batch's first frame, which the kernel took only part of.
+    fn poll_finish_first_frame(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Connection { ws, batch, batch_offset, .. } = self;
+        let Some(first) = batch.front() else { return Poll::Ready(Ok(())) };
+        ready!(wire::poll_write_all(ws.get_mut(), cx, &first.wire, batch_offset))?;
+        batch.pop_front();
+        *batch_offset = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Moves the outbox's frames into the batch, without the live copies of events a replay
+    /// already sent, and counts them.
+    fn take_batch(&mut self, socket: &Socket) {
+        socket.take_frames(&mut self.batch);
+        if !self.replay_watermarks.is_empty() {
+            let watermarks = &mut self.replay_watermarks;
+            self.batch.retain(|frame| !is_replayed_already(watermarks, frame));
         }
         // Counted once per batch: one lookup however many frames were fanned out.
         if let Some(app) = self.app_metrics() {
-            app.fan_out_frames.inc_by(frames);
-            app.fan_out_bytes.inc_by(bytes);
+            app.fan_out_frames.inc_by(self.batch.len() as u64);
+            app.fan_out_bytes.inc_by(self.batch.iter().map(|frame| frame.text.len() as u64).sum());
         }
-        // A burst grew the buffer; an idle socket should not keep it.
-        if self.batch.capacity() > BATCH_CAPACITY_KEPT {
-            self.batch = VecDeque::new();
-        }
-        self.ws.flush().await.is_ok()
     }
 
-    fn is_replayed_already(&mut self, frame: &Frame) -> bool {
-        if self.replay_watermarks.is_empty() {
-            return false;
-        }
-        let Some(logged) = &frame.logged else { return false };
-        match self.replay_watermarks.get(logged.channel.as_str()) {
-            Some(&watermark) if logged.id.seq() <= watermark => true,
-            Some(_) => {
-                // Live events arrive in sequence order: none after this one can be a duplicate.
-                self.replay_watermarks.remove(logged.channel.as_str());
-                false
+    /// Writes the batch, as few system calls as the kernel allows, and watches meanwhile for a
+    /// close request and shutdown: a client that stopped reading stalls this write while its
+    /// outbox fills, and the close asked on overflow must still be heard.
+    ///
+    /// The stall timer is armed only once the kernel refuses more (most batches are written at
+    /// once), so the frequent case costs neither a timer nor an allocation.
+    async fn write_batch(
+        &mut self,
+        socket: &Socket,
+        mut cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+        io_waker: &Waker,
+    ) -> BatchWritten {
+        let mut stall: Option<Pin<Box<Sleep>>> = None;
+        let mut frames_pending = false;
+        let written = poll_fn(|cx| {
+            match self.poll_write_batch(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(BatchWritten::All),
+                Poll::Ready(Err(_)) => return Poll::Ready(BatchWritten::Failed),
+                Poll::Pending => {}
             }
-            None => false,
+            while Pin::new(&mut socket.woken()).poll(cx).is_ready() {
+                let code = socket.close_code();
+                if code != 0 {
+                    return Poll::Ready(BatchWritten::CloseAsked(code));
+                }
+                // Left flagged: the client's frames are read after the write.
+                if socket.io_wake_pending() && cancelled.as_mut().poll(&mut Context::from_waker(io_waker)).is_ready() {
+                    return Poll::Ready(BatchWritten::ShuttingDown);
+                }
+                frames_pending = true;
+            }
+            let stall = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL_TIMEOUT)));
+            if stall.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(BatchWritten::Stalled);
+            }
+            Poll::Pending
+        })
+        .await;
+        if frames_pending {
+            socket.wake(); // the wake-up this write consumed: take those frames next
         }
+        // A burst grew the buffer; an idle socket should not keep it.
+        if matches!(written, BatchWritten::All) && self.batch.capacity() > BATCH_CAPACITY_KEPT {
+            self.batch = VecDeque::new();
+        }
+        written
+    }
+
+    fn poll_write_batch(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_flush_tungstenite(cx))?;
+        wire::poll_write_frames(self.ws.get_mut(), cx, &mut self.batch, &mut self.batch_offset)
+    }
+}
+
+/// Whether `frame` is a live copy of an event a replay already sent (see `replay_watermarks`).
+fn is_replayed_already(watermarks: &mut HashMap<String, u64>, frame: &Frame) -> bool {
+    let Some(logged) = &frame.logged else { return false };
+    match watermarks.get(logged.channel.as_str()) {
+        Some(&watermark) if logged.id.seq() <= watermark => true,
+        Some(_) => {
+            // Live events arrive in sequence order: none after this one can be a duplicate.
+            watermarks.remove(logged.channel.as_str());
+            false
+        }
+        None => false,
     }
 }

@@ -9,7 +9,7 @@ use reprise_api::EventId;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::socket::{Frame, Socket};
+use super::{Frame, Socket};
 
 pub(super) struct Subscriber {
     pub socket: Arc<Socket>,

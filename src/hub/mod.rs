@@ -13,6 +13,7 @@
 //! resumes from the log, so nothing is skipped silently.
 
 mod channel;
+mod frame;
 mod signins;
 mod socket;
 
@@ -28,8 +29,9 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use self::channel::{Channel, Head, Subscriber};
+pub use self::frame::{Frame, Logged, encode_text, put_text_header};
 use self::signins::SignIns;
-pub use self::socket::{Frame, Logged, Socket, SocketId};
+pub use self::socket::{Socket, SocketId};
 use crate::webhooks::sink::WebhookSink;
 
 /// Channel maps are split in shards so publishes to different channels rarely share a lock.
@@ -280,7 +282,7 @@ impl AppHub {
             if let (_, Some(excluded)) = state.send_to_all(frame, except) {
                 let text = frames::skipped(channel.as_str(), id);
                 let logged = Logged { channel: channel.clone(), id, event: None };
-                excluded.send(&Arc::new(Frame { text: text.into(), logged: Some(logged) }));
+                excluded.send(&Frame::logged(text, logged));
             }
             state.head = Head::Known(Some(id));
         }
@@ -305,7 +307,7 @@ impl AppHub {
         if let (_, Some(excluded)) = state.send_to_all(frame, except) {
             let text = frames::skipped(channel.as_str(), id);
             let logged = Logged { channel: channel.clone(), id, event: None };
-            excluded.send(&Arc::new(Frame { text: text.into(), logged: Some(logged) }));
+            excluded.send(&Frame::logged(text, logged));
         }
         state.head = Head::Known(Some(id));
         // A reader that read the log's head meanwhile must not settle an older one.

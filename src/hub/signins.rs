@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use reprise_api::frames;
 
 use super::lock;
-use super::socket::{Frame, Socket};
+use super::{Frame, Socket};
 
 /// By user id, then by socket id; and the watchlists.
 pub(super) struct SignIns {

@@ -47,16 +47,20 @@ pub async fn run(
     payload_bytes: usize,
     published: Arc<[AtomicU64]>,
 ) -> PublisherReport {
-    run_via(vec![target], channels, rate, until, payload_bytes, published).await
+    run_via(vec![target], channels, rate, 1, until, payload_bytes, published).await
 }
 
 /// [`run`] through several nodes of one cluster: a keep-alive connection to each, the k-th
 /// publish sent through `targets[k % n]`. Still one publish in flight, so each channel's events
 /// keep the publisher's order whichever node takes them.
+///
+/// `batch` above 1 sends that many events to one channel per `batch_events` call (at most 10,
+/// Pusher's limit); `publishes` and `rate` still count events.
 pub async fn run_via(
     targets: Vec<Target>,
     channels: Vec<(usize, Arc<str>)>,
     rate: f64,
+    batch: usize,
     until: Until,
     payload_bytes: usize,
     published: Arc<[AtomicU64]>,
@@ -98,16 +102,30 @@ pub async fn run_via(
         let slot = next % channels.len();
         next += 1;
         let (index, name) = &channels[slot];
-        let seq = published[*index].load(Ordering::Acquire) + 1;
+        let first_seq = published[*index].load(Ordering::Acquire) + 1;
         let sent = now_ns();
-        let data = pusher::payload(seq, sent, payload_bytes);
         let node = usize::try_from(report.publishes).unwrap_or(0) % rests.len();
-        match rests[node].trigger(name, &data).await {
-            Ok(id) => {
+        let acknowledged = if batch > 1 {
+            let last_seq = first_seq + batch as u64 - 1;
+            let datas: Vec<String> =
+                (first_seq..=last_seq).map(|seq| pusher::payload(seq, sent, payload_bytes)).collect();
+            rests[node].batch(name, &datas).await.and_then(|ids| {
+                if !ids.is_empty() && ids.len() != batch {
+                    anyhow::bail!("channel {name}: {} ids for a batch of {batch}", ids.len());
+                }
+                Ok(ids)
+            })
+        } else {
+            let data = pusher::payload(first_seq, sent, payload_bytes);
+            rests[node].trigger(name, &data).await.map(|id| id.into_iter().collect())
+        };
+        match acknowledged {
+            Ok(ids) => {
                 report.ack_ns.saturating_record(now_ns().saturating_sub(sent).max(1_000));
-                published[*index].store(seq, Ordering::Release);
-                report.publishes += 1;
-                if let Some(id) = id {
+                let events = batch.max(1) as u64;
+                published[*index].store(first_seq + events - 1, Ordering::Release);
+                report.publishes += events;
+                for id in ids {
                     let id_seq = pusher::id_seq(&id);
                     if let (Some(previous), Some(now)) = (last_id_seq[slot], id_seq)
                         && now != previous + 1

@@ -194,6 +194,7 @@ async fn run(env: &Env, plan: Plan) -> anyhow::Result<bool> {
                 env.nodes_from(p),
                 owned,
                 rate,
+                1,
                 until,
                 env.payload_bytes,
                 Arc::clone(&published),
