@@ -194,7 +194,7 @@ impl Connection {
             }
         }
         if let Some(watermark) = replay.watermark {
-            self.replay_watermarks.insert(channel.as_str().to_owned(), watermark);
+            self.replay_watermarks.insert(channel.as_str(), watermark);
         }
         // A client that resumed has everything; one that starts fresh or could not be
         // recovered gets the cache channel's last event, as Pusher sends it.

@@ -85,7 +85,7 @@ pub fn run(
         batch: VecDeque::new(),
         batch_offset: 0,
         ws_unflushed: false,
-        replay_watermarks: HashMap::new(),
+        replay_watermarks: ReplayWatermarks::default(),
         client_event_budget: ClientEventBudget::default(),
     };
     async move {
@@ -165,9 +165,7 @@ struct Connection {
     /// tungstenite may hold bytes not yet written: after a read (it answers a ping or a close
     /// by itself). Flushed before writing past it (see `wire`).
     ws_unflushed: bool,
-    /// Per channel, the last sequence already sent by a replay: live copies at or below it are
-    /// dropped. An entry goes away at the first live event above it, so this is usually empty.
-    replay_watermarks: HashMap<String, u64>,
+    replay_watermarks: ReplayWatermarks,
     client_event_budget: ClientEventBudget,
 }
 
@@ -396,9 +394,11 @@ impl Connection {
     /// already sent, and counts them.
     fn take_batch(&mut self, socket: &Socket) {
         socket.take_frames(&mut self.batch);
-        if !self.replay_watermarks.is_empty() {
-            let watermarks = &mut self.replay_watermarks;
-            self.batch.retain(|frame| !is_replayed_already(watermarks, frame));
+        if let Some(watermarks) = &mut self.replay_watermarks.0 {
+            self.batch.retain(|frame| !watermarks.is_replayed_already(frame));
+            if watermarks.is_empty() {
+                self.replay_watermarks.0 = None;
+            }
         }
         // Counted once per batch: one lookup however many frames were fanned out.
         if let Some(app) = self.app_metrics() {
@@ -412,47 +412,65 @@ impl Connection {
     /// outbox fills, and the close asked on overflow must still be heard.
     ///
     /// The stall timer is armed only once the kernel refuses more (most batches are written at
-    /// once), so the frequent case costs neither a timer nor an allocation.
-    async fn write_batch(
-        &mut self,
+    /// once), so the frequent case costs neither a timer nor an allocation. A `poll_fn` returned
+    /// as it is, rather than an `async fn`: its state is what the closure holds (six words),
+    /// which every socket's task has room for.
+    fn write_batch<'a>(
+        &'a mut self,
+        socket: &'a Socket,
+        mut cancelled: Pin<&'a mut WaitForCancellationFuture<'_>>,
+        io_waker: &'a Waker,
+    ) -> impl Future<Output = BatchWritten> + 'a {
+        let mut stall: Option<Pin<Box<Sleep>>> = None;
+        let mut frames_pending = false;
+        poll_fn(move |cx| {
+            let written = match self.poll_write_batch(cx) {
+                Poll::Ready(Ok(())) => BatchWritten::All,
+                Poll::Ready(Err(_)) => BatchWritten::Failed,
+                Poll::Pending => {
+                    match Self::poll_interrupted(socket, cancelled.as_mut(), io_waker, &mut frames_pending, cx) {
+                        Poll::Ready(interrupted) => interrupted,
+                        Poll::Pending => {
+                            let stall = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL_TIMEOUT)));
+                            ready!(stall.as_mut().poll(cx));
+                            BatchWritten::Stalled
+                        }
+                    }
+                }
+            };
+            if frames_pending {
+                socket.wake(); // the wake-ups this write consumed: take those frames next
+            }
+            // A burst grew the buffer; an idle socket should not keep it.
+            if self.batch.capacity() > BATCH_CAPACITY_KEPT {
+                self.batch = VecDeque::new();
+            }
+            Poll::Ready(written)
+        })
+    }
+
+    /// While a write waits: whether a close was asked or shutdown began. Pending (with the
+    /// socket's wake-up registered again) if neither; `frames_pending` is set if the wake-up
+    /// fired for queued frames.
+    fn poll_interrupted(
         socket: &Socket,
         mut cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
         io_waker: &Waker,
-    ) -> BatchWritten {
-        let mut stall: Option<Pin<Box<Sleep>>> = None;
-        let mut frames_pending = false;
-        let written = poll_fn(|cx| {
-            match self.poll_write_batch(cx) {
-                Poll::Ready(Ok(())) => return Poll::Ready(BatchWritten::All),
-                Poll::Ready(Err(_)) => return Poll::Ready(BatchWritten::Failed),
-                Poll::Pending => {}
+        frames_pending: &mut bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<BatchWritten> {
+        while Pin::new(&mut socket.woken()).poll(cx).is_ready() {
+            let code = socket.close_code();
+            if code != 0 {
+                return Poll::Ready(BatchWritten::CloseAsked(code));
             }
-            while Pin::new(&mut socket.woken()).poll(cx).is_ready() {
-                let code = socket.close_code();
-                if code != 0 {
-                    return Poll::Ready(BatchWritten::CloseAsked(code));
-                }
-                // Left flagged: the client's frames are read after the write.
-                if socket.io_wake_pending() && cancelled.as_mut().poll(&mut Context::from_waker(io_waker)).is_ready() {
-                    return Poll::Ready(BatchWritten::ShuttingDown);
-                }
-                frames_pending = true;
+            // Left flagged: the client's frames are read after the write.
+            if socket.io_wake_pending() && cancelled.as_mut().poll(&mut Context::from_waker(io_waker)).is_ready() {
+                return Poll::Ready(BatchWritten::ShuttingDown);
             }
-            let stall = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL_TIMEOUT)));
-            if stall.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(BatchWritten::Stalled);
-            }
-            Poll::Pending
-        })
-        .await;
-        if frames_pending {
-            socket.wake(); // the wake-up this write consumed: take those frames next
+            *frames_pending = true;
         }
-        // A burst grew the buffer; an idle socket should not keep it.
-        if matches!(written, BatchWritten::All) && self.batch.capacity() > BATCH_CAPACITY_KEPT {
-            self.batch = VecDeque::new();
-        }
-        written
+        Poll::Pending
     }
 
     fn poll_write_batch(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -461,16 +479,46 @@ impl Connection {
     }
 }
 
-/// Whether `frame` is a live copy of an event a replay already sent (see `replay_watermarks`).
-fn is_replayed_already(watermarks: &mut HashMap<String, u64>, frame: &Frame) -> bool {
-    let Some(logged) = &frame.logged else { return false };
-    match watermarks.get(logged.channel.as_str()) {
-        Some(&watermark) if logged.id.seq() <= watermark => true,
-        Some(_) => {
-            // Live events arrive in sequence order: none after this one can be a duplicate.
-            watermarks.remove(logged.channel.as_str());
-            false
+/// Per channel, the last sequence already sent by a replay: live copies at or below it are
+/// dropped. An entry goes away at the first live event above it, so this is usually empty, and
+/// then it is one word in the connection's task (a `HashMap` takes six, in every idle socket).
+#[derive(Default)]
+struct ReplayWatermarks(Option<Box<Watermarks>>);
+
+#[derive(Default)]
+struct Watermarks(HashMap<String, u64>);
+
+impl ReplayWatermarks {
+    fn insert(&mut self, channel: &str, watermark: u64) {
+        self.0.get_or_insert_default().0.insert(channel.to_owned(), watermark);
+    }
+
+    fn remove(&mut self, channel: &str) {
+        if let Some(watermarks) = &mut self.0 {
+            watermarks.0.remove(channel);
+            if watermarks.is_empty() {
+                self.0 = None;
+            }
         }
-        None => false,
+    }
+}
+
+impl Watermarks {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `frame` is a live copy of an event a replay already sent.
+    fn is_replayed_already(&mut self, frame: &Frame) -> bool {
+        let Some(logged) = &frame.logged else { return false };
+        match self.0.get(logged.channel.as_str()) {
+            Some(&watermark) if logged.id.seq() <= watermark => true,
+            Some(_) => {
+                // Live events arrive in sequence order: none after this one can be a duplicate.
+                self.0.remove(logged.channel.as_str());
+                false
+            }
+            None => false,
+        }
     }
 }

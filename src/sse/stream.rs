@@ -24,7 +24,7 @@ pub struct Stream {
     /// Per channel: the id of the last event the client was given (or where it started).
     positions: Vec<EventId>,
     /// Per channel: live copies at or below this sequence were replayed already (or predate the
-    /// stream); the first live event above it clears it. As `connection::is_replayed_already`.
+    /// stream); the first live event above it clears it. As `connection::Watermarks::is_replayed_already`.
     watermarks: Vec<Option<u64>>,
     /// Channels subscribed in the hub so far (a prefix of `channels`).
     subscribed: usize,
