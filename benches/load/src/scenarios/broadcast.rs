@@ -46,6 +46,11 @@ pub struct FanoutArgs {
     /// How long to wait after the last publish for every frame to arrive.
     #[arg(long, default_value_t = 30.0)]
     drain_secs: f64,
+    /// Events per publish request: above 1, each request is a `batch_events` call of this many
+    /// events (at most 10), so every subscriber gets them together, as under a burst of
+    /// publishes. Rates and counts stay per event.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=10))]
+    batch: u16,
 }
 
 #[derive(Args, Debug)]
@@ -77,6 +82,8 @@ struct Plan {
     transport: Transport,
     publishers: usize,
     rate: f64,
+    /// Events per publish request.
+    batch: usize,
     duration: Duration,
     events: Option<u64>,
     drain: Duration,
@@ -92,6 +99,7 @@ pub async fn fanout(env: &Env, args: FanoutArgs) -> anyhow::Result<bool> {
             transport: args.transport,
             publishers: 1,
             rate: args.rate,
+            batch: usize::from(args.batch),
             duration: Duration::from_secs_f64(args.duration_secs),
             events: args.events,
             drain: Duration::from_secs_f64(args.drain_secs),
@@ -110,6 +118,7 @@ pub async fn channels(env: &Env, args: ChannelsArgs) -> anyhow::Result<bool> {
             transport: args.transport,
             publishers: args.publishers.clamp(1, args.channels.max(1)),
             rate: args.rate,
+            batch: 1,
             duration: Duration::from_secs_f64(args.duration_secs),
             events: args.events,
             drain: Duration::from_secs_f64(args.drain_secs),
@@ -194,7 +203,7 @@ async fn run(env: &Env, plan: Plan) -> anyhow::Result<bool> {
                 env.nodes_from(p),
                 owned,
                 rate,
-                1,
+                plan.batch,
                 until,
                 env.payload_bytes,
                 Arc::clone(&published),
@@ -243,6 +252,7 @@ async fn run(env: &Env, plan: Plan) -> anyhow::Result<bool> {
     report.figure("subscribers per channel", "subscribers_per_channel", plan.subscribers_per_channel);
     report.figure("connect + subscribe all (s)", "connect_secs", stats::round2(connect_time.as_secs_f64()));
     report.figure("publishers", "publishers", plan.publishers);
+    report.figure("events per publish request", "batch", plan.batch);
     report.add(
         "target publish rate (/s)",
         if plan.rate > 0.0 { plan.rate.to_string() } else { "as fast as acknowledged".into() },
