@@ -339,6 +339,42 @@ async fn client_that_answers_pings_stays_connected() {
     round_trip(&mut client).await;
 }
 
+/// A request to the WebSocket endpoint that cannot be upgraded gets a plain HTTP answer saying
+/// why (the server answers the handshake itself since `connection::upgrade`; these are axum's
+/// statuses and messages, which it replaced).
+#[tokio::test]
+async fn a_request_that_cannot_be_upgraded_is_answered_with_why() {
+    let server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let url = server.url(&format!("/app/{APP_KEY}?protocol=7"));
+    let upgrade = |request: reqwest::RequestBuilder| {
+        request
+            .header("Connection", "keep-alive, Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+    };
+    // (A POST is refused by the router first: 405, as before.)
+    let response = upgrade(http.post(&url)).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    let cases = [
+        (http.get(&url), "Connection header did not include 'upgrade'"),
+        (upgrade(http.get(&url)), "`Sec-WebSocket-Key` header missing"),
+        (
+            http.get(&url)
+                .header("Connection", "Upgrade")
+                .header("Upgrade", "websocket")
+                .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+                .header("Sec-WebSocket-Version", "8"),
+            "`Sec-WebSocket-Version` header did not include '13'",
+        ),
+    ];
+    for (request, message) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{message}");
+        assert_eq!(response.text().await.unwrap(), message);
+    }
+}
+
 /// Opens a WebSocket by hand over TCP, so a test can send frames no client library would, and
 /// reads past `connection_established`.
 async fn raw_websocket(server: &TestServer) -> TcpStream {
@@ -353,7 +389,10 @@ async fn raw_websocket(server: &TestServer) -> TcpStream {
     while !head.ends_with(b"\r\n\r\n") {
         head.push(tokio::time::timeout(SILENCE * 10, stream.read_u8()).await.unwrap().unwrap());
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // RFC 6455's own example key and answer (section 1.3).
+    assert!(head.contains("\r\nsec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"), "{head}");
     let (opcode, payload) = read_frame(&mut stream).await.expect("connection_established");
     assert_eq!(opcode, 1, "{}", String::from_utf8_lossy(&payload));
     stream
