@@ -17,10 +17,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::apps::App;
 use crate::cluster::SharedLog;
 use crate::config::Durability;
 use crate::health::Health;
-use crate::hub::{AppHub, Frame, Logged};
+use crate::hub::{Frame, Logged};
 use crate::metrics::{Metrics, PublishOutcome};
 
 /// Publishes waiting for the committer. A full queue makes publishers wait (back-pressure on
@@ -57,8 +58,7 @@ pub enum PublishError {
 }
 
 struct Job {
-    app_id: String,
-    hub: Arc<AppHub>,
+    app: Arc<App>,
     items: Vec<PublishItem>,
     reply: oneshot::Sender<Result<Vec<EventId>, PublishError>>,
 }
@@ -78,7 +78,6 @@ pub struct Publisher {
     /// Fired when a write to the log stalled (`log_guard`): the committer may never answer, so
     /// publishes stop waiting for it.
     stalled: CancellationToken,
-    metrics: Arc<Metrics>,
 }
 
 impl Publisher {
@@ -134,19 +133,14 @@ impl Publisher {
         if durability == Durability::Buffered {
             tasks.spawn(run_flusher(log, flush_every, shutdown, Arc::clone(&metrics)));
         }
-        Publisher { jobs_tx, stalled, metrics }
+        Publisher { jobs_tx, stalled }
     }
 
     /// Logs `items` and fans them out; returns their ids once they are as durable as configured.
-    pub async fn publish(
-        &self,
-        app_id: &str,
-        hub: &Arc<AppHub>,
-        items: Vec<PublishItem>,
-    ) -> Result<Vec<EventId>, PublishError> {
-        let answered = self.answer(app_id, hub, items).await;
-        if let Some(app) = self.metrics.app(app_id) {
-            app.publish(match &answered {
+    pub async fn publish(&self, app: &Arc<App>, items: Vec<PublishItem>) -> Result<Vec<EventId>, PublishError> {
+        let answered = self.answer(app, items).await;
+        if let Some(metrics) = app.metrics.as_deref() {
+            metrics.publish(match &answered {
                 Ok(_) => PublishOutcome::Acknowledged,
                 Err(PublishError::Storage) => PublishOutcome::Refused,
                 Err(PublishError::NotDurable) => PublishOutcome::NotDurable,
@@ -156,14 +150,9 @@ impl Publisher {
         answered
     }
 
-    async fn answer(
-        &self,
-        app_id: &str,
-        hub: &Arc<AppHub>,
-        items: Vec<PublishItem>,
-    ) -> Result<Vec<EventId>, PublishError> {
+    async fn answer(&self, app: &Arc<App>, items: Vec<PublishItem>) -> Result<Vec<EventId>, PublishError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job { app_id: app_id.to_owned(), hub: Arc::clone(hub), items, reply };
+        let job = Job { app: Arc::clone(app), items, reply };
         tokio::select! {
             biased;
             sent = self.jobs_tx.send(job) => sent.map_err(|_| PublishError::ShuttingDown)?,
@@ -240,11 +229,11 @@ fn commit(log: &dyn EventLog, fan_out: &FanOut, durability: Durability, jobs: &[
     let mut events = Vec::new();
     for job in jobs {
         for item in &job.items {
-            let key = LogKey { app: job.app_id.clone(), channel: item.channel.as_str().to_owned() };
+            let key = LogKey { app: job.app.config.id.clone(), channel: item.channel.as_str().to_owned() };
             // Before the append, so that nobody takes the log's head for the published head
             // while this event is between the two.
             if local {
-                job.hub.begin_logged(item.channel.as_str());
+                job.app.hub.begin_logged(item.channel.as_str());
             }
             events.push(NewEvent {
                 key,
@@ -304,9 +293,9 @@ fn end_all(jobs: &[Job], ids: Option<&[EventId]>) {
                     let logged =
                         Logged { channel: item.channel.clone(), id: *id, event: Some(item.event.as_str().into()) };
                     let frame = Frame::logged(text, logged);
-                    job.hub.end_logged(&item.channel, Some((*id, &frame)), item.except_socket.as_deref());
+                    job.app.hub.end_logged(&item.channel, Some((*id, &frame)), item.except_socket.as_deref());
                 }
-                None => job.hub.end_logged(&item.channel, None, None),
+                None => job.app.hub.end_logged(&item.channel, None, None),
             }
         }
     }

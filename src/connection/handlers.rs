@@ -278,8 +278,8 @@ impl Connection {
                 except_socket: Some(self.membership.socket.id.to_string()),
                 user_id,
             };
-            let app_id = self.membership.app.config.id.clone();
-            return match self.state.publisher.publish(&app_id, &self.membership.app.hub, vec![item]).await {
+            let app = Arc::clone(&self.membership.app);
+            return match self.state.publisher.publish(&app, vec![item]).await {
                 Ok(_) => true,
                 Err(PublishError::NotDurable) => {
                     self.write(frames::error(None, "The event was relayed but could not be made durable")).await

@@ -101,8 +101,8 @@ fn is_socket_id(text: &str) -> bool {
     text.split_once('.').is_some_and(|(a, b)| digits(a) && digits(b))
 }
 
-async fn publish(state: &ServerState, app: &App, items: Vec<PublishItem>) -> Result<Vec<EventId>, ApiError> {
-    state.publisher.publish(&app.config.id, &app.hub, items).await.map_err(|error| match error {
+async fn publish(state: &ServerState, app: &Arc<App>, items: Vec<PublishItem>) -> Result<Vec<EventId>, ApiError> {
+    state.publisher.publish(app, items).await.map_err(|error| match error {
         PublishError::NotDurable => ApiError::NotDurable,
         PublishError::OutcomeUnknown => ApiError::OutcomeUnknown,
         PublishError::Storage | PublishError::ShuttingDown => ApiError::Unavailable,
