@@ -10,7 +10,7 @@ use futures_util::SinkExt;
 use reprise_api::signature;
 use serde_json::{Value, json};
 use support::{APP_KEY, APP_SECRET, TestServer, WsClient, data_of};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -400,7 +400,7 @@ async fn raw_websocket(server: &TestServer) -> TcpStream {
 
 /// The next frame from the server (unmasked): its opcode and payload; None if the connection
 /// ended without one.
-async fn read_frame(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> Option<(u8, Vec<u8>)> {
     let read = async {
         let mut header = [0_u8; 2];
         stream.read_exact(&mut header).await.ok()?;
@@ -428,6 +428,85 @@ fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(&mask);
     frame.extend(payload.iter().enumerate().map(|(i, byte)| byte ^ mask[i % 4]));
     frame
+}
+
+/// WebSocket pings are answered by tungstenite, and the connection writes every other frame
+/// past it, straight to the socket. However the two meet (here the client reads late, so that
+/// writes wait on a full socket while pings keep coming), every frame arrives whole: the events
+/// in order, the pongs answering pings in order (tungstenite answers the latest of those that
+/// waited).
+#[tokio::test]
+async fn pongs_and_events_never_interleave_inside_a_frame() {
+    const BATCHES: usize = 60;
+    const PER_BATCH: usize = 10;
+    const PINGS: u32 = 400;
+    let server = TestServer::start_with(|config| {
+        config.server.outbox_frames = 10_000;
+        config.apps[0].max_message_size_bytes = 100_000;
+        config.apps[0].max_request_size_bytes = 1_000_000;
+    })
+    .await;
+    let mut stream = raw_websocket(&server).await;
+    let subscribe = json!({"event":"pusher:subscribe","data":{"channel":"mixed"}}).to_string();
+    stream.write_all(&client_frame(0x81, subscribe.as_bytes())).await.unwrap();
+    loop {
+        let (opcode, payload) = read_frame(&mut stream).await.expect("subscription_succeeded");
+        if opcode == 1
+            && serde_json::from_slice::<Value>(&payload).unwrap()["event"] == "pusher_internal:subscription_succeeded"
+        {
+            break;
+        }
+    }
+    let (mut reader, mut writer) = stream.into_split();
+    let rest = server.rest();
+    let publishing = tokio::spawn(async move {
+        let padding = "x".repeat(20_000);
+        for batch in 0..BATCHES {
+            let events: Vec<Value> = (0..PER_BATCH)
+                .map(|i| json!({"name":"big","channel":"mixed","data": format!("{}:{padding}", batch * PER_BATCH + i)}))
+                .collect();
+            let (status, response) =
+                rest.call("POST", &rest.path("/batch_events"), &[], Some(&json!({"batch": events}))).await;
+            assert_eq!(status, 200, "{response}");
+        }
+    });
+    let pinging = tokio::spawn(async move {
+        for ping in 0..PINGS {
+            // As long as a control frame may be (125 bytes): a pong that long is more often cut
+            // by a full socket than a short one.
+            let mut payload = ping.to_be_bytes().to_vec();
+            payload.resize(125, b'p');
+            writer.write_all(&client_frame(0x89, &payload)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        writer // kept open: dropping it would close the client's side
+    });
+    // Late: the socket fills while events and pings keep coming.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut next_event, mut last_pong) = (0, None);
+    while next_event < BATCHES * PER_BATCH {
+        let (opcode, payload) = read_frame(&mut reader).await.expect("a whole frame");
+        match opcode {
+            0x1 => {
+                let frame: Value = serde_json::from_slice(&payload).expect("a text frame is one whole JSON message");
+                if frame["event"] == "big" {
+                    let data = frame["data"].as_str().unwrap();
+                    assert_eq!(data.split(':').next(), Some(next_event.to_string().as_str()), "events in order");
+                    next_event += 1;
+                }
+            }
+            0xA => {
+                assert_eq!(payload.len(), 125, "a pong echoes its ping");
+                let pong = u32::from_be_bytes(payload[..4].try_into().unwrap());
+                assert!(last_pong.is_none_or(|last| pong > last), "pong {pong} after {last_pong:?}");
+                last_pong = Some(pong);
+            }
+            other => panic!("unexpected opcode {other}"),
+        }
+    }
+    publishing.await.unwrap();
+    let _writer = pinging.await.unwrap();
+    assert!(last_pong.is_some(), "pings were answered");
 }
 
 /// Sends `frame` on a fresh raw WebSocket and returns the code of the close frame that comes
