@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::Connection;
 use crate::cluster::messages::BusMessage;
 use crate::config::ClientEventsFrom;
-use crate::hub::{Frame, RosterFull, put_text_header};
+use crate::hub::{Frame, RosterFull, put_text_frame};
 use crate::publisher::{PublishError, PublishItem};
 
 /// A replay is written in chunks of about this much: a few system calls for thousands of events,
@@ -184,8 +184,7 @@ impl Connection {
         for event in &replay.events {
             let user_id = event.user_id.as_deref();
             let frame = frames::event_frame(&event.event, channel.as_str(), &event.data, Some(event.id), user_id);
-            put_text_header(&mut out, frame.len());
-            out.extend_from_slice(frame.as_bytes());
+            put_text_frame(&mut out, &frame);
             if out.len() >= REPLAY_CHUNK_BYTES {
                 if !self.write_wire(&out).await {
                     return false;
@@ -214,8 +213,7 @@ impl Connection {
                     frames::cache_miss(channel.as_str())
                 }
             };
-            put_text_header(&mut out, frame.len());
-            out.extend_from_slice(frame.as_bytes());
+            put_text_frame(&mut out, &frame);
         }
         out.is_empty() || self.write_wire(&out).await
     }
@@ -278,8 +276,7 @@ impl Connection {
                 except_socket: Some(self.membership.socket.id.to_string()),
                 user_id,
             };
-            let app = Arc::clone(&self.membership.app);
-            return match self.state.publisher.publish(&app, vec![item]).await {
+            return match self.state.publisher.publish(&self.membership.app, vec![item]).await {
                 Ok(_) => true,
                 Err(PublishError::NotDurable) => {
                     self.write(frames::error(None, "The event was relayed but could not be made durable")).await

@@ -58,15 +58,15 @@ const MAX_HEADER_BYTES: usize = 10;
 /// Encodes `text` as one final, unmasked WebSocket text frame (RFC 6455, section 5.2).
 pub fn encode_text(text: &str) -> Bytes {
     let mut wire = BytesMut::with_capacity(MAX_HEADER_BYTES + text.len());
-    put_text_header(&mut wire, text.len());
-    wire.put_slice(text.as_bytes());
+    put_text_frame(&mut wire, text);
     wire.freeze()
 }
 
-/// Appends the header of a final, unmasked text frame whose payload is `len` bytes.
-pub fn put_text_header(out: &mut impl BufMut, len: usize) {
+/// Appends `text` as one final, unmasked WebSocket text frame: its header, then `text`.
+pub fn put_text_frame(out: &mut impl BufMut, text: &str) {
     const FIN_TEXT: u8 = 0x80 | 0x1;
     out.put_u8(FIN_TEXT);
+    let len = text.len();
     match len {
         0..=125 => out.put_u8(u8::try_from(len).expect("below 126")),
         126..=0xFFFF => {
@@ -78,6 +78,7 @@ pub fn put_text_header(out: &mut impl BufMut, len: usize) {
             out.put_u64(len as u64);
         }
     }
+    out.put_slice(text.as_bytes());
 }
 
 #[cfg(test)]

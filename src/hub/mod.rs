@@ -29,7 +29,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use self::channel::{Channel, Head, Subscriber};
-pub use self::frame::{Frame, Logged, encode_text, put_text_header};
+pub use self::frame::{Frame, Logged, encode_text, put_text_frame};
 use self::signins::SignIns;
 pub use self::socket::{Socket, SocketId};
 use crate::webhooks::sink::WebhookSink;
