@@ -99,9 +99,10 @@ impl Cluster {
         Ok(live)
     }
 
-    /// Whether the last heartbeat's view may be trusted to say who is dead (see [`HEARTBEAT`]).
-    fn may_sweep(&self) -> bool {
-        self.live_view_complete.load(Ordering::Relaxed) && self.live_nodes().contains(&self.node_id)
+    /// Whether `live`, the last heartbeat's view, may be trusted to say who is dead (see
+    /// [`HEARTBEAT`]).
+    fn may_sweep(&self, live: &[String]) -> bool {
+        self.live_view_complete.load(Ordering::Relaxed) && live.contains(&self.node_id)
     }
 
     /// The live nodes at the last heartbeat (empty if it failed).
@@ -211,7 +212,7 @@ pub async fn run(cluster: Arc<Cluster>, state: Arc<ServerState>, shutdown: Cance
         // one (just after Redis restarted empty) would sweep away live members, this node's own
         // included.
         let live = cluster.live_nodes();
-        if cluster.may_sweep() {
+        if cluster.may_sweep(&live) {
             for app in state.apps.iter() {
                 let app_id = &app.config.id;
                 match cluster.sweep_presence(app_id, &live, app.hub.webhooks()).await {
