@@ -62,8 +62,11 @@ pub struct ServerState {
     pub metrics: Arc<Metrics>,
     /// This node's handle on the cluster, in cluster mode.
     pub cluster: Option<Arc<Cluster>>,
-    /// Fired once on shutdown: every connection closes with 4200 when it fires.
+    /// Fired once on shutdown: every connection closes with 4200 when it fires (asked by the
+    /// registry's sweeper), and every event stream ends.
     pub shutdown: CancellationToken,
+    /// Every open WebSocket connection: its ping deadline and its close on shutdown.
+    pub sockets: Arc<connection::registry::Registry>,
     /// Tracks upgraded sockets, which the accept loop's graceful shutdown does not wait for.
     pub tracker: TaskTracker,
 }
@@ -240,6 +243,12 @@ pub async fn serve_on(
     ));
     let webhooks = start_webhooks(&config, cluster.as_ref(), &metrics, &background, shutdown.clone()).await?;
     let tracker = TaskTracker::new();
+    let sockets = Arc::new(connection::registry::Registry::default());
+    background.spawn(connection::registry::run(
+        Arc::clone(&sockets),
+        shutdown.clone(),
+        reprise_api::ErrorCode::Reconnect.as_u16(),
+    ));
     let state = Arc::new(ServerState {
         config: Arc::clone(&config),
         apps: Apps::new(&config.apps, cluster.is_some(), &webhooks, &metrics),
@@ -249,6 +258,7 @@ pub async fn serve_on(
         metrics,
         cluster: cluster.clone(),
         shutdown: shutdown.clone(),
+        sockets: Arc::clone(&sockets),
         tracker: tracker.clone(),
     });
     // The hubs hold the webhook sinks now: once the state is dropped on shutdown, the batchers see

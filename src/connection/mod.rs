@@ -15,17 +15,16 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use reprise_api::{ErrorCode, frames};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
-use tokio_util::sync::WaitForCancellationFuture;
 
 use self::membership::Membership;
 use self::rate_limit::ClientEventBudget;
 use crate::ServerState;
 use crate::apps::App;
-use crate::hub::{Frame, Socket, SocketId, encode_text};
+use crate::hub::{Frame, Socket, SocketId, Tick, encode_text};
 use crate::metrics::{AppMetrics, Closed};
 
 pub use self::admission::{ConnectionSlot, Refusal, refuse, reserve_slot};
@@ -61,6 +60,7 @@ mod admission;
 mod handlers;
 mod membership;
 mod rate_limit;
+pub mod registry;
 mod upgrade;
 mod wire;
 
@@ -77,6 +77,7 @@ pub fn run(
 ) -> impl Future<Output = ()> + Send {
     let outbox_frames = state.config.server.outbox_frames;
     let socket = Socket::new(SocketId::random(), outbox_frames);
+    let registered = state.sockets.register(&socket);
     let membership = Membership::new(app, socket, slot, state.cluster.clone());
     let mut connection = Connection {
         ws,
@@ -87,6 +88,7 @@ pub fn run(
         ws_unflushed: false,
         replay_watermarks: ReplayWatermarks::default(),
         client_event_budget: ClientEventBudget::default(),
+        _registered: registered,
     };
     async move {
         if let Some(app) = connection.app_metrics() {
@@ -139,9 +141,9 @@ enum BatchWritten {
     Failed,
     /// The kernel took nothing for `WRITE_STALL_TIMEOUT`.
     Stalled,
-    /// A close was asked meanwhile (a full outbox, or a `terminate_connections`), with this code.
+    /// A close was asked meanwhile (a full outbox, a `terminate_connections`, shutdown), with
+    /// this code.
     CloseAsked(u16),
-    ShuttingDown,
 }
 
 /// Why a connection ended.
@@ -151,6 +153,23 @@ enum Ended {
     Transport,
     /// With the close code sent.
     ClosedByServer(u16),
+}
+
+/// What the connection knows of its client's silence, for pings.
+struct Silence {
+    last_activity: Tick,
+    /// A ping went out and no frame came back since.
+    awaiting_pong: bool,
+    /// The client sent at least one frame.
+    heard_from: bool,
+}
+
+impl Silence {
+    fn heard(&mut self, now: Tick) {
+        self.last_activity = now;
+        self.awaiting_pong = false;
+        self.heard_from = true;
+    }
 }
 
 struct Connection {
@@ -167,6 +186,8 @@ struct Connection {
     ws_unflushed: bool,
     replay_watermarks: ReplayWatermarks,
     client_event_budget: ClientEventBudget,
+    /// Holds the socket in the registry (pings, shutdown) until the connection is dropped.
+    _registered: registry::Registered,
 }
 
 impl Connection {
@@ -178,46 +199,32 @@ impl Connection {
         if !matches!(bounded(self.write(hello)).await, Ok(true)) {
             return Ended::Transport;
         }
-        // Created once and polled from every iteration: re-created per frame, they would
-        // register and cancel a timer and a waiter for every frame written.
+        // Polled from every iteration: re-created per frame, it would register a waiter for
+        // every frame written.
         let socket = Arc::clone(&self.membership.socket);
-        let shutdown = self.state.shutdown.clone();
-        let cancelled = shutdown.cancelled();
-        let ping = tokio::time::sleep(self.silence_allowed(false));
         let mut woken = socket.woken();
-        tokio::pin!(cancelled, ping);
-        // The client's frames and the shutdown token are polled with the socket as their waker
-        // and only after it flagged them (see `Socket`'s `Wake`): most wake-ups are for queued
-        // frames, and polling the read side every time costs more than writing the frame.
+        // The client's frames are read with the socket as their waker and only after it flagged
+        // them (see `Socket`'s `Wake`): most wake-ups are for queued frames, and polling the read
+        // side every time costs more than writing the frame.
         let io_waker = Waker::from(Arc::clone(&socket));
-        // The ping timer is not moved on every frame received: when it fires, it checks
-        // `last_activity` and sleeps again if the client was heard from meanwhile.
-        let mut last_activity = Instant::now();
-        let mut awaiting_pong = false;
-        let mut heard_from = false;
+        // The silence deadline is not moved on every frame received: when it passes, the ping
+        // check sees `last_activity` and sets it again if the client was heard from meanwhile.
+        let mut silence = Silence { last_activity: Tick::now(), awaiting_pong: false, heard_from: false };
+        socket.deadline().set(silence.last_activity.after(self.silence_allowed(false)));
         loop {
             if socket.take_io_wake() {
                 // (A `Context` is not `Send`: it must not live across the awaits below.)
-                let (stopping, incoming) = {
-                    let mut io = Context::from_waker(&io_waker);
-                    let stopping = cancelled.as_mut().poll(&mut io).is_ready();
-                    (stopping, if stopping { Poll::Pending } else { self.ws.poll_next_unpin(&mut io) })
-                };
+                let incoming = self.ws.poll_next_unpin(&mut Context::from_waker(&io_waker));
                 // A read may have queued an answer (to a ping or a close) that tungstenite could
                 // not write yet.
                 self.ws_unflushed = true;
-                if stopping {
-                    return Box::pin(self.close(ErrorCode::Reconnect.as_u16(), "Server shutting down")).await;
-                }
                 if let Poll::Ready(incoming) = incoming {
                     // The read may have left more frames in its buffer, which no new wake-up
                     // would announce: flag it and fire the wake-up, so that the next turn reads
                     // again, after writing what was queued meanwhile (a client that keeps
                     // sending must not starve its own outbox into a 4100).
                     io_waker.wake_by_ref();
-                    last_activity = Instant::now();
-                    awaiting_pong = false;
-                    heard_from = true;
+                    silence.heard(Tick::now());
                     // Bounded like batched writes: answering a client that stopped reading must
                     // not park the task.
                     match bounded(self.on_incoming(incoming)).await {
@@ -230,53 +237,54 @@ impl Connection {
                     }
                 }
             }
-            // Biased, in the order written: no random number per wake-up. The ping timer comes
-            // second, so while frames keep coming it is not looked at; that only delays a ping to
-            // a client that is being written to, and a client that stopped reading stalls those
-            // writes, which drops it.
-            tokio::select! {
-                biased;
-                () = &mut woken => {
-                    let code = socket.close_code();
-                    if code != 0 {
-                        return Box::pin(self.close_requested(code)).await;
-                    }
-                    self.take_batch(&socket);
-                    if self.batch.is_empty() {
-                        continue; // woken by the client or shutdown, or for frames already written
-                    }
-                    match self.write_batch(&socket, cancelled.as_mut(), &io_waker).await {
-                        BatchWritten::All => {}
-                        BatchWritten::Failed => return Ended::Transport,
-                        BatchWritten::Stalled => {
-                            log!(warn, self, "writes stalled: dropping the connection");
-                            return Ended::Transport;
-                        }
-                        BatchWritten::CloseAsked(code) => return Box::pin(self.close_requested(code)).await,
-                        BatchWritten::ShuttingDown => {
-                            let reason = "Server shutting down";
-                            return Box::pin(self.close(ErrorCode::Reconnect.as_u16(), reason)).await;
-                        }
-                    }
-                }
-                () = &mut ping => {
-                    let now = Instant::now();
-                    if awaiting_pong {
-                        log!(info, self, "no pong in time");
-                        return Box::pin(self.close(ErrorCode::PongNotReceived.as_u16(), "Pong reply not received")).await;
-                    }
-                    let idle_until = last_activity + self.silence_allowed(heard_from);
-                    if idle_until > now {
-                        ping.as_mut().reset(idle_until);
-                        continue;
-                    }
-                    awaiting_pong = true;
-                    let pong_timeout = Duration::from_secs(self.membership.app.config.activity_timeout_secs);
-                    ping.as_mut().reset(now + pong_timeout);
-                    let pinged = bounded(self.write(frames::ping())).await;
-                    if !matches!(pinged, Ok(true)) { return Ended::Transport; }
+            (&mut woken).await;
+            let code = socket.close_code();
+            if code != 0 {
+                return Box::pin(self.close_requested(code)).await;
+            }
+            if socket.take_deadline_wake() {
+                match self.on_deadline(&mut silence).await {
+                    Ok(()) => {}
+                    Err(ended) => return ended,
                 }
             }
+            self.take_batch(&socket);
+            if self.batch.is_empty() {
+                continue; // woken by the client, or for frames already written
+            }
+            match self.write_batch(&socket).await {
+                BatchWritten::All => {}
+                BatchWritten::Failed => return Ended::Transport,
+                BatchWritten::Stalled => {
+                    log!(warn, self, "writes stalled: dropping the connection");
+                    return Ended::Transport;
+                }
+                BatchWritten::CloseAsked(code) => return Box::pin(self.close_requested(code)).await,
+            }
+        }
+    }
+
+    /// The client's silence deadline passed: pings it, or closes if it did not answer the last
+    /// ping in time, or sets the deadline again if it spoke meanwhile.
+    async fn on_deadline(&mut self, silence: &mut Silence) -> Result<(), Ended> {
+        let socket = &self.membership.socket;
+        let now = Tick::now();
+        if silence.awaiting_pong {
+            log!(info, self, "no pong in time");
+            let reason = "Pong reply not received";
+            return Err(Box::pin(self.close(ErrorCode::PongNotReceived.as_u16(), reason)).await);
+        }
+        let idle_until = silence.last_activity.after(self.silence_allowed(silence.heard_from));
+        if idle_until > now {
+            socket.deadline().set(idle_until);
+            return Ok(());
+        }
+        silence.awaiting_pong = true;
+        let pong_timeout = Duration::from_secs(self.membership.app.config.activity_timeout_secs);
+        socket.deadline().set(now.after(pong_timeout));
+        match bounded(self.write(frames::ping())).await {
+            Ok(true) => Ok(()),
+            _ => Err(Ended::Transport),
         }
     }
 
@@ -322,8 +330,12 @@ impl Connection {
         (!answered).then_some(Ended::Transport)
     }
 
-    /// Closes as someone asked: 4100 for a slow consumer, or a `terminate_connections` code.
+    /// Closes as someone asked: 4100 for a slow consumer, 4200 for shutdown, or a
+    /// `terminate_connections` code.
     async fn close_requested(&mut self, code: u16) -> Ended {
+        if code == ErrorCode::Reconnect.as_u16() {
+            return self.close(code, "Server shutting down").await;
+        }
         if code == ErrorCode::OverCapacity.as_u16() {
             self.membership.app.hub.slow_consumers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             log!(warn, self, "slow consumer: outbox full, closing with 4100");
@@ -415,28 +427,21 @@ impl Connection {
     /// once), so the frequent case costs neither a timer nor an allocation. A `poll_fn` returned
     /// as it is, rather than an `async fn`: its state is what the closure holds (six words),
     /// which every socket's task has room for.
-    fn write_batch<'a>(
-        &'a mut self,
-        socket: &'a Socket,
-        mut cancelled: Pin<&'a mut WaitForCancellationFuture<'_>>,
-        io_waker: &'a Waker,
-    ) -> impl Future<Output = BatchWritten> + 'a {
+    fn write_batch<'a>(&'a mut self, socket: &'a Socket) -> impl Future<Output = BatchWritten> + 'a {
         let mut stall: Option<Pin<Box<Sleep>>> = None;
         let mut frames_pending = false;
         poll_fn(move |cx| {
             let written = match self.poll_write_batch(cx) {
                 Poll::Ready(Ok(())) => BatchWritten::All,
                 Poll::Ready(Err(_)) => BatchWritten::Failed,
-                Poll::Pending => {
-                    match Self::poll_interrupted(socket, cancelled.as_mut(), io_waker, &mut frames_pending, cx) {
-                        Poll::Ready(interrupted) => interrupted,
-                        Poll::Pending => {
-                            let stall = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL_TIMEOUT)));
-                            ready!(stall.as_mut().poll(cx));
-                            BatchWritten::Stalled
-                        }
+                Poll::Pending => match Self::poll_interrupted(socket, &mut frames_pending, cx) {
+                    Poll::Ready(interrupted) => interrupted,
+                    Poll::Pending => {
+                        let stall = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL_TIMEOUT)));
+                        ready!(stall.as_mut().poll(cx));
+                        BatchWritten::Stalled
                     }
-                }
+                },
             };
             if frames_pending {
                 socket.wake(); // the wake-ups this write consumed: take those frames next
@@ -449,24 +454,15 @@ impl Connection {
         })
     }
 
-    /// While a write waits: whether a close was asked or shutdown began. Pending (with the
-    /// socket's wake-up registered again) if neither; `frames_pending` is set if the wake-up
-    /// fired for queued frames.
-    fn poll_interrupted(
-        socket: &Socket,
-        mut cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
-        io_waker: &Waker,
-        frames_pending: &mut bool,
-        cx: &mut Context<'_>,
-    ) -> Poll<BatchWritten> {
+    /// While a write waits: whether a close was asked (shutdown included). Pending (with the
+    /// socket's wake-up registered again) if not; `frames_pending` is set if the wake-up fired
+    /// for anything else (queued frames, the client's frames, a deadline), which is looked at
+    /// after the write.
+    fn poll_interrupted(socket: &Socket, frames_pending: &mut bool, cx: &mut Context<'_>) -> Poll<BatchWritten> {
         while Pin::new(&mut socket.woken()).poll(cx).is_ready() {
             let code = socket.close_code();
             if code != 0 {
                 return Poll::Ready(BatchWritten::CloseAsked(code));
-            }
-            // Left flagged: the client's frames are read after the write.
-            if socket.io_wake_pending() && cancelled.as_mut().poll(&mut Context::from_waker(io_waker)).is_ready() {
-                return Poll::Ready(BatchWritten::ShuttingDown);
             }
             *frames_pending = true;
         }

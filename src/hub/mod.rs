@@ -13,6 +13,7 @@
 //! resumes from the log, so nothing is skipped silently.
 
 mod channel;
+mod deadline;
 mod frame;
 mod signins;
 mod socket;
@@ -29,6 +30,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use self::channel::{Channel, Head, Subscriber};
+pub use self::deadline::{Deadline, TICK, Tick};
 pub use self::frame::{Frame, Logged, encode_text, put_text_frame};
 use self::signins::SignIns;
 pub use self::socket::{Socket, SocketId};
@@ -45,7 +47,7 @@ const SHARDS: usize = 16;
 /// middle of a section leaves is one channel's counts off by one. Propagating the poison would
 /// instead turn every later publish, subscribe and close on that shard into a panic: one bug
 /// would take the whole server down with it.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Wake};
 use futures_util::task::AtomicWaker;
 use reprise_api::ErrorCode;
 
-use super::{Frame, lock};
+use super::{Deadline, Frame, lock};
 
 /// A Pusher socket id: two random numbers joined by a dot ("123.456"), kept inline. Each number
 /// is below 10^9, so the id takes at most 19 bytes; a `String` would add a heap block to every
@@ -108,6 +108,10 @@ pub struct Socket {
     /// shutdown token; see the `Wake` impl) has news. Starts set, so that they are polled (and
     /// so registered) once.
     io_woken: AtomicBool,
+    /// When the connection wants to look at its client's silence again (to ping it, or to give
+    /// up on its pong): the registry's sweeper wakes it then, with `deadline_woken` set.
+    deadline: Deadline,
+    deadline_woken: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -129,6 +133,8 @@ impl Socket {
             waker: AtomicWaker::new(),
             close_code: AtomicU16::new(0),
             io_woken: AtomicBool::new(true),
+            deadline: Deadline::default(),
+            deadline_woken: AtomicBool::new(false),
         })
     }
 
@@ -204,6 +210,21 @@ impl Socket {
     /// The code the socket was asked to close with, or 0 if it was not.
     pub fn close_code(&self) -> u16 {
         self.close_code.load(Ordering::Acquire)
+    }
+
+    pub fn deadline(&self) -> &Deadline {
+        &self.deadline
+    }
+
+    /// Wakes the connection because its deadline passed.
+    pub fn wake_for_deadline(&self) {
+        self.deadline_woken.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    /// Whether the deadline passed since the last call.
+    pub fn take_deadline_wake(&self) -> bool {
+        self.deadline_woken.load(Ordering::Relaxed) && self.deadline_woken.swap(false, Ordering::AcqRel)
     }
 
     /// Whether what is polled with this socket as its waker woke since the last
