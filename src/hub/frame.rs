@@ -107,6 +107,26 @@ mod tests {
         }
     }
 
+    /// The control frames `reprise_api::websocket` writes (tungstenite is not a dependency of
+    /// the api crate) are byte for byte what tungstenite wrote for the same pong and close.
+    #[test]
+    fn pong_and_close_frames_match_tungstenite() {
+        use reprise_api::websocket::{close_frame, pong_frame};
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame as WsCloseFrame;
+
+        for payload in [&b""[..], b"x", &[0xAB; 125]] {
+            let mut expected = Vec::new();
+            WsFrame::pong(payload.to_vec()).format(&mut expected).unwrap();
+            assert_eq!(pong_frame(payload), expected, "pong of {} bytes", payload.len());
+        }
+        for (code, reason) in [(1000, ""), (1002, "WebSocket protocol error"), (4200, "é")] {
+            let mut expected = Vec::new();
+            let close = WsCloseFrame { code: code.into(), reason: reason.into() };
+            WsFrame::close(Some(close)).format(&mut expected).unwrap();
+            assert_eq!(close_frame(code, reason), expected, "close {code} {reason:?}");
+        }
+    }
+
     #[test]
     fn a_frame_shares_its_text_with_its_encoding() {
         let frame = Frame::plain("{\"event\":\"e\"}".to_owned());
