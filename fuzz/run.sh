@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for a short time from the committed seed corpus: the CI run.
 #
-#   fuzz/run.sh [SECONDS_PER_TARGET]     (default 10: six targets, a minute of fuzzing in all)
+#   fuzz/run.sh [SECONDS_PER_TARGET]     (default 10: seven targets, 70 s of fuzzing in all)
 #
 # New inputs a run finds go to fuzz/target/corpus/<target>, never into the committed seeds
 # (fuzz/corpus/<target>). A crash stops the script with libFuzzer's report and the input saved
