@@ -95,6 +95,10 @@ impl ReadError {
 /// The largest payload of a control frame (ping, pong, close): RFC 6455, section 5.5.
 pub const MAX_CONTROL_PAYLOAD_BYTES: usize = 125;
 
+/// The capacity of the unparsed buffer kept while it holds part of a frame, however little: about
+/// one read from a socket. Above it, a buffer four times larger than what it holds is shrunk.
+const KEEP_CAPACITY_BYTES: usize = 4096;
+
 /// The opcodes RFC 6455 defines (section 5.2); the others are reserved and refused, as no
 /// extension is negotiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,23 +152,18 @@ impl Header {
     /// accepts them: RFC 6455 says "must" of the sender, and refusing them buys nothing.
     fn parse(bytes: &[u8]) -> Option<Header> {
         let [first, second, rest @ ..] = bytes else { return None };
-        let (payload_len, rest) = match second & 0x7F {
+        let (payload_len, extended, rest) = match second & 0x7F {
             126 => {
                 let (length, rest) = rest.split_first_chunk::<2>()?;
-                (u64::from(u16::from_be_bytes(*length)), rest)
+                (u64::from(u16::from_be_bytes(*length)), 2, rest)
             }
             127 => {
                 let (length, rest) = rest.split_first_chunk::<8>()?;
-                (u64::from_be_bytes(*length), rest)
+                (u64::from_be_bytes(*length), 8, rest)
             }
-            short => (u64::from(short), rest),
+            short => (u64::from(short), 0, rest),
         };
         let mask = if second & 0x80 != 0 { Some(*rest.first_chunk::<4>()?) } else { None };
-        let extended = match second & 0x7F {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
         Some(Header {
             fin: first & 0x80 != 0,
             rsv: (first >> 4) & 0b111,
@@ -241,8 +240,10 @@ impl MessageReader {
         match (opcode, &self.fragmented) {
             (Opcode::Continuation, None) => Err(ReadError::Protocol("continuation frame with no message in progress")),
             (Opcode::Continuation, Some(message)) => {
-                // `max_message_bytes - held` cannot underflow: what is held passed this check.
-                if payload_len > max_message_bytes - message.bytes.len() {
+                // Added, not subtracted from the limit: a caller may lower the limit between
+                // two fragments.
+                let total = message.bytes.len().checked_add(payload_len);
+                if total.is_none_or(|total| total > max_message_bytes) {
                     Err(ReadError::TooBig)
                 } else {
                     Ok((opcode, payload_len, mask))
@@ -265,8 +266,10 @@ impl MessageReader {
             self.unparsed = Vec::new();
         } else {
             self.unparsed.drain(..frame_end);
-            // After a large frame, the start of the next one must not keep its buffer's size.
-            if self.unparsed.capacity() / 4 > self.unparsed.len() {
+            // After a large frame, the start of the next one must not keep its buffer's size;
+            // a buffer of a read's size is kept rather than reallocated as small frames drain.
+            let capacity = self.unparsed.capacity();
+            if capacity > KEEP_CAPACITY_BYTES && capacity / 4 > self.unparsed.len() {
                 self.unparsed.shrink_to_fit();
             }
         }
@@ -677,6 +680,17 @@ mod tests {
         // Exactly the limit in all is accepted.
         let bytes = [frame(BINARY, &[0; 600]), frame(0, &[0; 399]), frame(FIN, &[0; 1])].concat();
         assert_eq!(read_all(&bytes, 1000).0, [Incoming::Binary(vec![0; 1000])]);
+    }
+
+    /// The limit is the caller's on each call: lowered between two fragments, it refuses the
+    /// next one (it once subtracted what was held from the limit, and would have underflowed).
+    #[test]
+    fn a_limit_lowered_mid_message_refuses_the_next_fragment() {
+        let mut reader = MessageReader::default();
+        reader.extend(&frame(BINARY, &[0; 600]));
+        assert_eq!(reader.next_message(1000), Ok(None));
+        reader.extend(&frame(FIN, &[0; 1]));
+        assert_eq!(reader.next_message(500), Err(ReadError::TooBig));
     }
 
     /// A stream of several messages of every kind.
