@@ -67,7 +67,8 @@ pub struct ServerState {
     pub shutdown: CancellationToken,
     /// Every open WebSocket connection: its ping deadline and its close on shutdown.
     pub sockets: Arc<connection::registry::Registry>,
-    /// Tracks upgraded sockets, which the accept loop's graceful shutdown does not wait for.
+    /// Tracks event streams, which the accept loop's graceful shutdown does not wait for
+    /// (WebSocket connections are waited for through `sockets`).
     pub tracker: TaskTracker,
 }
 
@@ -299,10 +300,12 @@ pub async fn serve_on(
         }
     };
 
-    // Every socket saw the token and is closing with 4200.
+    // The registry asked every socket to close with 4200; event streams saw the token.
     tracker.close();
-    if tokio::time::timeout_at(deadline, tracker.wait()).await.is_err() {
-        tracing::warn!(open = tracker.len(), "shutdown grace period over; sockets still open are dropped");
+    let closed = async { tokio::join!(tracker.wait(), sockets.all_closed()) };
+    if tokio::time::timeout_at(deadline, closed).await.is_err() {
+        let (sockets, streams) = (sockets.open(), tracker.len());
+        tracing::warn!(sockets, streams, "shutdown grace period over; sockets and streams still open are dropped");
     }
     drop(state);
     background.close();

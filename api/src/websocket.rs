@@ -2,7 +2,7 @@
 //! side), and the two control frames the server writes itself (pong, close). Pure: no IO.
 //!
 //! The reader holds no heap memory while nothing is pending, so an idle connection costs only
-//! the reader's 32 bytes; the connection reads from its socket into a stack buffer, hands the
+//! the reader's 8 bytes; the connection reads from its socket into a stack buffer, hands the
 //! bytes to [`MessageReader::extend`], then calls [`MessageReader::next_message`] until it
 //! returns `Ok(None)`.
 
@@ -15,12 +15,18 @@ use std::mem::size_of;
 /// unmasked, with reserved bits, a control frame over 125 bytes, a fragment out of sequence).
 #[derive(Debug, Default)]
 pub struct MessageReader {
+    /// What is read and not yet a whole message; `None` whenever nothing is (released as soon
+    /// as it is all consumed). Boxed: an idle connection's task keeps one pointer for it.
+    pending: Option<Box<Pending>>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
     /// Bytes received and not yet parsed: at most one frame's header and payload plus whatever
-    /// followed it in the same read. Released (`Vec::new()`) whenever it is fully consumed.
+    /// followed it in the same read.
     unparsed: Vec<u8>,
-    /// The data message whose final fragment has not arrived. Boxed so that an idle reader
-    /// pays one pointer for it, not the parts' buffer and flags.
-    fragmented: Option<Box<Fragmented>>,
+    /// The data message whose final fragment has not arrived.
+    fragmented: Option<Fragmented>,
 }
 
 /// A text or binary message received in fragments, its final fragment still to come.
@@ -178,13 +184,34 @@ impl Header {
 impl MessageReader {
     /// Appends bytes read from the client's socket.
     pub fn extend(&mut self, bytes: &[u8]) {
-        self.unparsed.extend_from_slice(bytes);
+        if !bytes.is_empty() {
+            self.pending.get_or_insert_default().unparsed.extend_from_slice(bytes);
+        }
     }
 
     /// The next complete message, or None if more bytes are needed. `max_message_bytes` bounds a
     /// frame's payload and a fragmented message's total. After an Err the reader is not to be
     /// used again.
     pub fn next_message(&mut self, max_message_bytes: usize) -> Result<Option<Incoming>, ReadError> {
+        let Some(pending) = self.pending.as_deref_mut() else { return Ok(None) };
+        let next = pending.next_message(max_message_bytes);
+        if pending.unparsed.is_empty() && pending.fragmented.is_none() {
+            self.pending = None;
+        }
+        next
+    }
+
+    /// Bytes held (unparsed input plus a fragmented message's parts): 0 whenever nothing is
+    /// pending.
+    pub fn held_bytes(&self) -> usize {
+        self.pending.as_ref().map_or(0, |pending| {
+            pending.unparsed.len() + pending.fragmented.as_ref().map_or(0, |message| message.bytes.len())
+        })
+    }
+}
+
+impl Pending {
+    fn next_message(&mut self, max_message_bytes: usize) -> Result<Option<Incoming>, ReadError> {
         loop {
             let Some(header) = Header::parse(&self.unparsed) else { return Ok(None) };
             let (opcode, payload_len, mask) = self.check(&header, max_message_bytes)?;
@@ -201,12 +228,6 @@ impl MessageReader {
                 return Ok(Some(message));
             }
         }
-    }
-
-    /// Bytes held (unparsed input plus a fragmented message's parts): 0 whenever nothing is
-    /// pending.
-    pub fn held_bytes(&self) -> usize {
-        self.unparsed.len() + self.fragmented.as_ref().map_or(0, |message| message.bytes.len())
     }
 
     /// Every check the header alone decides, so that a frame that will be refused is refused
@@ -259,7 +280,7 @@ impl MessageReader {
     /// Draining moves what follows the frame to the front: with many small frames in one read,
     /// each costs a copy of the rest of that read (bounded by the connection's read buffer), a
     /// memmove far cheaper than handling the message it yields, and it keeps the reader at
-    /// 32 bytes (an offset into the buffer would need a field of its own).
+    /// small (an offset into the buffer would need a field of its own).
     fn consume(&mut self, frame_end: usize) {
         if frame_end == self.unparsed.len() {
             // Release the buffer: an idle connection holds no heap memory.
@@ -285,7 +306,7 @@ impl MessageReader {
             Opcode::Text | Opcode::Binary => {
                 let mut message = Fragmented { text: opcode == Opcode::Text, bytes: payload, utf8_valid_up_to: 0 };
                 message.check_utf8()?;
-                self.fragmented = Some(Box::new(message));
+                self.fragmented = Some(message);
                 Ok(None)
             }
             Opcode::Continuation => {
@@ -543,7 +564,7 @@ mod tests {
         assert_eq!(reader.next_message(MAX), Ok(Some(text("Hello"))));
         assert_eq!(reader.next_message(MAX), Ok(None));
         assert_eq!(reader.held_bytes(), 0);
-        assert!(reader.fragmented.is_none());
+        assert!(reader.pending.is_none());
     }
 
     #[test]
@@ -748,7 +769,7 @@ mod tests {
     /// ~700 bytes per socket).
     #[test]
     fn nothing_is_held_once_a_message_is_read() {
-        assert!(size_of::<MessageReader>() <= 32, "{}", size_of::<MessageReader>());
+        assert_eq!(size_of::<MessageReader>(), 8);
         let mut reader = MessageReader::default();
         let bytes = frame(FIN | TEXT, b"hello");
         reader.extend(&bytes[..4]);
@@ -757,8 +778,7 @@ mod tests {
         reader.extend(&bytes[4..]);
         assert_eq!(reader.next_message(MAX), Ok(Some(text("hello"))));
         assert_eq!(reader.held_bytes(), 0);
-        assert_eq!(reader.unparsed.capacity(), 0);
-        assert!(reader.fragmented.is_none());
+        assert!(reader.pending.is_none(), "released");
     }
 
     /// A partial frame after a large one does not keep the large one's buffer.
@@ -769,7 +789,8 @@ mod tests {
         assert!(matches!(reader.next_message(MAX), Ok(Some(Incoming::Binary(_)))));
         assert_eq!(reader.next_message(MAX), Ok(None));
         assert_eq!(reader.held_bytes(), 3);
-        assert!(reader.unparsed.capacity() < 1000, "{}", reader.unparsed.capacity());
+        let capacity = reader.pending.as_ref().map(|pending| pending.unparsed.capacity());
+        assert!(capacity < Some(1000), "{capacity:?}");
     }
 
     #[test]

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use futures_util::SinkExt;
-use reprise_api::{ErrorCode, frames};
-use tokio_tungstenite::tungstenite::Message;
+use reprise_api::{ErrorCode, frames, websocket};
+use tokio::io::AsyncWriteExt;
 
-use super::{WsStream, close_message};
+use super::{CLOSE_WRITE_TIMEOUT, WsStream};
 use crate::apps::App;
+use crate::hub::encode_text;
 
 /// Why a connection was refused before the handshake.
 #[derive(Debug, Clone, Copy)]
@@ -39,8 +39,10 @@ pub async fn refuse(mut ws: WsStream, refusal: Refusal) {
     if !matches!(refusal, Refusal::OverCapacity) {
         tracing::info!(code = code.as_u16(), message, "connection refused");
     }
-    let _ = ws.send(Message::Text(frames::error(Some(code), message).into())).await;
-    let _ = ws.send(close_message(code.as_u16(), message)).await;
+    let mut wire = encode_text(&frames::error(Some(code), message)).to_vec();
+    wire.extend_from_slice(&websocket::close_frame(code.as_u16(), message));
+    // Bounded: a client that does not read cannot keep the refused socket open.
+    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, ws.io.write_all(&wire)).await;
 }
 
 /// One of an app's `max_connections`; gives it back however the connection ends.

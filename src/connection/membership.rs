@@ -21,20 +21,27 @@ pub struct Membership {
     /// its first entry allocates four buckets, four times what a one-entry `Vec` takes, on every
     /// idle socket. Lookups are linear, which is what a handful costs anyway.
     channels: Vec<String>,
-    /// The user this socket signed in as (`pusher:signin`), if any.
-    user_id: Option<String>,
-    /// Whether a sign-in of this socket may be recorded in the cluster (the script was sent,
-    /// whether or not its answer came back): then leaving signs it out there.
-    signed_in_cluster: bool,
+    /// Its sign-in, once it signed in: boxed, since most sockets never do and every socket's
+    /// task would carry the room.
+    sign_in: Option<Box<SignIn>>,
     /// Held for the connection's life: dropping it gives the app's connection slot back.
     _slot: ConnectionSlot,
     /// In cluster mode: told about subscription counts and presence places this socket gives up.
     cluster: Option<Arc<Cluster>>,
 }
 
+#[derive(Default)]
+struct SignIn {
+    /// The user this socket signed in as (`pusher:signin`), if any.
+    user_id: Option<String>,
+    /// Whether a sign-in of this socket may be recorded in the cluster (the script was sent,
+    /// whether or not its answer came back): then leaving signs it out there.
+    in_cluster: bool,
+}
+
 impl Membership {
     pub fn new(app: Arc<App>, socket: Arc<Socket>, slot: ConnectionSlot, cluster: Option<Arc<Cluster>>) -> Self {
-        Membership { app, socket, channels: Vec::new(), user_id: None, signed_in_cluster: false, _slot: slot, cluster }
+        Membership { app, socket, channels: Vec::new(), sign_in: None, _slot: slot, cluster }
     }
 
     pub fn is_subscribed(&self, channel: &str) -> bool {
@@ -94,14 +101,15 @@ impl Membership {
     }
 
     pub fn user_id(&self) -> Option<&str> {
-        self.user_id.as_deref()
+        self.sign_in.as_ref()?.user_id.as_deref()
     }
 
     /// Records a sign-in as `user_id` watching `watchlist`, replacing an earlier one. Signing in
     /// as another user leaves the earlier user's `#server-to-user-` channel, whose events are
     /// that user's alone; returns the channels left.
     pub fn sign_in(&mut self, user_id: String, watchlist: Vec<String>) -> Vec<String> {
-        let previous = self.user_id.take().filter(|previous| *previous != user_id);
+        let previous =
+            self.sign_in.as_mut().and_then(|sign_in| sign_in.user_id.take()).filter(|previous| *previous != user_id);
         let left: Vec<String> = match &previous {
             Some(previous) => ChannelName::for_user(previous)
                 .ok()
@@ -115,27 +123,28 @@ impl Membership {
             self.leave(channel);
         }
         self.app.hub.sign_in(&user_id, &self.socket, previous.as_deref(), watchlist);
-        self.user_id = Some(user_id);
+        self.sign_in.get_or_insert_default().user_id = Some(user_id);
         left
     }
 
     /// Forgets this node's record of the sign-in (one the cluster could not record).
     pub fn sign_out(&mut self) {
-        if let Some(user_id) = self.user_id.take() {
+        if let Some(user_id) = self.sign_in.as_mut().and_then(|sign_in| sign_in.user_id.take()) {
             self.app.hub.sign_out(&user_id, &self.socket);
         }
     }
 
     /// Notes that the cluster may hold a sign-in of this socket from now on.
     pub fn signing_in_cluster(&mut self) {
-        self.signed_in_cluster = true;
+        self.sign_in.get_or_insert_default().in_cluster = true;
     }
 
     /// Signs this socket out of the cluster, in the background (leaving never waits on Redis;
     /// if Redis cannot be told now, the reconcile after a reconnect, or the sweep of a dead
     /// node, does it).
     fn signed_out_in_cluster(&self) {
-        let Some(cluster) = self.cluster.as_ref().filter(|_| self.signed_in_cluster) else { return };
+        let in_cluster = self.sign_in.as_ref().is_some_and(|sign_in| sign_in.in_cluster);
+        let Some(cluster) = self.cluster.as_ref().filter(|_| in_cluster) else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let (cluster, app) = (Arc::clone(cluster), self.app.config.id.clone());
         let serial = [self.socket.serial().to_string()];

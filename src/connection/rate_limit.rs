@@ -3,10 +3,15 @@
 use tokio::time::Instant;
 
 /// A token bucket: `per_sec` client events per second, bursts up to `per_sec`.
+///
+/// Boxed, and only once the socket sends its first client event: most sockets never send one,
+/// and every socket's task would otherwise carry the bucket (24 bytes).
 #[derive(Default)]
-pub struct ClientEventBudget {
+pub struct ClientEventBudget(Option<Box<Bucket>>);
+
+struct Bucket {
     tokens: f64,
-    refilled_at: Option<Instant>,
+    refilled_at: Instant,
 }
 
 impl ClientEventBudget {
@@ -14,13 +19,11 @@ impl ClientEventBudget {
     pub fn take(&mut self, per_sec: u32) -> bool {
         let now = Instant::now();
         let capacity = f64::from(per_sec);
-        self.tokens = match self.refilled_at {
-            None => capacity,
-            Some(at) => (self.tokens + now.duration_since(at).as_secs_f64() * capacity).min(capacity),
-        };
-        self.refilled_at = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let bucket = self.0.get_or_insert_with(|| Box::new(Bucket { tokens: capacity, refilled_at: now }));
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.refilled_at).as_secs_f64() * capacity).min(capacity);
+        bucket.refilled_at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
             true
         } else {
             false

@@ -10,6 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use slab::Slab;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Socket, TICK, Tick, lock};
@@ -17,6 +18,10 @@ use crate::hub::{Socket, TICK, Tick, lock};
 #[derive(Default)]
 pub struct Registry {
     sockets: Mutex<Sockets>,
+    /// Notified when the last socket leaves: shutdown waits for it. (The registry tracks the
+    /// sockets for shutdown, so their tasks need no `TaskTracker`, whose token would take room
+    /// in every socket's task.)
+    emptied: Notify,
 }
 
 #[derive(Default)]
@@ -35,7 +40,11 @@ pub struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        lock(&self.registry.sockets).open.remove(self.key);
+        let mut sockets = lock(&self.registry.sockets);
+        sockets.open.remove(self.key);
+        if sockets.open.is_empty() {
+            self.registry.emptied.notify_waiters();
+        }
     }
 }
 
@@ -49,9 +58,23 @@ impl Registry {
         Registered { registry: Arc::clone(self), key }
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    /// How many sockets are open.
+    pub fn open(&self) -> usize {
         lock(&self.sockets).open.len()
+    }
+
+    /// Completes once no socket is open.
+    pub async fn all_closed(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            // Registered before looking: a last socket leaving in between is not missed.
+            emptied.as_mut().enable();
+            if self.open() == 0 {
+                return;
+            }
+            emptied.await;
+        }
     }
 
     /// Wakes every socket whose deadline passed at `now`.
@@ -90,6 +113,22 @@ pub async fn run(registry: Arc<Registry>, shutdown: CancellationToken, shutdown_
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn all_closed_completes_when_the_last_socket_leaves() {
+        let registry = Arc::new(Registry::default());
+        registry.all_closed().await; // none open
+        let socket = Socket::new(SocketId::random(), 10);
+        let registered = registry.register(&socket);
+        let waiting = tokio::spawn({
+            let registry = Arc::clone(&registry);
+            async move { registry.all_closed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "one socket is open");
+        drop(registered);
+        waiting.await.expect("completes once the socket left");
+    }
+
     use std::time::Duration;
 
     use super::*;
@@ -119,6 +158,6 @@ mod tests {
         let _late = registry.register(&after);
         assert_eq!(after.close_code(), 4200);
         drop(registered);
-        assert_eq!(registry.len(), 1, "a dropped registration leaves");
+        assert_eq!(registry.open(), 1, "a dropped registration leaves");
     }
 }

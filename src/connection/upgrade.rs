@@ -13,14 +13,17 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version
 use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::capacity::CountedIo;
 
-/// A server-side WebSocket over the accepted TCP stream.
-pub type WsStream = WebSocketStream<CountedIo>;
+/// A server-side WebSocket: the accepted TCP stream, and what the client sent after its upgrade
+/// request before it saw the 101 (rarely anything: its first frames). The connection reads and
+/// writes the frames itself (`reprise_api::websocket`, `connection::wire`).
+pub struct WsStream {
+    pub io: CountedIo,
+    pub early: Vec<u8>,
+}
 
 /// A valid WebSocket upgrade request, ready to be answered with 101.
 pub struct WsUpgrade {
@@ -72,7 +75,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
 
 impl WsUpgrade {
     /// Answers 101 Switching Protocols; once hyper hands the socket over, runs `serve` on it.
-    pub fn on_upgrade<F, Fut>(self, config: WebSocketConfig, serve: F) -> Response
+    pub fn on_upgrade<F, Fut>(self, serve: F) -> Response
     where
         F: FnOnce(WsStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -91,14 +94,7 @@ impl WsUpgrade {
                 tracing::error!("an upgraded connection is not the accept loop's: dropping it");
                 return;
             };
-            let stream = parts.io.into_inner();
-            // What the client sent after its request, before it saw the 101 (rare): its first frames.
-            let ws = if parts.read_buf.is_empty() {
-                WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await
-            } else {
-                WebSocketStream::from_partially_read(stream, parts.read_buf.to_vec(), Role::Server, Some(config)).await
-            };
-            serve(ws).await;
+            serve(WsStream { io: parts.io.into_inner(), early: parts.read_buf.to_vec() }).await;
         });
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let headers = response.headers_mut();

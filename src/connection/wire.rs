@@ -2,9 +2,9 @@
 //!
 //! The hub's frames carry their wire encoding (`hub::Frame::wire`), the same bytes for every
 //! subscriber, so a batch goes out as one vectored write of the shared buffers: nothing is
-//! copied or encoded per socket, and no write buffer is kept per socket. tungstenite still reads
-//! the client's frames, answers its pings and closes; the connection flushes whatever tungstenite
-//! holds before writing here, so that the two never interleave inside a frame.
+//! copied or encoded per socket, and no write buffer is kept per socket. Every byte the server
+//! sends on a WebSocket goes through here (pongs and close frames too), one whole frame after
+//! another.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};

@@ -104,8 +104,8 @@ pub struct Socket {
     /// Set (once) to the close code the connection should close with: 4100 on overflow, or the
     /// code of a `terminate_connections`. Read by the connection when it wakes.
     close_code: AtomicU16,
-    /// Set when something polled with this socket as its waker (the connection's reads and its
-    /// shutdown token; see the `Wake` impl) has news. Starts set, so that they are polled (and
+    /// Set when something polled with this socket as its waker (the connection's reads; see the
+    /// `Wake` impl) has news. Starts set, so that they are polled (and
     /// so registered) once.
     io_woken: AtomicBool,
     /// When the connection wants to look at its client's silence again (to ping it, or to give
@@ -258,15 +258,14 @@ impl Future for Woken<'_> {
     }
 }
 
-/// A socket is the waker of its connection's reads and shutdown token: their wake-ups set a flag
-/// and wake the connection through its one wake-up (the outbox's).
+/// A socket is the waker of its connection's reads: their wake-ups set a flag and wake the
+/// connection through its one wake-up (the outbox's).
 ///
-/// Why: a connection task is woken mostly to write queued frames, and every task wake-up polls
-/// every branch it waits on. Polling the WebSocket's read costs ~800 instructions even with
-/// nothing to read (tungstenite reserves its buffer and tries a read, which the runtime answers
-/// with "would block") and the shutdown token takes a mutex: together more than a third of what a
+/// Why: a connection task is woken mostly to write queued frames. Polling the WebSocket's read
+/// side on every wake-up cost ~800 instructions with nothing to read when tungstenite read the
+/// frames (and a mutex for the shutdown token polled beside it): more than a third of what a
 /// delivered frame cost the connection task (`benches/callgrind.sh`, docs/benchmarks.md). With
-/// this flag they are polled only when they woke.
+/// this flag the read side is polled only when it woke.
 impl Wake for Socket {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();

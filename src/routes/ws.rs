@@ -6,23 +6,11 @@ use std::sync::Arc;
 use axum::extract::{Extension, Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::ServerState;
 use crate::apps::App;
 use crate::capacity::OverCapacity;
 use crate::connection::{self, Refusal, WsUpgrade};
-
-/// The WebSocket layer's own limit: a generous multiple of the app's limit so that an oversized
-/// message reaches the connection (and gets a `pusher:error`) instead of killing the socket,
-/// while a truly huge one is still cut off by the transport.
-const TRANSPORT_LIMIT_FACTOR: usize = 8;
-/// The read buffer is allocated up front for every socket, and most sockets are idle: memory per
-/// idle socket is what limits scale. Client frames are small; a large one just takes more reads.
-const READ_BUFFER_BYTES: usize = 256;
-/// tungstenite's own writes (its answers to pings and closes, and close frames) are small; the
-/// frames the connection sends bypass its buffer (`connection::wire`).
-const WRITE_BUFFER_BYTES: usize = 128;
 
 pub async fn upgrade(
     State(state): State<Arc<ServerState>>,
@@ -32,37 +20,25 @@ pub async fn upgrade(
     ws: WsUpgrade,
 ) -> Response {
     if over_capacity.is_some() {
-        return ws.on_upgrade(ws_config(None), |socket| connection::refuse(socket, Refusal::OverCapacity));
+        return ws.on_upgrade(|socket| connection::refuse(socket, Refusal::OverCapacity));
     }
     let Some(app) = state.apps.by_key(&key).cloned() else {
-        return ws.on_upgrade(ws_config(None), |socket| connection::refuse(socket, Refusal::UnknownApp));
+        return ws.on_upgrade(|socket| connection::refuse(socket, Refusal::UnknownApp));
     };
     let origin = headers.get("origin").and_then(|v| v.to_str().ok());
     if !origin_allowed(&app, origin) {
-        return ws.on_upgrade(ws_config(None), |socket| connection::refuse(socket, Refusal::OriginNotAllowed));
+        return ws.on_upgrade(|socket| connection::refuse(socket, Refusal::OriginNotAllowed));
     }
     let Some(slot) = connection::reserve_slot(&app) else {
-        return ws.on_upgrade(ws_config(None), |socket| connection::refuse(socket, Refusal::OverQuota));
+        return ws.on_upgrade(|socket| connection::refuse(socket, Refusal::OverQuota));
     };
-    let limit = app.config.max_message_size_bytes.saturating_mul(TRANSPORT_LIMIT_FACTOR);
-    // The tracker keeps shutdown waiting for this socket: axum does not track upgraded sockets.
     // The connection gets a task of its own rather than running inside the upgrade's task,
-    // which would keep the upgrade's arguments beside it for the socket's whole life.
-    let tracker = state.tracker.clone();
-    ws.on_upgrade(ws_config(Some(limit)), move |socket| {
-        tracker.spawn(connection::run(socket, app, state, slot));
+    // which would keep the upgrade's arguments beside it for the socket's whole life. Shutdown
+    // waits for it through the socket registry (`connection::registry`).
+    ws.on_upgrade(move |socket| {
+        tokio::spawn(connection::run(socket, app, state, slot));
         std::future::ready(())
     })
-}
-
-/// The WebSocket layer's settings; `limit` bounds a client's messages and frames (tungstenite's
-/// defaults for a refused connection, which reads nothing).
-fn ws_config(limit: Option<usize>) -> WebSocketConfig {
-    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES).write_buffer_size(WRITE_BUFFER_BYTES);
-    match limit {
-        Some(limit) => config.max_message_size(Some(limit)).max_frame_size(Some(limit)),
-        None => config,
-    }
 }
 
 /// Reverb's rule: `*` allows all; otherwise the Origin's host must match one pattern (`*` wildcards).
