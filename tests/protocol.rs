@@ -378,13 +378,19 @@ async fn a_request_that_cannot_be_upgraded_is_answered_with_why() {
 /// Opens a WebSocket by hand over TCP, so a test can send frames no client library would, and
 /// reads past `connection_established`.
 async fn raw_websocket(server: &TestServer) -> TcpStream {
+    raw_websocket_sending(server, &[]).await
+}
+
+/// Like `raw_websocket`, with `early` (client frames) sent in the same write as the upgrade
+/// request, before the client has seen the 101.
+async fn raw_websocket_sending(server: &TestServer, early: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     let request = format!(
         "GET /app/{APP_KEY}?protocol=7&client=js&version=8.4.0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\
          Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          Sec-WebSocket-Version: 13\r\n\r\n"
     );
-    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(&[request.as_bytes(), early].concat()).await.unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         head.push(tokio::time::timeout(SILENCE * 10, stream.read_u8()).await.unwrap().unwrap());
@@ -430,11 +436,9 @@ fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// WebSocket pings are answered by tungstenite, and the connection writes every other frame
-/// past it, straight to the socket. However the two meet (here the client reads late, so that
-/// writes wait on a full socket while pings keep coming), every frame arrives whole: the events
-/// in order, the pongs answering pings in order (tungstenite answers the latest of those that
-/// waited).
+/// WebSocket pings are answered between the frames the connection writes. However the two meet
+/// (here the client reads late, so that writes wait on a full socket while pings keep coming),
+/// every frame arrives whole: the events in order, the pongs answering pings in order.
 #[tokio::test]
 async fn pongs_and_events_never_interleave_inside_a_frame() {
     const BATCHES: usize = 60;
@@ -511,6 +515,61 @@ async fn pongs_and_events_never_interleave_inside_a_frame() {
 
 /// Sends `frame` on a fresh raw WebSocket and returns the code of the close frame that comes
 /// back (skipping any other frame); panics if the connection ends without one.
+/// A WebSocket ping is answered with a pong carrying its payload (RFC 6455, 5.5.2).
+#[tokio::test]
+async fn a_websocket_ping_gets_a_pong_with_its_payload() {
+    let server = TestServer::start().await;
+    let mut stream = raw_websocket(&server).await;
+    stream.write_all(&client_frame(0x89, b"are you there")).await.unwrap();
+    assert_eq!(read_frame(&mut stream).await, Some((0xA, b"are you there".to_vec())));
+}
+
+/// A client's close frame is answered with a close frame carrying its code (RFC 6455, 5.5.1),
+/// and then the connection ends.
+#[tokio::test]
+async fn a_client_close_is_answered_with_its_code() {
+    let server = TestServer::start().await;
+    let mut stream = raw_websocket(&server).await;
+    stream.write_all(&client_frame(0x88, &[&4000_u16.to_be_bytes()[..], b"bye"].concat())).await.unwrap();
+    let (opcode, payload) = read_frame(&mut stream).await.expect("a close frame");
+    assert_eq!((opcode, u16::from_be_bytes([payload[0], payload[1]])), (0x8, 4000));
+    assert_eq!(read_frame(&mut stream).await, None, "the connection ends after the close");
+}
+
+/// A message may come in fragments, with a control frame between them, and TCP may cut it
+/// anywhere: a `pusher:ping` sent so, three bytes per write, is understood, and the WebSocket
+/// ping between its fragments is answered first.
+#[tokio::test]
+async fn a_fragmented_message_cut_into_small_writes_is_understood() {
+    let server = TestServer::start().await;
+    let mut stream = raw_websocket(&server).await;
+    let (head, tail) = br#"{"event":"pusher:ping","data":{}}"#.split_at(10);
+    let bytes = [client_frame(0x01, head), client_frame(0x89, b"p"), client_frame(0x80, tail)].concat();
+    for piece in bytes.chunks(3) {
+        stream.write_all(piece).await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(read_frame(&mut stream).await, Some((0xA, b"p".to_vec())));
+    let (opcode, payload) = read_frame(&mut stream).await.expect("pusher:pong");
+    assert_eq!(opcode, 0x1);
+    let message: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(message["event"], "pusher:pong", "{message}");
+}
+
+/// Frames a client sends right behind its upgrade request, before it has seen the 101, are read
+/// (hyper has already read them with the request).
+#[tokio::test]
+async fn frames_sent_with_the_upgrade_request_are_read() {
+    let server = TestServer::start().await;
+    let early = client_frame(0x81, br#"{"event":"pusher:ping","data":{}}"#);
+    let mut stream = raw_websocket_sending(&server, &early).await;
+    let (opcode, payload) = read_frame(&mut stream).await.expect("pusher:pong");
+    assert_eq!(opcode, 0x1);
+    let message: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(message["event"], "pusher:pong", "{message}");
+}
+
 async fn close_code_after(server: &TestServer, frame: &[u8]) -> u16 {
     let mut stream = raw_websocket(server).await;
     stream.write_all(frame).await.unwrap();
