@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use crate::blob_sync::BlobSync;
 use crate::codec::{self, ChannelMeta, Totals};
-use crate::watermark::{Reading, Watermark, WatermarkWriter};
+use crate::watermark::{RECORD_INTERVAL, Reading, Watermark, WatermarkWriter};
 use crate::{
     ChannelHead, Clock, CompactRule, Cursor, DataLoss, EventId, EventLog, LogKey, LogStats, NewEvent, ReadOutcome,
     StorageError, StoredEvent, system_clock,
@@ -288,7 +288,7 @@ impl SledLog {
     /// durable appends, and opening fails unless `accept_data_loss`, which records the loss.
     fn check_watermark(&mut self, dir: &Path, accept_data_loss: bool) -> Result<(), StorageError> {
         let (watermark, reading) = Watermark::open(dir)?;
-        self.watermark = Some(WatermarkWriter::start(watermark)?);
+        self.watermark = Some(WatermarkWriter::start(watermark, RECORD_INTERVAL)?);
         let totals = self.lock().totals;
         let loss = |durable_appends, durable_through_ms| DataLoss {
             found_appends: totals.appends,

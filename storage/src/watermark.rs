@@ -21,6 +21,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::StorageError;
 use crate::codec::{self, WATERMARK_SLOT_BYTES, WatermarkSlot};
@@ -123,12 +124,16 @@ impl Watermark {
 ///
 /// Safe because the watermark may lag what is durable, never lead it: a flush hands over only
 /// totals that its own `fdatasync` already made durable. The writer writes the latest totals it
-/// was given (a burst of flushes is recorded once), one record at a time, so at most one slot is
-/// ever being written (a torn write leaves the other, as [`Watermark::record`] requires). A
-/// record that fails is reported by the next flush, which fails with it: the events of the
-/// flush that handed it over were durable, so that flush's answer stands. Dropping the writer
-/// waits for the record in progress and the latest handed over: a clean close leaves the
-/// watermark exact, a crash leaves it at most two flushes behind.
+/// was given, one record at a time, so at most one slot is ever being written (a torn write
+/// leaves the other, as [`Watermark::record`] requires), and at most one record per
+/// [`RECORD_INTERVAL`]: the flushes of a busy moment are recorded together (a record per group
+/// commit was an `fdatasync` per commit and an eighth of a busy server's CPU; see
+/// docs/benchmarks.md, round two, fourth pass). A record that fails is reported by a later
+/// flush, which fails with it: the events of the flush that handed it over were durable, so
+/// that flush's answer stands. Dropping the writer waits for the record in progress and writes
+/// the latest handed over at once: a clean close leaves the watermark exact; a crash leaves it
+/// behind by what was flushed in the last [`RECORD_INTERVAL`] and the record then in progress,
+/// which a damage check cannot see past.
 pub(crate) struct WatermarkWriter {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -136,9 +141,14 @@ pub(crate) struct WatermarkWriter {
 
 struct Shared {
     state: Mutex<WriterState>,
-    /// Signalled when totals are handed over, when a record ends, and on drop.
+    /// Signalled when totals are handed over to an idle thread, when a record ends, and on drop.
     changed: Condvar,
 }
+
+/// The least time between the starts of two records. Under load the watermark is written ~100
+/// times a second instead of once per group commit; an idle server's first flush is recorded at
+/// once.
+pub(crate) const RECORD_INTERVAL: Duration = Duration::from_millis(10);
 
 #[derive(Default)]
 struct WriterState {
@@ -146,13 +156,18 @@ struct WriterState {
     pending: Option<(u64, u64)>,
     /// The thread is writing a record.
     busy: bool,
+    /// The thread waits for totals (rather than resting between records): only then does a
+    /// hand-over wake it, which spares a `futex` call per flush under load.
+    idle: bool,
     /// The first record that failed, reported by every later hand-over.
     failed: Option<String>,
     stopping: bool,
 }
 
 impl WatermarkWriter {
-    pub(crate) fn start(mut watermark: Watermark) -> Result<Self, StorageError> {
+    /// Starts the thread; records begin at least `interval` apart ([`RECORD_INTERVAL`] but in
+    /// tests).
+    pub(crate) fn start(mut watermark: Watermark, interval: Duration) -> Result<Self, StorageError> {
         let shared = Arc::new(Shared { state: Mutex::new(WriterState::default()), changed: Condvar::new() });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -165,11 +180,14 @@ impl WatermarkWriter {
                         if state.stopping {
                             return;
                         }
+                        state.idle = true;
                         state = shared.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
+                        state.idle = false;
                         continue;
                     };
                     state.busy = true;
                     drop(state);
+                    let next_record = Instant::now() + interval;
                     let recorded = watermark.record(appends, max_time_ms);
                     state = lock(&shared.state);
                     state.busy = false;
@@ -177,6 +195,12 @@ impl WatermarkWriter {
                         state.failed = Some(error.to_string());
                     }
                     shared.changed.notify_all();
+                    // Rest until the interval is over, gathering the flushes meanwhile into the
+                    // next record; a stop cuts the rest short.
+                    while !state.stopping {
+                        let Some(left) = next_record.checked_duration_since(Instant::now()) else { break };
+                        state = shared.changed.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner).0;
+                    }
                 }
             })
             .map_err(|e| StorageError::Io(format!("cannot start the watermark's writer: {e}")))?;
@@ -192,7 +216,9 @@ impl WatermarkWriter {
         }
         let (held_appends, held_time) = state.pending.unwrap_or((0, 0));
         state.pending = Some((appends.max(held_appends), max_time_ms.max(held_time)));
-        self.shared.changed.notify_all();
+        if state.idle {
+            self.shared.changed.notify_all();
+        }
         Ok(())
     }
 
@@ -277,7 +303,7 @@ mod tests {
     fn the_writer_records_what_it_is_handed_and_finishes_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         let (watermark, _) = Watermark::open(dir.path()).unwrap();
-        let writer = WatermarkWriter::start(watermark).unwrap();
+        let writer = WatermarkWriter::start(watermark, RECORD_INTERVAL).unwrap();
         writer.submit(10, 100).unwrap();
         writer.wait().unwrap();
         let (_, reading) = Watermark::open(dir.path()).unwrap();
@@ -290,6 +316,28 @@ mod tests {
         let (_, reading) = Watermark::open(dir.path()).unwrap();
         let Reading::Valid(slot) = reading else { panic!("a valid slot: {reading:?}") };
         assert_eq!((slot.appends, slot.max_time_ms), (50, 150));
+    }
+
+    /// Flushes handed over while the thread rests after a record are recorded together, once the
+    /// rest is over or at once when the writer is dropped; the first one after a quiet spell is
+    /// recorded at once. (An hour's rest, so that no scheduling delay can end it in the test.)
+    #[test]
+    fn a_burst_of_flushes_is_one_record_written_at_the_latest_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (watermark, _) = Watermark::open(dir.path()).unwrap();
+        let writer = WatermarkWriter::start(watermark, Duration::from_secs(3600)).unwrap();
+        writer.submit(10, 100).unwrap();
+        writer.wait().unwrap();
+        let (_, reading) = Watermark::open(dir.path()).unwrap();
+        assert_eq!(reading, Reading::Valid(WatermarkSlot { generation: 1, appends: 10, max_time_ms: 100 }));
+        for appends in 11..=50 {
+            writer.submit(appends, 100 + appends).unwrap();
+        }
+        let (_, reading) = Watermark::open(dir.path()).unwrap();
+        assert_eq!(reading, Reading::Valid(WatermarkSlot { generation: 1, appends: 10, max_time_ms: 100 }), "resting");
+        drop(writer);
+        let (_, reading) = Watermark::open(dir.path()).unwrap();
+        assert_eq!(reading, Reading::Valid(WatermarkSlot { generation: 2, appends: 50, max_time_ms: 150 }));
     }
 
     /// A write torn by a power cut damages one slot; the other, one flush older, is read instead.
