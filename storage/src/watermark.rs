@@ -297,17 +297,23 @@ mod tests {
         assert_eq!(watermark.current(), expected);
     }
 
-    /// The writer's thread records what flushes hand it (never less than it holds), and a writer
-    /// that is dropped has written everything it was handed: a clean close leaves it exact.
-    #[test]
-    fn the_writer_records_what_it_is_handed_and_finishes_on_drop() {
+    /// A writer in a new directory whose first hand-over (10 appends) was recorded at once.
+    fn a_writer_that_recorded_10_appends(interval: Duration) -> (tempfile::TempDir, WatermarkWriter) {
         let dir = tempfile::tempdir().unwrap();
         let (watermark, _) = Watermark::open(dir.path()).unwrap();
-        let writer = WatermarkWriter::start(watermark, RECORD_INTERVAL).unwrap();
+        let writer = WatermarkWriter::start(watermark, interval).unwrap();
         writer.submit(10, 100).unwrap();
         writer.wait().unwrap();
         let (_, reading) = Watermark::open(dir.path()).unwrap();
         assert_eq!(reading, Reading::Valid(WatermarkSlot { generation: 1, appends: 10, max_time_ms: 100 }));
+        (dir, writer)
+    }
+
+    /// The writer's thread records what flushes hand it (never less than it holds), and a writer
+    /// that is dropped has written everything it was handed: a clean close leaves it exact.
+    #[test]
+    fn the_writer_records_what_it_is_handed_and_finishes_on_drop() {
+        let (dir, writer) = a_writer_that_recorded_10_appends(RECORD_INTERVAL);
         for appends in 11..=50 {
             writer.submit(appends, 100 + appends).unwrap();
         }
@@ -323,13 +329,7 @@ mod tests {
     /// recorded at once. (An hour's rest, so that no scheduling delay can end it in the test.)
     #[test]
     fn a_burst_of_flushes_is_one_record_written_at_the_latest_on_drop() {
-        let dir = tempfile::tempdir().unwrap();
-        let (watermark, _) = Watermark::open(dir.path()).unwrap();
-        let writer = WatermarkWriter::start(watermark, Duration::from_secs(3600)).unwrap();
-        writer.submit(10, 100).unwrap();
-        writer.wait().unwrap();
-        let (_, reading) = Watermark::open(dir.path()).unwrap();
-        assert_eq!(reading, Reading::Valid(WatermarkSlot { generation: 1, appends: 10, max_time_ms: 100 }));
+        let (dir, writer) = a_writer_that_recorded_10_appends(Duration::from_secs(3600));
         for appends in 11..=50 {
             writer.submit(appends, 100 + appends).unwrap();
         }
