@@ -410,7 +410,7 @@ impl TransactionalTrees {
         // when the peg drops, it ensures all updates
         // written to the log since its creation are
         // recovered atomically
-        peg.seal_batch()
+        peg.seal_batch(false).map(|_| ())
     }
 
     fn flush_if_configured(&self) -> Result<()> {

@@ -8,7 +8,11 @@ use std::{
 
 use parking_lot::RwLock;
 
-use crate::{atomic_shim::AtomicU64, pagecache::NodeView, *};
+use crate::{
+    atomic_shim::AtomicU64,
+    pagecache::{NodeView, UnwrittenIoBuf},
+    *,
+};
 
 #[derive(Debug, Clone)]
 pub(crate) struct View<'g> {
@@ -374,16 +378,23 @@ impl Tree {
     /// # Ok(()) }
     /// ```
     pub fn apply_batch(&self, batch: Batch) -> Result<()> {
-        let _cc = concurrency_control::write();
-        let mut guard = pin();
-        self.apply_batch_inner(batch, &mut guard)
+        // Reprise patch (PATCHES.md, 4): the manifest's buffer, if the batch leaves it to be
+        // written, is written by this thread when `unwritten` drops, after the lock is
+        // released, instead of by the thread pool.
+        let unwritten = {
+            let _cc = concurrency_control::write();
+            let mut guard = pin();
+            self.apply_batch_inner(batch, &mut guard)?
+        };
+        drop(unwritten);
+        Ok(())
     }
 
     pub(crate) fn apply_batch_inner(
         &self,
         batch: Batch,
         guard: &mut Guard,
-    ) -> Result<()> {
+    ) -> Result<Option<UnwrittenIoBuf>> {
         let peg = self.context.pin_log(guard)?;
         trace!("applying batch {:?}", batch);
         for (k, v_opt) in batch.writes {
@@ -397,7 +408,7 @@ impl Tree {
         // when the peg drops, it ensures all updates
         // written to the log since its creation are
         // recovered atomically
-        peg.seal_batch()
+        peg.seal_batch(true)
     }
 
     /// Retrieve a value from the `Tree` if it exists.

@@ -1006,6 +1006,31 @@ pub(in crate::pagecache) fn make_stable_inner(
     Ok(assert_usize(stable - first_stable))
 }
 
+/// Reprise patch (PATCHES.md, 4): a sealed IO buffer whose last writer left it to be written
+/// by its own thread once it has released its locks (a write batch's manifest, left by
+/// `Tree::apply_batch`), rather than by the thread pool. It is written when dropped, with the
+/// pool thread's error handling, so it is written whatever path the caller takes.
+#[derive(Debug)]
+pub(crate) struct UnwrittenIoBuf {
+    pub(crate) iobufs: Arc<IoBufs>,
+    pub(crate) iobuf: Arc<IoBuf>,
+}
+
+impl Drop for UnwrittenIoBuf {
+    fn drop(&mut self) {
+        if let Err(e) = self.iobufs.write_to_log(&self.iobuf) {
+            error!(
+                "hit error while writing iobuf with lsn {}: {:?}",
+                self.iobuf.lsn, e
+            );
+            self.iobufs.config.set_global_error(e);
+            let intervals = self.iobufs.intervals.lock();
+            drop(intervals);
+            let _notified = self.iobufs.interval_updated.notify_all();
+        }
+    }
+}
+
 /// Called by users who wish to force the current buffer
 /// to flush some pending writes. Returns the number
 /// of bytes written during this call.

@@ -4,6 +4,7 @@ use super::{
     arr_to_lsn, arr_to_u32, assert_usize, bump_atomic_lsn, header, iobuf,
     lsn_to_arr, maybe_decompress, pread_exact, pread_exact_or_eof, read_blob,
     roll_iobuf, u32_to_arr, Arc, BasedBuf, BlobPointer, DiskPtr, IoBuf, IoBufs,
+    UnwrittenIoBuf,
     LogKind, LogOffset, Lsn, MessageKind, Reservation, Serialize, Snapshot,
     BATCH_MANIFEST_PID, COUNTER_PID, MAX_MSG_HEADER_LEN, META_PID,
     MINIMUM_ITEMS_PER_SEGMENT, SEG_HEADER_LEN,
@@ -397,6 +398,17 @@ impl Log {
     /// Handles departure from shared state, and possibly writing
     /// the buffer to stable storage if necessary.
     pub(super) fn exit_reservation(&self, iobuf: &Arc<IoBuf>) -> Result<()> {
+        self.exit_reservation_handing_back(iobuf, false).map(|_| ())
+    }
+
+    /// Reprise patch (PATCHES.md, 4): as `exit_reservation`, but with `hand_back`, a buffer
+    /// that this departure leaves to be written is returned to the caller (written when it is
+    /// dropped) instead of being handed to the thread pool.
+    pub(super) fn exit_reservation_handing_back(
+        &self,
+        iobuf: &Arc<IoBuf>,
+        hand_back: bool,
+    ) -> Result<Option<UnwrittenIoBuf>> {
         let mut header = iobuf.get_header();
 
         // Decrement writer count, retrying until successful.
@@ -428,6 +440,12 @@ impl Log {
                 return Err(e);
             }
 
+            if hand_back {
+                return Ok(Some(UnwrittenIoBuf {
+                    iobufs: self.iobufs.clone(),
+                    iobuf: iobuf.clone(),
+                }));
+            }
             let lsn = iobuf.lsn;
             trace!(
                 "asynchronously writing iobuf with lsn {} \
@@ -446,9 +464,9 @@ impl Log {
                 }
             })?;
 
-            Ok(())
+            Ok(None)
         } else {
-            Ok(())
+            Ok(None)
         }
     }
 }

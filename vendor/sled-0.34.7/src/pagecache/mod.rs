@@ -48,6 +48,7 @@ use self::{
 };
 
 pub(crate) use self::{
+    iobuf::UnwrittenIoBuf,
     logger::{
         read_message, read_segment_header, MessageHeader, SegmentHeader,
         SegmentNumber,
@@ -426,10 +427,16 @@ pub struct RecoveryGuard<'a> {
 impl<'a> RecoveryGuard<'a> {
     /// Writes the last LSN for a batch into an earlier
     /// reservation, releasing it.
-    pub(crate) fn seal_batch(self) -> Result<()> {
+    ///
+    /// Reprise patch (PATCHES.md, 4): with `hand_back`, the manifest's buffer, if it is left to
+    /// be written, is returned (written when dropped) instead of going to the thread pool.
+    pub(crate) fn seal_batch(
+        self,
+        hand_back: bool,
+    ) -> Result<Option<UnwrittenIoBuf>> {
         let max_reserved =
             self.batch_res.log.iobufs.max_reserved_lsn.load(Acquire);
-        self.batch_res.mark_writebatch(max_reserved).map(|_| ())
+        self.batch_res.mark_writebatch(max_reserved, hand_back)
     }
 }
 

@@ -1,5 +1,7 @@
 use crate::{pagecache::*, *};
 
+use super::iobuf::UnwrittenIoBuf;
+
 /// A pending log reservation which can be aborted or completed.
 /// NB the holder should quickly call `complete` or `abort` as
 /// taking too long to decide will cause the underlying IO
@@ -79,7 +81,14 @@ impl<'a> Reservation<'a> {
     /// Will panic if the reservation is not the correct
     /// size to hold a serialized Lsn.
     #[doc(hidden)]
-    pub fn mark_writebatch(self, peg_lsn: Lsn) -> Result<(Lsn, DiskPtr)> {
+    ///
+    /// Reprise patch (PATCHES.md, 4): with `hand_back`, the manifest's buffer, if this leaves
+    /// it to be written, is returned (written when dropped) instead of going to the thread pool.
+    pub(crate) fn mark_writebatch(
+        mut self,
+        peg_lsn: Lsn,
+        hand_back: bool,
+    ) -> Result<Option<UnwrittenIoBuf>> {
         trace!(
             "writing batch required stable lsn {} into \
              BatchManifest at lid {} peg_lsn {}",
@@ -91,7 +100,7 @@ impl<'a> Reservation<'a> {
         if self.lsn == peg_lsn {
             // this can happen because high-level tree updates
             // may result in no work happening.
-            self.abort()
+            self.abort().map(|_| None)
         } else {
             self.buf[4] = MessageKind::BatchManifest.into();
 
@@ -105,11 +114,20 @@ impl<'a> Reservation<'a> {
             intervals.mark_batch((self.lsn, peg_lsn));
             drop(intervals);
 
-            self.complete()
+            self.flush_handing_back(true, hand_back)
         }
     }
 
     fn flush(&mut self, valid: bool) -> Result<(Lsn, DiskPtr)> {
+        self.flush_handing_back(valid, false)?;
+        Ok((self.lsn(), self.pointer()))
+    }
+
+    fn flush_handing_back(
+        &mut self,
+        valid: bool,
+        hand_back: bool,
+    ) -> Result<Option<UnwrittenIoBuf>> {
         if self.flushed {
             panic!("flushing already-flushed reservation!");
         }
@@ -136,8 +154,6 @@ impl<'a> Reservation<'a> {
                 std::mem::size_of::<u32>(),
             );
         }
-        self.log.exit_reservation(&self.iobuf)?;
-
-        Ok((self.lsn(), self.pointer()))
+        self.log.exit_reservation_handing_back(&self.iobuf, hand_back)
     }
 }
