@@ -6,12 +6,12 @@
 //! silently drops the rest, so a flipped or truncated `db` file opens as an older, shorter log
 //! (issue 11). Nothing inside sled can notice that; a record that sled does not manage can.
 //!
-//! Why this shape: it is written after every flush that appended something (every group commit,
-//! thousands of times a second; by [`WatermarkWriter`]'s thread, so that a commit does not wait
-//! for it), so it is one fixed-size slot written in place and one
-//! `fdatasync`: no rename, no directory sync, no size change. Two slots, 4 KiB apart so that one
-//! torn write can never touch both, are written in turn, each with a generation and a CRC-32:
-//! a write torn by a power cut leaves the other slot, one flush older, which is still a correct
+//! Why this shape: it is written after flushes that appended something (under load up to 100
+//! times a second, each record covering the flushes since the last; by [`WatermarkWriter`]'s
+//! thread, so that a commit does not wait for it), so it is one fixed-size slot written in place
+//! and one `fdatasync`: no rename, no directory sync, no size change. Two slots, 4 KiB apart so
+//! that one torn write can never touch both, are written in turn, each with a generation and a
+//! CRC-32: a write torn by a power cut leaves the other slot, one record older, which is still a correct
 //! (if slightly low) watermark. A failed write is retried in the same slot, so the last good one
 //! is never the one overwritten next. It holds two numbers (appends and the latest id time), not
 //! per-channel heads: a table of 100,000+ channels cannot be rewritten on every commit.
