@@ -992,7 +992,7 @@ mod tests {
         const APPENDERS: usize = 3;
         const APPENDS: u64 = 300;
         let dir = tempfile::tempdir().unwrap();
-        let keys: Vec<LogKey> = (0..APPENDERS).map(|n| LogKey::new("app", &format!("c{n}"))).collect();
+        let keys: Vec<LogKey> = (0..APPENDERS).map(|n| LogKey::new("app", format!("c{n}"))).collect();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let (path, work_keys) = (dir.path().to_owned(), keys.clone());
         std::thread::spawn(move || {
