@@ -566,6 +566,22 @@ impl IoBufs {
 
     // Write an IO buffer's data to stable storage and set up the
     // next IO buffer for writing.
+    /// Reprise patches (PATCHES.md, 3 and 4): `write_to_log` on the calling thread, with the
+    /// pool thread's error handling: the error becomes the global error and waiters are woken,
+    /// so that a flush waiting for this buffer returns it.
+    pub(crate) fn write_to_log_or_fail(&self, iobuf: &IoBuf) {
+        if let Err(e) = self.write_to_log(iobuf) {
+            error!(
+                "hit error while writing iobuf with lsn {}: {:?}",
+                iobuf.lsn, e
+            );
+            self.config.set_global_error(e);
+            let intervals = self.intervals.lock();
+            drop(intervals);
+            let _notified = self.interval_updated.notify_all();
+        }
+    }
+
     pub(crate) fn write_to_log(&self, iobuf: &IoBuf) -> Result<()> {
         let _measure = Measure::new(&M.write_to_log);
         let header = iobuf.get_header();
@@ -1018,16 +1034,7 @@ pub(crate) struct UnwrittenIoBuf {
 
 impl Drop for UnwrittenIoBuf {
     fn drop(&mut self) {
-        if let Err(e) = self.iobufs.write_to_log(&self.iobuf) {
-            error!(
-                "hit error while writing iobuf with lsn {}: {:?}",
-                self.iobuf.lsn, e
-            );
-            self.iobufs.config.set_global_error(e);
-            let intervals = self.iobufs.intervals.lock();
-            drop(intervals);
-            let _notified = self.iobufs.interval_updated.notify_all();
-        }
+        self.iobufs.write_to_log_or_fail(&self.iobuf);
     }
 }
 
@@ -1206,13 +1213,7 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
         // pool's thread wakes it: two thread switches fewer per flush. Errors are handled as
         // the pool's thread handles them; the caller's loop then returns the global error.
         if write_here {
-            if let Err(e) = iobufs.write_to_log(iobuf) {
-                error!("hit error while writing iobuf with lsn {}: {:?}", lsn, e);
-                iobufs.config.set_global_error(e);
-                let intervals = iobufs.intervals.lock();
-                drop(intervals);
-                let _notified = iobufs.interval_updated.notify_all();
-            }
+            iobufs.write_to_log_or_fail(iobuf);
             return Ok(());
         }
         trace!(
