@@ -1,7 +1,8 @@
 //! A damaged data directory is never served silently (issue 11), with the real binary: 16 bytes
-//! flipped in the middle of sled's `db` file, or the file cut to half, used to start with no
-//! warning, a channel's head gone back (300 to 171), history saying `recovered: true`, and the
-//! next publish reusing sequence 172, so an id clients already held named another event.
+//! flipped in the middle of what sled's `db` file holds, or the file cut to half of it, used to
+//! start with no warning, a channel's head gone back (300 to 171), history saying
+//! `recovered: true`, and the next publish reusing sequence 172, so an id clients already held
+//! named another event.
 //!
 //! Now the server refuses to start and says what was lost; `--accept-data-loss` starts it with
 //! what is left, the next id is none handed out before, and every resume or history read from
@@ -46,9 +47,17 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// How far into `db` its contents reach: sled grows the file a whole segment at a time, so its
+/// end is zeros that are not yet written (sled patch 6, vendor/sled-0.34.7/PATCHES.md).
+fn written_len(dir: &Path) -> u64 {
+    let bytes = std::fs::read(dir.join("db")).unwrap();
+    let written = bytes.iter().rposition(|&byte| byte != 0).map_or(0, |last| last + 1);
+    u64::try_from(written).unwrap()
+}
+
 fn flip_16_bytes_in_the_middle(dir: &Path) {
+    let middle = written_len(dir) / 2;
     let file = OpenOptions::new().read(true).write(true).open(dir.join("db")).unwrap();
-    let middle = file.metadata().unwrap().len() / 2;
     let mut bytes = [0; 16];
     file.read_exact_at(&mut bytes, middle).unwrap();
     for byte in &mut bytes {
@@ -58,8 +67,8 @@ fn flip_16_bytes_in_the_middle(dir: &Path) {
 }
 
 fn truncate_to_half(dir: &Path) {
-    let file = OpenOptions::new().write(true).open(dir.join("db")).unwrap();
-    file.set_len(file.metadata().unwrap().len() / 2).unwrap();
+    let half = written_len(dir) / 2;
+    OpenOptions::new().write(true).open(dir.join("db")).unwrap().set_len(half).unwrap();
 }
 
 /// `recovered` of a history read from `since`.

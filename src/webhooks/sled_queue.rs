@@ -11,8 +11,8 @@ use super::queue::{Position, QueueError, QueuedWebhook, WebhookQueue};
 
 pub struct SledQueue {
     db: sled::Db,
-    /// sled's log file, `fdatasync`ed after each flush: on Linux sled 0.34 flushes with
-    /// `sync_file_range`, enough for `kill -9` but not for a power cut (as for the event log,
+    /// sled's log file, `fdatasync`ed after each flush: sled's flush only hands its buffers to
+    /// the OS, enough for `kill -9` but not for a power cut (as for the event log,
     /// docs/architecture.md). None for a temporary queue.
     log_file: Option<std::fs::File>,
     /// Webhooks waiting per target, counted once from the tree on first use (sled's `len` is a

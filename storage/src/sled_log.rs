@@ -135,10 +135,11 @@ pub struct SledLog {
     /// channel swept meanwhile reads it again under the lock, so it never creates a channel twice.
     cache: Mutex<StateCache>,
     clock: Clock,
-    /// sled's log file, fsynced after sled's own flush. On Linux sled 0.34 flushes with
-    /// `sync_file_range`, which writes the pages but neither syncs the file's metadata nor asks
-    /// the drive to empty its write cache: enough for `kill -9`, not for a power cut. One
-    /// `fdatasync` per flush (a flush covers a whole group of commits) closes that gap.
+    /// sled's log file, fsynced after sled's own flush, which only hands its buffers to the OS
+    /// (the vendored sled's patch 5; sled 0.34 itself used `sync_file_range`, which neither
+    /// syncs the file's metadata nor asks the drive to empty its write cache): enough for
+    /// `kill -9`, not for a power cut. One `fdatasync` per flush (a flush covers a whole group of
+    /// commits) closes that gap.
     /// None for a temporary log.
     log_file: Option<std::fs::File>,
     /// sled's blob files, which sled does not sync. None for a temporary log.

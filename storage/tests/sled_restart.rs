@@ -204,6 +204,70 @@ fn crash_child(dir: &Path, phase: &str) -> ! {
     std::process::abort();
 }
 
+/// Recovery across many of sled's segments (512 KiB each), some of them freed by compaction and
+/// written again, after a crash. The vendored sled grows its file a segment at a time, syncs the
+/// file before a segment is written again or a buffer starts a segment, and no longer syncs each
+/// buffer (`vendor/sled-0.34.7/PATCHES.md`, 5 and 6): a child process appends about 6 MiB in
+/// flushed rounds, compacting as it goes, and aborts; everything flushed is back, and the file
+/// stayed far smaller than what went through it (segments were reused).
+#[test]
+fn segments_freed_by_compaction_are_reused_and_survive_a_crash() {
+    if let Ok(dir) = std::env::var(SEGMENTS_DIR_ENV) {
+        segments_child(Path::new(&dir));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["segments_freed_by_compaction_are_reused_and_survive_a_crash", "--exact", "--nocapture"])
+        .env(SEGMENTS_DIR_ENV, dir.path())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child must crash, not exit");
+
+    let log = open(dir.path(), &ManualClock::new(START_MS));
+    let channel = key("big");
+    let appended = SEGMENT_ROUNDS * SEGMENT_ROUND_EVENTS;
+    let head = log.head(&channel).unwrap();
+    assert_eq!(head.head.map(|id| id.seq()), Some(u64::try_from(appended).unwrap()));
+    let kept = log.read(&channel, Cursor::Oldest, 1000).unwrap().events;
+    let seqs: Vec<u64> = kept.iter().map(|event| event.id.seq()).collect();
+    let first_kept = u64::try_from(appended - SEGMENT_ROUND_EVENTS + 1).unwrap();
+    assert_eq!(seqs, (first_kept..=u64::try_from(appended).unwrap()).collect::<Vec<_>>());
+    for event in &kept {
+        assert_eq!(event.data, segment_event_data(usize::try_from(event.id.seq()).unwrap() - 1));
+    }
+    let file_len = std::fs::metadata(dir.path().join("db")).unwrap().len();
+    let written = u64::try_from(appended * SEGMENT_EVENT_BYTES).unwrap();
+    assert!(file_len < written / 2, "{file_len} bytes of file for {written} bytes of events: no segment was reused");
+}
+
+const SEGMENTS_DIR_ENV: &str = "REPRISE_STORAGE_SEGMENTS_DIR";
+const SEGMENT_ROUNDS: usize = 96;
+const SEGMENT_ROUND_EVENTS: usize = 64;
+const SEGMENT_EVENT_BYTES: usize = 1000;
+
+fn segment_event_data(index: usize) -> String {
+    format!("{index:0>width$}", width = SEGMENT_EVENT_BYTES)
+}
+
+fn segments_child(dir: &Path) -> ! {
+    let log = open(dir, &ManualClock::new(START_MS));
+    let channel = key("big");
+    for round in 0..SEGMENT_ROUNDS {
+        let events: Vec<NewEvent> = (0..SEGMENT_ROUND_EVENTS)
+            .map(|i| NewEvent {
+                key: channel.clone(),
+                event: "message".into(),
+                data: segment_event_data(round * SEGMENT_ROUND_EVENTS + i),
+                user_id: None,
+            })
+            .collect();
+        log.append(&events).unwrap();
+        log.compact(&channel, keep_last(u64::try_from(SEGMENT_ROUND_EVENTS).unwrap())).unwrap();
+        log.flush().unwrap();
+    }
+    std::process::abort();
+}
+
 /// A log reopened right after the previous one closed must not fail on sled's lazily released file
 /// lock (spacejam/sled#1234): the server reopens its log on restart, tests do it constantly.
 #[test]

@@ -994,6 +994,13 @@ impl SegmentAccountant {
         }
 
         self.tip += self.config.segment_size as LogOffset;
+        // Reprise patch 6 (PATCHES.md): the file grows by a whole segment now, instead of by
+        // each write into it. A write that grows the file changes its size, which every
+        // `fdatasync` after it must then write (the inode: one more device request per flush).
+        // The new segment reads as zeros until written, as a segment zeroed at recovery does.
+        if self.config.file.metadata()?.len() < self.tip {
+            self.config.file.set_len(self.tip)?;
+        }
 
         trace!("advancing file tip from {} to {}", lid, self.tip);
 
@@ -1016,6 +1023,12 @@ impl SegmentAccountant {
         let safe = self.free.iter().next().copied();
 
         let lid = if let Some(next) = safe {
+            // Reprise patch 5 (PATCHES.md): buffers are no longer synced as they are written,
+            // so the copies that let this segment be freed may still be only in the page
+            // cache. They must be on disk before its old contents are overwritten.
+            if !self.config.temporary {
+                self.config.file.sync_data()?;
+            }
             self.free.remove(&next);
             next
         } else {

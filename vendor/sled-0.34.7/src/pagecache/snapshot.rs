@@ -510,6 +510,11 @@ fn read_snapshot(config: &RunningConfig) -> Result<Option<Snapshot>> {
 }
 
 fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
+    // Reprise patch 5 (PATCHES.md): the log's buffers are no longer synced as they are
+    // written; what this snapshot covers must be on disk before the snapshot is.
+    if !config.temporary {
+        config.file.sync_data()?;
+    }
     trace!("writing snapshot {:?}", snapshot);
 
     let raw_bytes = snapshot.serialize();
