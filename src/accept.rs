@@ -26,18 +26,17 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// with how many occurred meanwhile: a flood must not become a flood of log lines.
 const WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Accepts connections and serves `app` on them until `shutdown` fires; then stops accepting,
-/// lets every HTTP connection finish its request in flight, and returns once they are all
-/// closed. Upgraded sockets are not waited for here: they have their own task and tracker.
+/// Accepts connections and serves `app` on them (`over_capacity_app` on those over the cap)
+/// until `shutdown` fires; then stops accepting, lets every HTTP connection finish its request in
+/// flight, and returns once they are all closed. Upgraded sockets are not waited for here: they
+/// have their own task and tracker.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    (app, over_capacity_app): (Router, Router),
     cap: Arc<ConnectionCap>,
     header_timeout: Duration,
     shutdown: CancellationToken,
 ) {
-    // Built once: over-capacity connections are served by the same routes, with a marker.
-    let over_capacity_app = capacity::over_capacity_routes(app.clone());
     let connections = TaskTracker::new();
     let mut accept_errors = Throttled::default();
     let mut over_capacity = Throttled::default();

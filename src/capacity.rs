@@ -165,11 +165,8 @@ async fn close_after(mut response: Response) -> Response {
     response
 }
 
-/// Middleware for the HTTP API routes: 503 on an over-capacity connection.
-pub async fn refuse_over_capacity(request: Request, next: Next) -> Response {
-    if request.extensions().get::<OverCapacity>().is_none() {
-        return next.run(request).await;
-    }
+/// Middleware for the HTTP API routes of an over-capacity connection: 503.
+pub async fn refuse_over_capacity(_request: Request, _next: Next) -> Response {
     let body = reprise_api::http::ErrorBody { error: "the server is over capacity; retry later".to_owned() };
     (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }

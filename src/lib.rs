@@ -279,13 +279,15 @@ pub async fn serve_on(
         tracing::info!(address = %metrics_listener.local_addr()?, "metrics listening");
         background.spawn(metrics::serve(metrics_listener, Arc::clone(&state), shutdown.clone()));
     }
-    let app = routes::router(Arc::clone(&state)).layer(DefaultBodyLimit::max(routes::signed::MAX_ANY_REQUEST_BYTES));
+    let body_limit = DefaultBodyLimit::max(routes::signed::MAX_ANY_REQUEST_BYTES);
+    let app = routes::router(Arc::clone(&state)).layer(body_limit);
+    let over_capacity_app = routes::over_capacity_router(Arc::clone(&state)).layer(body_limit);
     let cap =
         ConnectionCap::new(config.server.max_open_connections.unwrap_or_else(capacity::default_max_open_connections));
     tracing::info!(address = %listener.local_addr()?, max_open_connections = cap.max(), "reprise listening");
     let header_timeout = Duration::from_secs(config.server.http_header_timeout_secs);
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    let server = accept::serve(listener, app, cap, header_timeout, shutdown.clone());
+    let server = accept::serve(listener, (app, over_capacity_app), cap, header_timeout, shutdown.clone());
     tokio::pin!(server);
     // One grace period for the whole shutdown, starting when the token fires.
     let deadline = tokio::select! {

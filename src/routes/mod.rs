@@ -19,8 +19,22 @@ use serde_json::json;
 use crate::ServerState;
 use crate::capacity;
 
-/// Every route the server answers.
+/// Every route the server answers, as it answers them on a connection within the cap.
 pub fn router(state: Arc<ServerState>) -> Router {
+    with_other_routes(api_routes(), state)
+}
+
+/// The same routes as an over-capacity connection is served ([`capacity`]): the HTTP API answers
+/// 503, the rest as usual (`/up` 200, WebSocket and event-stream routes with their own refusal).
+/// A router of its own, so that calls within the cap pay for no check (a middleware cost ~5,000
+/// instructions per publish: callgrind, docs/benchmarks.md, round two, fifth pass).
+pub fn over_capacity_router(state: Arc<ServerState>) -> Router {
+    let api = api_routes().route_layer(axum::middleware::from_fn(capacity::refuse_over_capacity));
+    capacity::over_capacity_routes(with_other_routes(api, state))
+}
+
+/// The signed HTTP API.
+fn api_routes() -> Router<Arc<ServerState>> {
     Router::new()
         .route("/apps/{app_id}/events", post(events::trigger))
         .route("/apps/{app_id}/batch_events", post(events::batch))
@@ -30,18 +44,15 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/apps/{app_id}/channels/{channel}/events", get(history::events))
         .route("/apps/{app_id}/users/{user_id}/terminate_connections", post(channels::terminate))
         .route("/apps/{app_id}/compact", post(history::compact))
-        // The HTTP API answers 503 over the connection cap; the routes below decide for
-        // themselves: `/up` answers 200 (a full server is alive), the upgrade closes with 4100.
-        .route_layer(axum::middleware::from_fn(capacity::refuse_over_capacity))
-        .route("/up", get(up))
+}
+
+fn with_other_routes(api: Router<Arc<ServerState>>, state: Arc<ServerState>) -> Router {
+    api.route("/up", get(up))
         .route("/app/{key}", get(ws::upgrade))
-        // Decides for itself too: over capacity it streams a "reconnect later" (see `sse`).
         .route("/app/{key}/stream", get(stream::stream).options(stream::preflight))
         .with_state(state)
 }
 
-/// `GET /up`: 200 "OK" while healthy; 503 with every current problem otherwise, so a load
-/// balancer stops sending clients here.
 async fn up(State(state): State<Arc<ServerState>>) -> Response {
     let problems = state.health.problems();
     if problems.is_empty() {
