@@ -28,7 +28,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
 use reprise_storage::{DataLoss, EventLog, SledLog, StorageError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -279,9 +278,8 @@ pub async fn serve_on(
         tracing::info!(address = %metrics_listener.local_addr()?, "metrics listening");
         background.spawn(metrics::serve(metrics_listener, Arc::clone(&state), shutdown.clone()));
     }
-    let body_limit = DefaultBodyLimit::max(routes::signed::MAX_ANY_REQUEST_BYTES);
-    let app = routes::router(Arc::clone(&state)).layer(body_limit);
-    let over_capacity_app = routes::over_capacity_router(Arc::clone(&state)).layer(body_limit);
+    let app = routes::router(Arc::clone(&state));
+    let over_capacity_app = routes::over_capacity_router(Arc::clone(&state));
     let cap =
         ConnectionCap::new(config.server.max_open_connections.unwrap_or_else(capacity::default_max_open_connections));
     tracing::info!(address = %listener.local_addr()?, max_open_connections = cap.max(), "reprise listening");

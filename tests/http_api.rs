@@ -231,6 +231,23 @@ async fn data_over_max_message_size_is_413_within_a_larger_request_limit() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// A request body over the app's `max_request_size_bytes` is 413, naming the limit, even when
+/// the data in it is within `max_message_size_bytes`; nothing is published.
+#[tokio::test]
+async fn body_over_max_request_size_is_413() {
+    let server = TestServer::start_with(|config| config.apps[0].max_request_size_bytes = 2_000).await;
+    let mut client = server.client().await;
+    client.subscribe("news").await;
+    let rest = server.rest();
+    let (status, body) = trigger_body(&rest, &json!({"name":"big","channel":"news","data":"x".repeat(2_000)})).await;
+    assert_error(status, &body, 413);
+    assert!(body["error"].as_str().unwrap().contains("2000"), "{body}");
+    client.expect_silence(SILENCE).await;
+    let (status, body) = trigger_body(&rest, &json!({"name":"ok","channel":"news","data":"x".repeat(1_900)})).await;
+    assert_eq!(status, 200, "{body}");
+    client.expect_event("ok").await;
+}
+
 /// A correctly signed body that is not valid JSON (or lacks fields) is 400 with a JSON reason.
 #[tokio::test]
 async fn malformed_body_is_400_with_a_json_error() {
