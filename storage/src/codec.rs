@@ -130,8 +130,18 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
-fn encode<T: Serialize>(version: u8, record: &T) -> Vec<u8> {
-    let mut bytes = vec![version];
+/// Most bytes bincode's standard configuration gives a length or an option tag: a varint `u64`
+/// takes at most 9, a tag 1.
+const MAX_LENGTH_BYTES: usize = 9;
+/// Room for a record of integers and ids only (channel meta, totals: at most 1 + 4 x 17 bytes).
+const FIXED_RECORD_BYTES: usize = 72;
+
+/// `capacity`: the encoded size, or more, so that the buffer is allocated once (growing it from
+/// the version byte cost four reallocations per event: callgrind, docs/benchmarks.md, round
+/// two, fifth pass).
+fn encode<T: Serialize>(version: u8, record: &T, capacity: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(capacity);
+    bytes.push(version);
     bincode::serde::encode_into_std_write(record, &mut bytes, config())
         .expect("strings, integers and byte arrays always encode, and a Vec never fails to grow");
     bytes
@@ -154,7 +164,8 @@ fn decode_body<'a, T: Deserialize<'a>>(what: &str, body: &'a [u8]) -> Result<T, 
 }
 
 pub(crate) fn encode_event(event: &str, data: &str, user_id: Option<&str>) -> Vec<u8> {
-    encode(EVENT_FORMAT_VERSION, &EventRecordV2 { event, data, user_id })
+    let capacity = 1 + event.len() + data.len() + user_id.map_or(0, str::len) + 3 * MAX_LENGTH_BYTES;
+    encode(EVENT_FORMAT_VERSION, &EventRecordV2 { event, data, user_id }, capacity)
 }
 
 pub(crate) fn decode_event(bytes: &[u8]) -> Result<EventRecord, StorageError> {
@@ -178,6 +189,7 @@ pub(crate) fn encode_meta(meta: &ChannelMeta) -> Vec<u8> {
             compacted_through: meta.compacted_through.map(EventId::to_bytes),
             head: meta.head.map(EventId::to_bytes),
         },
+        FIXED_RECORD_BYTES,
     )
 }
 
@@ -203,6 +215,7 @@ pub(crate) fn encode_totals(totals: &Totals) -> Vec<u8> {
             lost_through_ms: totals.lost_through_ms,
             held: totals.held.expect("the log counts the events it holds when it opens"),
         },
+        FIXED_RECORD_BYTES,
     )
 }
 
@@ -273,10 +286,32 @@ mod tests {
         }
     }
 
+    /// Each record is encoded into the buffer it was given: none grows (and so reallocates) on
+    /// the way, whatever the sizes of its strings.
+    #[test]
+    fn records_are_encoded_without_growing_their_buffer() {
+        for (event, data, user_id) in [
+            ("", "", None),
+            ("message", "x", Some("user-1")),
+            ("e", &"d".repeat(200)[..], None),
+            (&"n".repeat(200)[..], &"d".repeat(70_000)[..], Some(&"u".repeat(300)[..])),
+        ] {
+            let expected = 1 + event.len() + data.len() + user_id.map_or(0, str::len) + 3 * MAX_LENGTH_BYTES;
+            let bytes = encode_event(event, data, user_id);
+            assert_eq!(bytes.capacity(), expected, "{} bytes", bytes.len());
+        }
+        let id = Some(EventId::new(u64::MAX >> 16, u64::MAX));
+        let meta = encode_meta(&ChannelMeta { channel_id: u64::MAX, compacted_through: id, head: id });
+        assert_eq!(meta.capacity(), FIXED_RECORD_BYTES);
+        let totals =
+            Totals { appends: u64::MAX, max_time_ms: u64::MAX, lost_through_ms: Some(u64::MAX), held: Some(u64::MAX) };
+        assert_eq!(encode_totals(&totals).capacity(), FIXED_RECORD_BYTES);
+    }
+
     /// Logs written before version 2 stay readable.
     #[test]
     fn version_1_events_are_read_without_a_user_id() {
-        let bytes = encode(1, &EventRecordV1 { event: "message", data: "d" });
+        let bytes = encode(1, &EventRecordV1 { event: "message", data: "d" }, 0);
         let record = decode_event(&bytes).unwrap();
         assert_eq!(record, EventRecord { event: "message".into(), data: "d".into(), user_id: None });
     }
