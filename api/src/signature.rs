@@ -153,17 +153,17 @@ pub enum RequestAuthError {
 }
 
 /// A REST request as far as its signature is concerned.
-pub struct SignedRequest<'a> {
+pub struct SignedRequest<'a, P = String> {
     pub method: &'a str,
     pub path: &'a str,
-    /// Decoded query parameters, in any order.
-    pub params: &'a [(String, String)],
+    /// Decoded query parameters, in any order: owned strings, or slices of a decoded query.
+    pub params: &'a [(P, P)],
     pub body: &'a [u8],
 }
 
-impl SignedRequest<'_> {
+impl<P: AsRef<str>> SignedRequest<'_, P> {
     fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+        self.params.iter().find(|(key, _)| key.as_ref() == name).map(|(_, value)| value.as_ref())
     }
 
     /// Checks key, version, timestamp window, body digest and signature for the app `key`/`secret`.
@@ -191,7 +191,7 @@ impl SignedRequest<'_> {
                 return Err(RequestAuthError::BodyMismatch);
             }
         }
-        let params = self.params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let params = self.params.iter().map(|(k, v)| (k.as_ref(), v.as_ref()));
         let message = request_string_to_sign(self.method, self.path, params);
         if verify(secret, &message, signature) { Ok(()) } else { Err(RequestAuthError::BadSignature) }
     }

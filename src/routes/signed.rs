@@ -22,13 +22,13 @@ pub const MAX_ANY_REQUEST_BYTES: usize = 1024 * 1024;
 /// app's size limit, 400 for an unreadable body and 401 for any signature problem.
 pub struct Signed {
     pub app: Arc<App>,
-    pub params: Vec<(String, String)>,
+    pub params: QueryParams,
     pub body: Bytes,
 }
 
 impl Signed {
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+        self.params.get(name)
     }
 
     /// Parses the JSON body, answering 400 with the reason when it is malformed.
@@ -56,7 +56,7 @@ impl FromRequest<Arc<ServerState>> for Signed {
         // rather than through axum's `DefaultBodyLimit` layer, which cost ~2,000 instructions per
         // publish: callgrind, docs/benchmarks.md, round two, fifth pass.)
         let limit = app.config.max_request_size_bytes.min(MAX_ANY_REQUEST_BYTES);
-        let params = decode_query(parts.uri.query().unwrap_or_default());
+        let params = QueryParams::decode(parts.uri.query().unwrap_or_default());
         let body = axum::body::to_bytes(body, limit).await.map_err(|error| {
             if is_over_limit(&error) {
                 ApiError::PayloadTooLarge(limit)
@@ -64,8 +64,9 @@ impl FromRequest<Arc<ServerState>> for Signed {
                 ApiError::BadRequest(format!("cannot read the request body: {error}"))
             }
         })?;
+        let pairs: Vec<(&str, &str)> = params.pairs().collect();
         let signed =
-            SignedRequest { method: parts.method.as_str(), path: parts.uri.path(), params: &params, body: &body };
+            SignedRequest { method: parts.method.as_str(), path: parts.uri.path(), params: &pairs, body: &body };
         signed
             .verify(&app.config.key, &app.config.secret, unix_now_secs())
             .map_err(|e| ApiError::Unauthorized(format!("authentication failed: {e}")))?;
@@ -73,27 +74,60 @@ impl FromRequest<Arc<ServerState>> for Signed {
     }
 }
 
-/// The query's parameters, decoded as `application/x-www-form-urlencoded` (what
-/// `form_urlencoded::parse` gives). A query with no `%` or `+` is itself decoded, and a signed
-/// call's usually is (keys, a timestamp, hex digests), so its names and values are copied as
-/// they are: the general decoder cost ~7,000 instructions per publish for five parameters, this
-/// ~2,000 (callgrind, docs/benchmarks.md, round two, fourth pass).
-fn decode_query(query: &str) -> Vec<(String, String)> {
-    // Sized for a signed call's five parameters and a few of its own, so it never regrows.
-    let mut params = Vec::with_capacity(8);
-    if query.bytes().any(|b| b == b'%' || b == b'+') {
-        params.extend(form_urlencoded::parse(query.as_bytes()).into_owned());
-        return params;
+/// A query's parameters, decoded as `application/x-www-form-urlencoded` (what
+/// `form_urlencoded::parse` gives): every name and value in one string, and where each lies in
+/// it. Two allocations whatever the number of parameters; a `(String, String)` per parameter
+/// made eleven for a signed call's five (callgrind, docs/benchmarks.md, round two, fifth pass).
+pub struct QueryParams {
+    text: String,
+    /// Per parameter: its name's and its value's start and end in `text`.
+    spans: Vec<[usize; 4]>,
+}
+
+impl QueryParams {
+    /// A query with no `%` or `+` is itself decoded, and a signed call's usually is (keys, a
+    /// timestamp, hex digests), so it is copied as it is; the general decoder cost ~7,000
+    /// instructions per publish for five parameters (round two, fourth pass).
+    pub fn decode(query: &str) -> Self {
+        // Sized for a signed call's five parameters and a few of its own, so it never regrows.
+        let mut spans = Vec::with_capacity(8);
+        if query.bytes().any(|b| b == b'%' || b == b'+') {
+            let mut text = String::with_capacity(query.len());
+            for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+                let name_at = text.len();
+                text.push_str(&name);
+                let value_at = text.len();
+                text.push_str(&value);
+                spans.push([name_at, value_at, value_at, text.len()]);
+            }
+            return QueryParams { text, spans };
+        }
+        let mut at = 0;
+        for pair in query.split('&') {
+            // By byte: a `char` pattern's searcher cost more than the rest of the decoding.
+            let end = at + pair.len();
+            if !pair.is_empty() {
+                spans.push(match pair.bytes().position(|b| b == b'=') {
+                    Some(equals) => [at, at + equals, at + equals + 1, end],
+                    None => [at, end, end, end],
+                });
+            }
+            at = end + 1;
+        }
+        QueryParams { text: query.to_owned(), spans }
     }
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        // By byte: a `char` pattern's searcher cost more than the rest of the decoding.
-        let (name, value) = match pair.bytes().position(|b| b == b'=') {
-            Some(at) => (&pair[..at], &pair[at + 1..]),
-            None => (pair, ""),
-        };
-        params.push((name.to_owned(), value.to_owned()));
+
+    /// Every parameter, in the query's order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.spans
+            .iter()
+            .map(|&[name, name_end, value, value_end]| (&self.text[name..name_end], &self.text[value..value_end]))
     }
-    params
+
+    /// The first parameter called `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs().find(|(key, _)| *key == name).map(|(_, value)| value)
+    }
 }
 
 /// Whether reading a body failed on its length limit (rather than on the connection).
@@ -114,7 +148,7 @@ fn unix_now_secs() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::decode_query;
+    use super::QueryParams;
 
     /// Decodes exactly as `form_urlencoded::parse` does, on the fast path and off it.
     #[test]
@@ -132,7 +166,13 @@ mod tests {
         ];
         for query in queries {
             let expected: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-            assert_eq!(decode_query(query), expected, "{query:?}");
+            let decoded = QueryParams::decode(query);
+            let pairs: Vec<(String, String)> = decoded.pairs().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+            assert_eq!(pairs, expected, "{query:?}");
+            for (name, value) in &expected {
+                let first = expected.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str());
+                assert_eq!(decoded.get(name), first, "{query:?}: {name}={value}");
+            }
         }
     }
 }
