@@ -15,9 +15,9 @@
 #
 # --base COMMIT: Reprise at COMMIT against the current tree (uncommitted changes included), both
 # built here in release mode: COMMIT in a detached git worktree that shares this tree's target
-# directory (its dependencies are built once; only the two trees' own crates are built twice,
-# and the head's sources are touched so that cargo rebuilds them after the base), the worktree
-# removed afterwards. Both binaries are kept as target/compare/reprise-base-<commit> and
+# directory (its dependencies are built once; only the two trees' own crates and the vendored
+# sled are built twice, and the head's sources are touched so that cargo rebuilds them after the
+# base), the worktree removed afterwards. Both binaries are kept as target/compare/reprise-base-<commit> and
 # target/compare/reprise-head. At the end it prints, per scenario and figure, the median of each
 # side over the rounds and the ratio head / base (and the range of the per-round ratios: each
 # round runs the two one after the other, so a round's ratio shares that moment's conditions).
@@ -62,10 +62,12 @@ if [ -n "$base_commit" ]; then
   git worktree remove --force "$base_tree"
   [ $status -eq 0 ] || { echo "the base did not build" >&2; exit 1; }
   echo "==> building the current tree"
-  # Cargo names a workspace crate's artifacts without its path, so the base's build replaced the
-  # head's, and it judges them fresh by comparing their time with the sources' (relative paths,
-  # so the head's files): touching the head's sources makes it build them again.
-  find src api/src storage/src -name '*.rs' -exec touch {} +
+  # Cargo names the artifacts of a workspace crate or path dependency without its path, so the
+  # base's build replaced the head's, and it judges them fresh by comparing their time with the
+  # sources' (relative paths, so the head's files): touching the head's sources makes it build
+  # them again. All of them: the vendored sled and reprise-alloc too (a head whose sled differed
+  # from the base's was once measured with the base's sled).
+  find src api/src storage/src alloc/src vendor -name '*.rs' -exec touch {} +
   cargo build --release -p reprise --bin reprise
   cp "$target_dir/release/reprise" "$out/reprise-head"
   if cmp -s "$out/reprise-base-$short" "$out/reprise-head"; then
