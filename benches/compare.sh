@@ -17,10 +17,11 @@
 # built here in release mode: COMMIT in a detached git worktree that shares this tree's target
 # directory (its dependencies are built once; only the two trees' own crates and the vendored
 # sled are built twice, and the head's sources are touched so that cargo rebuilds them after the
-# base), the worktree removed afterwards. Both binaries are kept as target/compare/reprise-base-<commit> and
-# target/compare/reprise-head. At the end it prints, per scenario and figure, the median of each
-# side over the rounds and the ratio head / base (and the range of the per-round ratios: each
-# round runs the two one after the other, so a round's ratio shares that moment's conditions).
+# base), the worktree removed afterwards. Both binaries are kept as
+# target/compare/reprise-base-<commit> and target/compare/reprise-head. At the end it prints, per
+# scenario and figure, the median of each side over the rounds and the ratio head / base (and the
+# range of the per-round ratios: each round runs the two one after the other, so a round's ratio
+# shares that moment's conditions).
 #   e.g. benches/compare.sh --base 0544806 3 "fanout publish idle"
 #   BASE_WORKTREE (environment) says where the worktree goes (default: a temporary directory).
 # WAIT_FOR_BUILDS=0: do not wait for other builds before each run (see below).
