@@ -186,7 +186,7 @@ mod tests {
             key: LogKey::new("app", channel),
             event: "e".into(),
             data: data.into(),
-            user_id: Some(format!("user-{data}")),
+            user_id: Some(format!("user-{data}").into()),
         };
         log.append(&[event]).unwrap()[0]
     }

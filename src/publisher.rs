@@ -237,9 +237,9 @@ fn commit(log: &dyn EventLog, fan_out: &FanOut, durability: Durability, jobs: &[
             }
             events.push(NewEvent {
                 key,
-                event: item.event.clone(),
-                data: item.data.clone(),
-                user_id: item.user_id.clone(),
+                event: item.event.as_str().into(),
+                data: item.data.as_str().into(),
+                user_id: item.user_id.as_deref().map(Into::into),
             });
         }
     }

@@ -396,7 +396,7 @@ async fn retention_loop_trims_channels() {
             events.push(NewEvent {
                 key: LogKey::new(app, channel),
                 event: "e".into(),
-                data: i.to_string(),
+                data: i.to_string().into(),
                 user_id: None,
             });
         }

@@ -11,7 +11,7 @@ use reprise_storage::{Cursor, EventLog, LogKey, NewEvent, SledLog};
 /// About the size of a Laravel broadcast payload.
 const DATA: &str = r#"{"order":{"id":12345,"status":"shipped","total":"59.90"},"user":{"id":42,"name":"Ada"}}"#;
 
-fn events(key: &LogKey, n: usize) -> Vec<NewEvent> {
+fn events(key: &LogKey, n: usize) -> Vec<NewEvent<'static>> {
     (0..n)
         .map(|_| NewEvent { key: key.clone(), event: "order.shipped".into(), data: DATA.into(), user_id: None })
         .collect()

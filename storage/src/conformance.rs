@@ -117,8 +117,8 @@ fn key(app: &str, channel: &str) -> LogKey {
     LogKey::new(app, channel)
 }
 
-fn event(key: &LogKey, data: impl Into<String>) -> NewEvent {
-    NewEvent { key: key.clone(), event: "message".to_owned(), data: data.into(), user_id: None }
+fn event(key: &LogKey, data: impl Into<String>) -> NewEvent<'static> {
+    NewEvent { key: key.clone(), event: "message".into(), data: data.into().into(), user_id: None }
 }
 
 /// Appends `n` events one call at a time, with data "0", "1", ...
@@ -378,8 +378,9 @@ pub fn events_read_back_as_appended(factory: Factory<'_>) {
     ];
     let ids = log.append(&sent).expect("append");
     let outcome = read(&*log, &k, Cursor::Oldest, ALL);
-    let got: Vec<_> = outcome.events.iter().map(|e| (e.id, &e.event, &e.data, e.user_id.as_deref())).collect();
-    let want: Vec<_> = sent.iter().zip(&ids).map(|(e, id)| (*id, &e.event, &e.data, e.user_id.as_deref())).collect();
+    let got: Vec<_> =
+        outcome.events.iter().map(|e| (e.id, e.event.as_str(), e.data.as_str(), e.user_id.as_deref())).collect();
+    let want: Vec<_> = sent.iter().zip(&ids).map(|(e, id)| (*id, &*e.event, &*e.data, e.user_id.as_deref())).collect();
     assert_eq!(got, want);
 }
 
@@ -692,7 +693,7 @@ pub fn import_restores_a_channel_exactly(factory: Factory<'_>) {
     let (source, clock) = open(factory);
     let k = key("app", "presence-room");
     let mut events = vec![event(&k, "first")];
-    events[0].user_id = Some("user-7".to_owned());
+    events[0].user_id = Some("user-7".into());
     source.append(&events).expect("append");
     clock.advance(5);
     let ids = [vec![source.head(&k).expect("head").head.expect("a head")], append_n(&*source, &k, 4)].concat();

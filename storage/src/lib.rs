@@ -25,6 +25,7 @@ mod redis_log;
 mod sled_log;
 mod watermark;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -49,15 +50,17 @@ impl LogKey {
     }
 }
 
-/// One event to append.
+/// One event to append. Its strings may be borrowed: the publisher keeps the published event
+/// to build the subscribers' frame after the append, so the log copies the payload once, into
+/// its record, instead of the publisher copying it into the event first.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewEvent {
+pub struct NewEvent<'a> {
     pub key: LogKey,
-    pub event: String,
-    pub data: String,
+    pub event: Cow<'a, str>,
+    pub data: Cow<'a, str>,
     /// The sender of a client event on a presence channel (Pusher's `user_id` field), kept so
     /// that a replay gives it back as live delivery did.
-    pub user_id: Option<String>,
+    pub user_id: Option<Cow<'a, str>>,
 }
 
 /// One event read back.

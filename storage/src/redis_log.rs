@@ -262,8 +262,8 @@ impl RedisLog {
             invocation
                 .arg(&event.key.app)
                 .arg(&event.key.channel)
-                .arg(&event.event)
-                .arg(&event.data)
+                .arg(&*event.event)
+                .arg(&*event.data)
                 .arg(flagged(event.user_id.as_deref()))
                 .arg(flagged(except));
         }
@@ -400,8 +400,8 @@ impl EventLog for RedisLog {
             invocation
                 .arg(event.id.seq().to_string())
                 .arg(event.id.timestamp_ms().to_string())
-                .arg(&event.event)
-                .arg(&event.data)
+                .arg(&*event.event)
+                .arg(&*event.data)
                 .arg(flagged(event.user_id.as_deref()));
         }
         let mut connection = self.connection.clone();

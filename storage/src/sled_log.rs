@@ -808,8 +808,8 @@ fn event_id_of(key: &[u8]) -> Result<EventId, StorageError> {
 mod tests {
     use super::*;
 
-    fn new_event(app: &str, channel: &str, data: &str) -> NewEvent {
-        NewEvent { key: LogKey::new(app, channel), event: "e".to_owned(), data: data.to_owned(), user_id: None }
+    fn new_event(app: &str, channel: &str, data: &str) -> NewEvent<'static> {
+        NewEvent { key: LogKey::new(app, channel), event: "e".into(), data: data.to_owned().into(), user_id: None }
     }
 
     /// Guards the key layout: a channel's events sit under its id prefix, in id order.

@@ -37,7 +37,12 @@ fn redis_log_agrees_with_sled_on_a_long_channel() {
         // 1 to 4 events per millisecond, some milliseconds skipped.
         clock.advance(1 + round % 3);
         let batch: Vec<NewEvent> = (0..1 + round % 4)
-            .map(|i| NewEvent { key: key.clone(), event: "e".into(), data: format!("{round}.{i}"), user_id: None })
+            .map(|i| NewEvent {
+                key: key.clone(),
+                event: "e".into(),
+                data: format!("{round}.{i}").into(),
+                user_id: None,
+            })
             .collect();
         let from_sled = sled.append(&batch).unwrap();
         assert_eq!(redis_log.append(&batch).unwrap(), from_sled);

@@ -29,7 +29,7 @@ fn node(redis: &PrivateRedis, runtime: &Runtime, prefix: &str) -> RedisLog {
     RedisLog::connect(&redis.url(), prefix, runtime.handle().clone()).unwrap()
 }
 
-fn event(key: &LogKey, data: &str) -> NewEvent {
+fn event<'a>(key: &LogKey, data: &'a str) -> NewEvent<'a> {
     NewEvent { key: key.clone(), event: "message".into(), data: data.into(), user_id: None }
 }
 
@@ -90,7 +90,7 @@ fn every_append_is_announced_on_the_bus() {
     let announced = bus.next_events(&runtime, 3);
     let got: Vec<_> = announced.iter().map(|e| (e.key(), e.id(), e.data.as_str(), e.user_id.as_deref())).collect();
     let want: Vec<_> =
-        events.iter().zip(&ids).map(|(e, id)| (e.key.clone(), *id, e.data.as_str(), e.user_id.as_deref())).collect();
+        events.iter().zip(&ids).map(|(e, id)| (e.key.clone(), *id, &*e.data, e.user_id.as_deref())).collect();
     assert_eq!(got, want);
     let skipped: Vec<_> = announced.iter().map(|e| e.except_socket.as_deref()).collect();
     assert_eq!(skipped, vec![Some("1.2"), None, None]);

@@ -17,12 +17,12 @@ fn key(channel: &str) -> LogKey {
     LogKey::new("app", channel)
 }
 
-fn event(channel: &str, i: usize) -> NewEvent {
+fn event(channel: &str, i: usize) -> NewEvent<'static> {
     // Data that compresses badly and fills sled's pages like real payloads do.
     NewEvent {
         key: key(channel),
         event: "message".into(),
-        data: format!("{channel}-{i}-{}", "x".repeat(200)),
+        data: format!("{channel}-{i}-{}", "x".repeat(200)).into(),
         user_id: None,
     }
 }

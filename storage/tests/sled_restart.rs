@@ -20,7 +20,7 @@ fn append(log: &SledLog, key: &LogKey, n: usize) -> Vec<EventId> {
         .map(|i| NewEvent {
             key: key.clone(),
             event: "message".into(),
-            data: format!("{}-{i}", key.channel),
+            data: format!("{}-{i}", key.channel).into(),
             user_id: None,
         })
         .collect();
@@ -257,7 +257,7 @@ fn segments_child(dir: &Path) -> ! {
             .map(|i| NewEvent {
                 key: channel.clone(),
                 event: "message".into(),
-                data: segment_event_data(round * SEGMENT_ROUND_EVENTS + i),
+                data: segment_event_data(round * SEGMENT_ROUND_EVENTS + i).into(),
                 user_id: None,
             })
             .collect();
