@@ -81,12 +81,11 @@ pub async fn serve(
         let abort = CancellationToken::new();
         let service = TowerToHyperService::new(routes.clone());
         let marker = AbortConnection(abort.clone());
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(marker.clone());
-            hyper::service::Service::call(&service, request)
-        });
         let shutdown = shutdown.clone();
-        connections.spawn(async move {
+        // hyper polls a request's handler inside the connection's future, so the handler finds
+        // its connection in the task-local (a request extension cost ~800 instructions per request
+        // more: callgrind, docs/benchmarks.md, round two, fifth pass).
+        connections.spawn(CONNECTION.scope(marker, async move {
             // Also bounds the wait for the next request on a kept-alive connection: hyper
             // restarts this deadline whenever it starts reading a request head.
             let mut http = hyper::server::conn::http1::Builder::new();
@@ -108,19 +107,31 @@ pub async fn serve(
             if let Err(error) = served {
                 tracing::debug!(%error, "HTTP connection ended with an error");
             }
-        });
+        }));
     }
     connections.close();
     connections.wait().await;
 }
 
-/// Lets a handler drop its HTTP connection at once (a request extension). A streamed response
-/// whose client stopped reading cannot be ended with a last chunk: hyper's write is stuck, and
-/// only closing the socket frees it (and its descriptor) before TCP gives up, minutes later.
+tokio::task_local! {
+    /// The connection whose task this is: set for each connection's whole task.
+    static CONNECTION: AbortConnection;
+}
+
+/// Lets a handler drop its HTTP connection at once ([`AbortConnection::current`]). A streamed
+/// response whose client stopped reading cannot be ended with a last chunk: hyper's write is
+/// stuck, and only closing the socket frees it (and its descriptor) before TCP gives up, minutes
+/// later.
 #[derive(Clone)]
 pub struct AbortConnection(CancellationToken);
 
 impl AbortConnection {
+    /// The connection of the request being handled; None outside a connection's task (a
+    /// handler called directly, as in a test).
+    pub fn current() -> Option<AbortConnection> {
+        CONNECTION.try_with(AbortConnection::clone).ok()
+    }
+
     /// Closes the connection this request came on, whatever it is doing.
     pub fn abort(&self) {
         self.0.cancel();

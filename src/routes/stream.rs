@@ -54,13 +54,12 @@ pub async fn stream(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     over_capacity: Option<Extension<OverCapacity>>,
-    abort: Option<Extension<AbortConnection>>,
 ) -> Response {
     if over_capacity.is_some() {
         return sse::over_capacity();
     }
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    match serve(state, &key, query.as_deref(), &headers, abort.map(|Extension(abort)| abort)).await {
+    match serve(state, &key, query.as_deref(), &headers, AbortConnection::current()).await {
         Ok(mut response) => {
             allow_origin(&mut response, origin.as_deref());
             response
