@@ -46,6 +46,9 @@ fn api_routes() -> Router<Arc<ServerState>> {
         .route("/apps/{app_id}/compact", post(history::compact))
 }
 
+/// `api` with the routes that decide for themselves over the connection cap: `/up` answers 200
+/// (a full server is alive), the upgrade closes with 4100, and an event stream streams a
+/// "reconnect later" (see `sse`).
 fn with_other_routes(api: Router<Arc<ServerState>>, state: Arc<ServerState>) -> Router {
     api.route("/up", get(up))
         .route("/app/{key}", get(ws::upgrade))
@@ -53,6 +56,8 @@ fn with_other_routes(api: Router<Arc<ServerState>>, state: Arc<ServerState>) -> 
         .with_state(state)
 }
 
+/// `GET /up`: 200 "OK" while healthy; 503 with every current problem otherwise, so a load
+/// balancer stops sending clients here.
 async fn up(State(state): State<Arc<ServerState>>) -> Response {
     let problems = state.health.problems();
     if problems.is_empty() {

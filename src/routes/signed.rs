@@ -53,7 +53,7 @@ impl FromRequest<Arc<ServerState>> for Signed {
         let app = Arc::clone(app);
 
         // Read up to the app's limit and no further, never past the hard ceiling. (Read here
-        // rather than through axum's `DefaultBodyLimit` layer, which cost ~2,000 instructions per
+        // rather than through axum's `DefaultBodyLimit` layer, which cost ~3,500 instructions per
         // publish: callgrind, docs/benchmarks.md, round two, fifth pass.)
         let limit = app.config.max_request_size_bytes.min(MAX_ANY_REQUEST_BYTES);
         let params = QueryParams::decode(parts.uri.query().unwrap_or_default());
