@@ -164,8 +164,13 @@ fn decode_body<'a, T: Deserialize<'a>>(what: &str, body: &'a [u8]) -> Result<T, 
 }
 
 pub(crate) fn encode_event(event: &str, data: &str, user_id: Option<&str>) -> Vec<u8> {
-    let capacity = 1 + event.len() + data.len() + user_id.map_or(0, str::len) + 3 * MAX_LENGTH_BYTES;
-    encode(EVENT_FORMAT_VERSION, &EventRecordV2 { event, data, user_id }, capacity)
+    encode(EVENT_FORMAT_VERSION, &EventRecordV2 { event, data, user_id }, event_capacity(event, data, user_id))
+}
+
+/// The most bytes an event's record takes: the version byte, the strings, and a length or tag
+/// before each.
+fn event_capacity(event: &str, data: &str, user_id: Option<&str>) -> usize {
+    1 + event.len() + data.len() + user_id.map_or(0, str::len) + 3 * MAX_LENGTH_BYTES
 }
 
 pub(crate) fn decode_event(bytes: &[u8]) -> Result<EventRecord, StorageError> {
@@ -296,9 +301,8 @@ mod tests {
             ("e", &"d".repeat(200)[..], None),
             (&"n".repeat(200)[..], &"d".repeat(70_000)[..], Some(&"u".repeat(300)[..])),
         ] {
-            let expected = 1 + event.len() + data.len() + user_id.map_or(0, str::len) + 3 * MAX_LENGTH_BYTES;
             let bytes = encode_event(event, data, user_id);
-            assert_eq!(bytes.capacity(), expected, "{} bytes", bytes.len());
+            assert_eq!(bytes.capacity(), event_capacity(event, data, user_id), "{} bytes", bytes.len());
         }
         let id = Some(EventId::new(u64::MAX >> 16, u64::MAX));
         let meta = encode_meta(&ChannelMeta { channel_id: u64::MAX, compacted_through: id, head: id });
