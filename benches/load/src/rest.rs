@@ -99,6 +99,29 @@ impl Rest {
         self.call(Method::GET, &path, &params, Vec::new()).await
     }
 
+    /// The publish `trigger` sends, signed with a wrong secret: the server reads and checks it
+    /// all (query, body, MD5, HMAC), then must answer 401. Nothing is published.
+    pub async fn rejected_trigger(&mut self, channel: &str, data: &str) -> anyhow::Result<()> {
+        let body = format!(r#"{{"name":"{EVENT_NAME}","channel":"{channel}","data":"{data}"}}"#);
+        let path = format!("/apps/{}/events", self.target.app_id);
+        let wrong = format!("not-{}", self.target.secret);
+        let (status, answer) = self.send(Method::POST, &path, &[], body.into_bytes(), Some(&wrong)).await?;
+        if status != StatusCode::UNAUTHORIZED {
+            bail!("a wrongly signed publish answered {status}, not 401: {}", String::from_utf8_lossy(&answer));
+        }
+        Ok(())
+    }
+
+    /// `GET /up`, unsigned: the server's HTTP stack and nothing else.
+    pub async fn up(&mut self) -> anyhow::Result<()> {
+        let (status, _) = self.send(Method::GET, "/up", &[], Vec::new(), None).await?;
+        if status != StatusCode::OK {
+            bail!("/up answered {status}");
+        }
+        Ok(())
+    }
+
+    /// A signed request that must be answered 200; returns the body.
     async fn call(
         &mut self,
         method: Method,
@@ -106,12 +129,34 @@ impl Rest {
         params: &[(&str, &str)],
         body: Vec<u8>,
     ) -> anyhow::Result<Bytes> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let target = &self.target;
-        let query = sign_request(&target.key, &target.secret, method.as_str(), path, params, &body, now);
+        let secret = self.target.secret.clone();
+        let (status, body) = self.send(method, path, params, body, Some(&secret)).await?;
+        if status != StatusCode::OK {
+            bail!("{path} answered {status}: {}", String::from_utf8_lossy(&body));
+        }
+        Ok(body)
+    }
+
+    /// Sends one request, signed with `secret` if given; returns the status and the body.
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        params: &[(&str, &str)],
+        body: Vec<u8>,
+        secret: Option<&str>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let uri = match secret {
+            Some(secret) => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                let query = sign_request(&self.target.key, secret, method.as_str(), path, params, &body, now);
+                format!("{path}?{query}")
+            }
+            None => path.to_owned(),
+        };
         let request = Request::builder()
             .method(method)
-            .uri(format!("{path}?{query}"))
+            .uri(uri)
             .header(hyper::header::HOST, &self.host)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))?;
@@ -128,10 +173,7 @@ impl Rest {
             .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
         let status = response.status();
         let body = response.into_body().collect().await.context("reading the HTTP response")?.to_bytes();
-        if status != StatusCode::OK {
-            bail!("{path} answered {status}: {}", String::from_utf8_lossy(&body));
-        }
-        Ok(body)
+        Ok((status, body))
     }
 }
 
