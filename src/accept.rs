@@ -17,14 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::capacity::{self, Admission, ConnectionCap, CountedIo};
+use crate::throttle::Throttled;
 
 /// How long the loop waits after an accept error other than a client's reset. Out of
 /// descriptors (EMFILE, ENFILE), `accept` fails at once for as long as the shortage lasts: without
 /// a pause the loop would spin; with a long one (axum's is a second) every pending client waits.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
-/// Repeated warnings (accept errors, connections over the cap) are logged at most this often,
-/// with how many occurred meanwhile: a flood must not become a flood of log lines.
-const WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Accepts connections and serves `app` on them (`over_capacity_app` on those over the cap)
 /// until `shutdown` fires; then stops accepting, lets every HTTP connection finish its request in
@@ -142,42 +140,4 @@ impl AbortConnection {
 fn is_connection_error(error: &std::io::Error) -> bool {
     use std::io::ErrorKind;
     matches!(error.kind(), ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset)
-}
-
-/// Counts occurrences of a warning and says when to log it: the first time, then at most once per
-/// [`WARNING_INTERVAL`], with how many occurred since the last line.
-#[derive(Default)]
-struct Throttled {
-    last_logged: Option<Instant>,
-    unlogged: u64,
-}
-
-impl Throttled {
-    /// Counts one occurrence at `now`; returns the count to log, if a line is due.
-    fn count(&mut self, now: Instant) -> Option<u64> {
-        self.unlogged += 1;
-        if self.last_logged.is_some_and(|last| now.duration_since(last) < WARNING_INTERVAL) {
-            return None;
-        }
-        self.last_logged = Some(now);
-        Some(std::mem::take(&mut self.unlogged))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A flood of warnings gives one line per interval, which counts the ones it stood for.
-    #[test]
-    fn warnings_are_logged_once_per_interval_with_their_count() {
-        let start = Instant::now();
-        let mut throttled = Throttled::default();
-        assert_eq!(throttled.count(start), Some(1));
-        for _ in 0..999 {
-            assert_eq!(throttled.count(start + WARNING_INTERVAL / 2), None);
-        }
-        assert_eq!(throttled.count(start + WARNING_INTERVAL), Some(1000));
-        assert_eq!(throttled.count(start + WARNING_INTERVAL), None);
-    }
 }

@@ -22,6 +22,7 @@ pub mod publisher;
 pub mod routes;
 pub mod sse;
 pub mod status;
+mod throttle;
 pub mod webhooks;
 
 use std::collections::HashMap;

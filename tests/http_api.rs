@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use reprise_api::{EventId, signature};
 use serde_json::{Value, json};
+use support::process::ServerProcess;
 use support::{APP_KEY, APP_SECRET, RestClient, TestServer, WsClient, unix_now};
 
 const SILENCE: Duration = Duration::from_millis(300);
@@ -194,6 +195,33 @@ async fn unauthenticated_requests_are_401() {
     // The control: the same body, properly signed now, is accepted.
     let (status, answer) = signed_bytes(&rest, "POST", &path, &body, unix_now()).await;
     assert_eq!(status, 200, "{answer}");
+}
+
+/// A flood of refused requests (a backend signing with the wrong secret) is logged once per
+/// status, with a count, not once per request: 50 requests refused 401 and 5 refused 404 give one
+/// line each at the default level.
+#[tokio::test]
+async fn refused_requests_are_logged_once_per_status_not_once_each() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start_logging(&dir.path().join("log"), dir.path().join("stderr"), &[], "info").await;
+    let wrong = RestClient { secret: "wrong-secret".into(), ..server.rest() };
+    let path = wrong.path("/events");
+    let body = json!({"name":"e","channel":"news","data":"x"}).to_string().into_bytes();
+    for _ in 0..50 {
+        let (status, answer) = signed_bytes(&wrong, "POST", &path, &body, unix_now()).await;
+        assert_error(status, &answer, 401);
+    }
+    let stranger = RestClient { app_id: "no-such-app".into(), ..server.rest() };
+    for _ in 0..5 {
+        let (status, answer) = trigger_body(&stranger, &json!({"name":"e","channel":"news","data":"x"})).await;
+        assert_error(status, &answer, 404);
+    }
+    let log = server.stderr();
+    let refused: Vec<&str> = log.lines().filter(|line| line.contains("api request refused")).collect();
+    assert_eq!(refused.len(), 2, "one line per status:\n{log}");
+    assert!(refused[0].contains("status=401") && refused[0].contains("count=1"), "{}", refused[0]);
+    assert!(refused[0].contains("invalid signature"), "the line says why: {}", refused[0]);
+    assert!(refused[1].contains("status=404") && refused[1].contains("count=1"), "{}", refused[1]);
 }
 
 /// An app id that is not configured is 404 (JSON), even when signed with a valid key.

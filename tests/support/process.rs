@@ -22,6 +22,11 @@ pub struct ServerProcess {
 /// `reprise start` on loopback port `port` with the data directory `data_dir`, the test app, and
 /// `args` added; its stdout and its log and errors (stderr) both go to `output`.
 fn command(data_dir: &Path, port: u16, args: &[&str], output: File) -> Command {
+    command_logging(data_dir, port, args, output, "warn")
+}
+
+/// [`command`] with `log_filter` as its `RUST_LOG`.
+fn command_logging(data_dir: &Path, port: u16, args: &[&str], output: File, log_filter: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_reprise"));
     command
         .args(["start", "--host", "127.0.0.1", "--port", &port.to_string(), "--data-dir"])
@@ -32,7 +37,7 @@ fn command(data_dir: &Path, port: u16, args: &[&str], output: File) -> Command {
         .env("REVERB_APP_ID", APP_ID)
         .env("REVERB_APP_KEY", APP_KEY)
         .env("REVERB_APP_SECRET", APP_SECRET)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", log_filter)
         .stdin(Stdio::null())
         .stdout(output.try_clone().expect("clone the output file"))
         .stderr(output);
@@ -47,9 +52,20 @@ impl ServerProcess {
     /// Starts `reprise start` (with `args` added) on a free loopback port with the data directory
     /// `data_dir`, and waits until `/up` answers.
     pub async fn start(data_dir: &Path, stderr_path: PathBuf, args: &[&str]) -> ServerProcess {
+        Self::start_logging(data_dir, stderr_path, args, "warn").await
+    }
+
+    /// [`ServerProcess::start`] with `log_filter` as its `RUST_LOG` (`warn` there).
+    pub async fn start_logging(
+        data_dir: &Path,
+        stderr_path: PathBuf,
+        args: &[&str],
+        log_filter: &str,
+    ) -> ServerProcess {
         let port = free_port();
         let stderr = File::create(&stderr_path).unwrap();
-        let child = command(data_dir, port, args, stderr).spawn().expect("spawn the reprise binary");
+        let child =
+            command_logging(data_dir, port, args, stderr, log_filter).spawn().expect("spawn the reprise binary");
         let mut server = ServerProcess { child, port, stderr_path };
         server.wait_until_up().await;
         server
