@@ -1,15 +1,13 @@
 //! `ApiError`: every way an HTTP API call fails, with the status a client can act on and a JSON
 //! body `{"error": "..."}` that never leaks internals.
 
-use std::sync::{Mutex, PoisonError};
-
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use reprise_api::http::ErrorBody;
 use tokio::time::Instant;
 
-use crate::throttle::Throttled;
+use crate::throttle::ThrottledByKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -70,7 +68,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Refused requests by status, for their log lines.
-static REFUSALS: Mutex<Vec<(StatusCode, Throttled)>> = Mutex::new(Vec::new());
+static REFUSALS: ThrottledByKey<StatusCode> = ThrottledByKey::new();
 
 /// Logs a refused request: every one at debug; at info, the first of each status, then at most
 /// one line per interval (`throttle`) with `count`, the refusals with that status since the last
@@ -79,15 +77,7 @@ static REFUSALS: Mutex<Vec<(StatusCode, Throttled)>> = Mutex::new(Vec::new());
 /// CPU a refused request costs, and ~40,000 lines a second at full rate).
 fn log_refusal(status: StatusCode, error: &ApiError) {
     tracing::debug!(status = status.as_u16(), %error, "api request refused");
-    let due = {
-        let mut refusals = REFUSALS.lock().unwrap_or_else(PoisonError::into_inner);
-        let index = refusals.iter().position(|(refused, _)| *refused == status).unwrap_or_else(|| {
-            refusals.push((status, Throttled::default()));
-            refusals.len() - 1
-        });
-        refusals[index].1.count(Instant::now())
-    };
-    if let Some(count) = due {
+    if let Some(count) = REFUSALS.count(status, Instant::now()) {
         tracing::info!(status = status.as_u16(), error = %error, count, "api request refused");
     }
 }

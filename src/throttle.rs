@@ -1,8 +1,9 @@
 //! Log lines for things that can happen thousands of times a second (accept errors, connections
-//! over the cap, refused API requests): the first occurrence is logged at once, then at most one
+//! over the cap, refused requests): the first occurrence is logged at once, then at most one
 //! line per [`LOG_INTERVAL`], counting the occurrences it stands for. A flood must not become a
 //! flood of log lines.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -30,6 +31,28 @@ impl Throttled {
     }
 }
 
+/// One [`Throttled`] per key (a refusal's status, say), for a static shared by every request.
+pub struct ThrottledByKey<K> {
+    keys: Mutex<Vec<(K, Throttled)>>,
+}
+
+impl<K: PartialEq> ThrottledByKey<K> {
+    pub const fn new() -> Self {
+        ThrottledByKey { keys: Mutex::new(Vec::new()) }
+    }
+
+    /// Counts one occurrence of `key` at `now`; returns the count to log, if a line is due.
+    pub fn count(&self, key: K, now: Instant) -> Option<u64> {
+        // A few keys at most (statuses, codes): a Vec beats a map.
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let index = keys.iter().position(|(known, _)| *known == key).unwrap_or_else(|| {
+            keys.push((key, Throttled::default()));
+            keys.len() - 1
+        });
+        keys[index].1.count(now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +68,17 @@ mod tests {
         }
         assert_eq!(throttled.count(start + LOG_INTERVAL), Some(1000));
         assert_eq!(throttled.count(start + LOG_INTERVAL), None);
+    }
+
+    /// Each key has its own interval and count.
+    #[test]
+    fn keys_are_throttled_apart() {
+        let start = Instant::now();
+        let by_status = ThrottledByKey::new();
+        assert_eq!(by_status.count(401, start), Some(1));
+        assert_eq!(by_status.count(401, start), None);
+        assert_eq!(by_status.count(404, start), Some(1));
+        assert_eq!(by_status.count(401, start + LOG_INTERVAL), Some(2));
+        assert_eq!(by_status.count(404, start + LOG_INTERVAL), Some(1));
     }
 }

@@ -199,7 +199,7 @@ async fn unauthenticated_requests_are_401() {
 
 /// A flood of refused requests (a backend signing with the wrong secret) is logged once per
 /// status, with a count, not once per request: 50 requests refused 401 and 5 refused 404 give one
-/// line each at the default level.
+/// line each at the default level, and 3 WebSockets refused 4001 one more.
 #[tokio::test]
 async fn refused_requests_are_logged_once_per_status_not_once_each() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -216,7 +216,17 @@ async fn refused_requests_are_logged_once_per_status_not_once_each() {
         let (status, answer) = trigger_body(&stranger, &json!({"name":"e","channel":"news","data":"x"})).await;
         assert_error(status, &answer, 404);
     }
+    // The WebSocket's refusals likewise, by close code.
+    let unknown_key = server.ws_url().replace(APP_KEY, "no-such-key");
+    for _ in 0..3 {
+        let mut client = WsClient::connect(&unknown_key).await;
+        assert_eq!(client.recv().await["event"], "pusher:error");
+        assert_eq!(client.expect_close().await, 4001);
+    }
     let log = server.stderr();
+    let connections: Vec<&str> = log.lines().filter(|line| line.contains("connection refused")).collect();
+    assert_eq!(connections.len(), 1, "one line per close code:\n{log}");
+    assert!(connections[0].contains("code=4001") && connections[0].contains("count=1"), "{}", connections[0]);
     let refused: Vec<&str> = log.lines().filter(|line| line.contains("api request refused")).collect();
     assert_eq!(refused.len(), 2, "one line per status:\n{log}");
     assert!(refused[0].contains("status=401") && refused[0].contains("count=1"), "{}", refused[0]);

@@ -10,6 +10,7 @@ use tokio::io::AsyncWriteExt;
 use super::{CLOSE_WRITE_TIMEOUT, WsStream};
 use crate::apps::App;
 use crate::hub::encode_text;
+use crate::throttle::ThrottledByKey;
 
 /// Why a connection was refused before the handshake.
 #[derive(Debug, Clone, Copy)]
@@ -32,12 +33,19 @@ impl Refusal {
     }
 }
 
+/// Refused connections by close code, for their log lines (`throttle`).
+static REFUSALS: ThrottledByKey<u16> = ThrottledByKey::new();
+
 /// Tells a refused client why (a `pusher:error` with the code) and closes with that code.
 pub async fn refuse(mut ws: WsStream, refusal: Refusal) {
     let (code, message) = refusal.code_and_message();
     // Over capacity is logged once a minute by the accept loop: a flood must not log per socket.
+    // The others: every one at debug; at info once per code and interval, with a count.
     if !matches!(refusal, Refusal::OverCapacity) {
-        tracing::info!(code = code.as_u16(), message, "connection refused");
+        tracing::debug!(code = code.as_u16(), message, "connection refused");
+        if let Some(count) = REFUSALS.count(code.as_u16(), tokio::time::Instant::now()) {
+            tracing::info!(code = code.as_u16(), message, count, "connection refused");
+        }
     }
     let mut wire = encode_text(&frames::error(Some(code), message)).to_vec();
     wire.extend_from_slice(&websocket::close_frame(code.as_u16(), message));

@@ -33,6 +33,7 @@ use crate::accept::AbortConnection;
 use crate::apps::App;
 use crate::connection::ConnectionSlot;
 use crate::hub::{Socket, SocketId};
+use crate::throttle::ThrottledByKey;
 
 pub use self::run::run;
 pub use self::stream::Stream;
@@ -77,6 +78,9 @@ pub enum StreamRefusal {
     Unavailable,
 }
 
+/// Refused streams by status, for their log lines.
+static REFUSALS: ThrottledByKey<StatusCode> = ThrottledByKey::new();
+
 impl IntoResponse for StreamRefusal {
     fn into_response(self) -> Response {
         let status = match self {
@@ -86,7 +90,11 @@ impl IntoResponse for StreamRefusal {
             StreamRefusal::NotFound(_) => StatusCode::NOT_FOUND,
             StreamRefusal::OverQuota | StreamRefusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
-        tracing::info!(status = status.as_u16(), error = %self, "event stream refused");
+        // Every one at debug; at info once per status and interval, with a count (`throttle`).
+        tracing::debug!(status = status.as_u16(), error = %self, "event stream refused");
+        if let Some(count) = REFUSALS.count(status, tokio::time::Instant::now()) {
+            tracing::info!(status = status.as_u16(), error = %self, count, "event stream refused");
+        }
         let body = reprise_api::http::ErrorBody { error: self.to_string() };
         (status, axum::Json(body)).into_response()
     }
