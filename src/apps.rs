@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use reprise_api::ChannelName;
+use reprise_api::signature::SigningKey;
 use reprise_storage::LogKey;
 
 use crate::config::AppConfig;
@@ -14,6 +15,8 @@ use crate::webhooks::AppWebhooks;
 /// One app: its configuration, its live channels and its counters.
 pub struct App {
     pub config: AppConfig,
+    /// `config.secret`, ready to verify signatures with (made once: see `SigningKey`).
+    pub signing_key: SigningKey,
     pub hub: Arc<AppHub>,
     /// Resolved once: every connection's batch counts its frames here, and a lookup by app id
     /// (hashing the id) cost a delivered frame more than counting it (`benches/callgrind.sh`).
@@ -51,7 +54,8 @@ impl Apps {
                 None => hub,
             };
             let metrics = metrics.app(&config.id).cloned();
-            let app = Arc::new(App { config: config.clone(), hub: Arc::new(hub), metrics });
+            let signing_key = SigningKey::new(&config.secret);
+            let app = Arc::new(App { config: config.clone(), signing_key, hub: Arc::new(hub), metrics });
             by_key.insert(config.key.clone(), Arc::clone(&app));
             by_id.insert(config.id.clone(), app);
         }

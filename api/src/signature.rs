@@ -19,25 +19,55 @@ type HmacSha256 = Hmac<Sha256>;
 /// How far a REST request's `auth_timestamp` may be from the server's clock, in seconds (Pusher's rule).
 pub const REQUEST_TIMESTAMP_WINDOW_SECS: u64 = 600;
 
+/// A secret made ready to sign and verify with. HMAC hashes its key, padded to a block, twice
+/// (for the inner and the outer hash) before any message: done once here, for an app's whole
+/// life, rather than for every signature, that is two of the six SHA-256 blocks a signed API
+/// call hashes (callgrind, docs/benchmarks.md, round two, sixth pass).
+#[derive(Clone)]
+pub struct SigningKey(HmacSha256);
+
+impl SigningKey {
+    pub fn new(secret: &str) -> SigningKey {
+        SigningKey(HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length"))
+    }
+
+    /// Hex HMAC-SHA256 of `message`.
+    pub fn sign(&self, message: &str) -> String {
+        hex::encode(self.mac(message).finalize().into_bytes())
+    }
+
+    /// Checks `signature_hex` against `message` in constant time.
+    pub fn verify(&self, message: &str, signature_hex: &str) -> bool {
+        // Decoded on the stack: an HMAC-SHA256 is 32 bytes, and any other length cannot match.
+        let mut given = [0_u8; 32];
+        match hex::decode_to_slice(signature_hex, &mut given) {
+            Ok(()) => self.mac(message).verify_slice(&given).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    fn mac(&self, message: &str) -> HmacSha256 {
+        let mut mac = self.0.clone();
+        mac.update(message.as_bytes());
+        mac
+    }
+}
+
+/// Never the secret, nor anything derived from it.
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(..)")
+    }
+}
+
 /// Hex HMAC-SHA256 of `message` under `secret`.
 pub fn sign(secret: &str, message: &str) -> String {
-    hex::encode(mac(secret, message).finalize().into_bytes())
+    SigningKey::new(secret).sign(message)
 }
 
-fn mac(secret: &str, message: &str) -> HmacSha256 {
-    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
-    mac.update(message.as_bytes());
-    mac
-}
-
-/// Checks `signature_hex` against `message` in constant time.
+/// Checks `signature_hex` against `message` under `secret` in constant time.
 pub fn verify(secret: &str, message: &str, signature_hex: &str) -> bool {
-    // Decoded on the stack: an HMAC-SHA256 is 32 bytes, and any other length cannot match.
-    let mut given = [0_u8; 32];
-    match hex::decode_to_slice(signature_hex, &mut given) {
-        Ok(()) => mac(secret, message).verify_slice(&given).is_ok(),
-        Err(_) => false,
-    }
+    SigningKey::new(secret).verify(message, signature_hex)
 }
 
 /// What a socket signs to join a private or presence channel.
@@ -53,10 +83,11 @@ pub fn socket_auth(key: &str, secret: &str, socket_id: &str, channel: &str, chan
     format!("{key}:{}", sign(secret, &socket_auth_message(socket_id, channel, channel_data)))
 }
 
-/// Verifies a subscribe's `auth` (`key:signature`) for this app, socket and channel.
+/// Verifies a subscribe's `auth` (`key:signature`) for this app (`key`, `secret`), socket and
+/// channel.
 pub fn verify_socket_auth(
     key: &str,
-    secret: &str,
+    secret: &SigningKey,
     socket_id: &str,
     channel: &str,
     channel_data: Option<&str>,
@@ -66,7 +97,7 @@ pub fn verify_socket_auth(
         return false;
     };
     let key_matches: bool = auth_key.as_bytes().ct_eq(key.as_bytes()).into();
-    let signature_matches = verify(secret, &socket_auth_message(socket_id, channel, channel_data), signature);
+    let signature_matches = secret.verify(&socket_auth_message(socket_id, channel, channel_data), signature);
     key_matches & signature_matches
 }
 
@@ -80,13 +111,14 @@ pub fn user_auth(key: &str, secret: &str, socket_id: &str, user_data: &str) -> S
     format!("{key}:{}", sign(secret, &user_auth_message(socket_id, user_data)))
 }
 
-/// Verifies a signin's `auth` (`key:signature`) for this app, socket and user data.
-pub fn verify_user_auth(key: &str, secret: &str, socket_id: &str, user_data: &str, auth: &str) -> bool {
+/// Verifies a signin's `auth` (`key:signature`) for this app (`key`, `secret`), socket and user
+/// data.
+pub fn verify_user_auth(key: &str, secret: &SigningKey, socket_id: &str, user_data: &str, auth: &str) -> bool {
     let Some((auth_key, signature)) = auth.split_once(':') else {
         return false;
     };
     let key_matches: bool = auth_key.as_bytes().ct_eq(key.as_bytes()).into();
-    key_matches & verify(secret, &user_auth_message(socket_id, user_data), signature)
+    key_matches & secret.verify(&user_auth_message(socket_id, user_data), signature)
 }
 
 /// Hex MD5 of a request body (`body_md5`).
@@ -167,7 +199,7 @@ impl<P: AsRef<str>> SignedRequest<'_, P> {
     }
 
     /// Checks key, version, timestamp window, body digest and signature for the app `key`/`secret`.
-    pub fn verify(&self, key: &str, secret: &str, now_unix_secs: u64) -> Result<(), RequestAuthError> {
+    pub fn verify(&self, key: &str, secret: &SigningKey, now_unix_secs: u64) -> Result<(), RequestAuthError> {
         let auth_key = self.param("auth_key").ok_or(RequestAuthError::Missing("auth_key"))?;
         let timestamp = self.param("auth_timestamp").ok_or(RequestAuthError::Missing("auth_timestamp"))?;
         let version = self.param("auth_version").ok_or(RequestAuthError::Missing("auth_version"))?;
@@ -193,7 +225,7 @@ impl<P: AsRef<str>> SignedRequest<'_, P> {
         }
         let params = self.params.iter().map(|(k, v)| (k.as_ref(), v.as_ref()));
         let message = request_string_to_sign(self.method, self.path, params);
-        if verify(secret, &message, signature) { Ok(()) } else { Err(RequestAuthError::BadSignature) }
+        if secret.verify(&message, signature) { Ok(()) } else { Err(RequestAuthError::BadSignature) }
     }
 }
 
@@ -245,7 +277,7 @@ mod tests {
         assert_eq!(auth, "278d425bdf160c739803:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4");
         assert!(verify_socket_auth(
             "278d425bdf160c739803",
-            "7ad3773142a6692b25b8",
+            &SigningKey::new("7ad3773142a6692b25b8"),
             "1234.1234",
             "private-foobar",
             None,
@@ -253,27 +285,56 @@ mod tests {
         ));
     }
 
+    /// A key signs each message as a key made afresh for it does: signing leaves no state behind,
+    /// whatever was signed before. Its `Debug` shows nothing of the secret.
+    #[test]
+    fn a_signing_key_is_reused_without_carrying_state() {
+        let key = SigningKey::new("7ad3773142a6692b25b8");
+        let messages = ["1234.1234:private-foobar", "", "POST\n/apps/1/events\nauth_key=k", "1234.1234:private-foobar"];
+        for message in messages {
+            let fresh = sign("7ad3773142a6692b25b8", message);
+            assert_eq!(key.sign(message), fresh, "{message:?}");
+            assert!(key.verify(message, &fresh));
+            assert!(!key.verify(message, &sign("another secret", message)));
+        }
+        assert_eq!(format!("{key:?}"), "SigningKey(..)");
+    }
+
     #[test]
     fn forged_socket_auth_is_refused() {
         let auth = socket_auth("key", "secret", "1.1", "private-a", None);
-        assert!(!verify_socket_auth("key", "secret", "1.2", "private-a", None, &auth));
-        assert!(!verify_socket_auth("key", "secret", "1.1", "private-b", None, &auth));
-        assert!(!verify_socket_auth("key", "other", "1.1", "private-a", None, &auth));
-        assert!(!verify_socket_auth("key2", "secret", "1.1", "private-a", None, &auth));
-        assert!(!verify_socket_auth("key", "secret", "1.1", "private-a", None, "key:zz"));
-        assert!(!verify_socket_auth("key", "secret", "1.1", "private-a", None, "nocolon"));
+        assert!(!verify_socket_auth("key", &SigningKey::new("secret"), "1.2", "private-a", None, &auth));
+        assert!(!verify_socket_auth("key", &SigningKey::new("secret"), "1.1", "private-b", None, &auth));
+        assert!(!verify_socket_auth("key", &SigningKey::new("other"), "1.1", "private-a", None, &auth));
+        assert!(!verify_socket_auth("key2", &SigningKey::new("secret"), "1.1", "private-a", None, &auth));
+        assert!(!verify_socket_auth("key", &SigningKey::new("secret"), "1.1", "private-a", None, "key:zz"));
+        assert!(!verify_socket_auth("key", &SigningKey::new("secret"), "1.1", "private-a", None, "nocolon"));
         let presence = socket_auth("key", "secret", "1.1", "presence-a", Some(r#"{"user_id":1}"#));
-        assert!(verify_socket_auth("key", "secret", "1.1", "presence-a", Some(r#"{"user_id":1}"#), &presence));
-        assert!(!verify_socket_auth("key", "secret", "1.1", "presence-a", Some(r#"{"user_id":2}"#), &presence));
+        assert!(verify_socket_auth(
+            "key",
+            &SigningKey::new("secret"),
+            "1.1",
+            "presence-a",
+            Some(r#"{"user_id":1}"#),
+            &presence
+        ));
+        assert!(!verify_socket_auth(
+            "key",
+            &SigningKey::new("secret"),
+            "1.1",
+            "presence-a",
+            Some(r#"{"user_id":2}"#),
+            &presence
+        ));
     }
 
     #[test]
     fn user_auth_signs_socket_and_user_data() {
         let auth = user_auth("key", "secret", "1.1", r#"{"id":"7"}"#);
-        assert!(verify_user_auth("key", "secret", "1.1", r#"{"id":"7"}"#, &auth));
-        assert!(!verify_user_auth("key", "secret", "1.2", r#"{"id":"7"}"#, &auth));
-        assert!(!verify_user_auth("key", "secret", "1.1", r#"{"id":"8"}"#, &auth));
-        assert!(!verify_user_auth("other", "secret", "1.1", r#"{"id":"7"}"#, &auth));
+        assert!(verify_user_auth("key", &SigningKey::new("secret"), "1.1", r#"{"id":"7"}"#, &auth));
+        assert!(!verify_user_auth("key", &SigningKey::new("secret"), "1.2", r#"{"id":"7"}"#, &auth));
+        assert!(!verify_user_auth("key", &SigningKey::new("secret"), "1.1", r#"{"id":"8"}"#, &auth));
+        assert!(!verify_user_auth("other", &SigningKey::new("secret"), "1.1", r#"{"id":"7"}"#, &auth));
     }
 
     /// Pusher's documented REST example: POST /apps/3/events with a known body and timestamp.
@@ -319,15 +380,15 @@ mod tests {
         let query = sign_request("key", "secret", "POST", "/apps/1/events", &[], body, 1000);
         let params = parse_query(&query);
         let request = SignedRequest { method: "POST", path: "/apps/1/events", params: &params, body };
-        assert_eq!(request.verify("key", "secret", 1000), Ok(()));
-        assert_eq!(request.verify("key", "secret", 1600), Ok(()));
-        assert_eq!(request.verify("key", "secret", 1601), Err(RequestAuthError::Expired));
-        assert_eq!(request.verify("key", "wrong", 1000), Err(RequestAuthError::BadSignature));
-        assert_eq!(request.verify("other", "secret", 1000), Err(RequestAuthError::WrongKey));
+        assert_eq!(request.verify("key", &SigningKey::new("secret"), 1000), Ok(()));
+        assert_eq!(request.verify("key", &SigningKey::new("secret"), 1600), Ok(()));
+        assert_eq!(request.verify("key", &SigningKey::new("secret"), 1601), Err(RequestAuthError::Expired));
+        assert_eq!(request.verify("key", &SigningKey::new("wrong"), 1000), Err(RequestAuthError::BadSignature));
+        assert_eq!(request.verify("other", &SigningKey::new("secret"), 1000), Err(RequestAuthError::WrongKey));
         let tampered = SignedRequest { body: br#"{"name":"f"}"#, ..request };
-        assert_eq!(tampered.verify("key", "secret", 1000), Err(RequestAuthError::BodyMismatch));
+        assert_eq!(tampered.verify("key", &SigningKey::new("secret"), 1000), Err(RequestAuthError::BodyMismatch));
         let moved = SignedRequest { path: "/apps/2/events", body, ..tampered };
-        assert_eq!(moved.verify("key", "secret", 1000), Err(RequestAuthError::BadSignature));
+        assert_eq!(moved.verify("key", &SigningKey::new("secret"), 1000), Err(RequestAuthError::BadSignature));
     }
 
     #[test]
@@ -343,10 +404,10 @@ mod tests {
         );
         let params = parse_query(&query);
         let request = SignedRequest { method: "GET", path: "/apps/1/channels", params: &params, body: b"" };
-        assert_eq!(request.verify("k", "s", 5), Ok(()));
+        assert_eq!(request.verify("k", &SigningKey::new("s"), 5), Ok(()));
         let mut changed = params.clone();
         changed.iter_mut().find(|(k, _)| k == "info").unwrap().1 = "subscription_count".into();
         let request = SignedRequest { params: &changed, ..request };
-        assert_eq!(request.verify("k", "s", 5), Err(RequestAuthError::BadSignature));
+        assert_eq!(request.verify("k", &SigningKey::new("s"), 5), Err(RequestAuthError::BadSignature));
     }
 }

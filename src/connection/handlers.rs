@@ -67,7 +67,7 @@ impl Connection {
                 let data = if channel.is_presence() { request.channel_data.as_deref() } else { None };
                 signature::verify_socket_auth(
                     &config.key,
-                    &config.secret,
+                    &self.membership.app.signing_key,
                     &self.membership.socket.id,
                     channel.as_str(),
                     data,
@@ -312,7 +312,13 @@ impl Connection {
     /// is written first).
     async fn sign_in(&mut self, auth: &str, user_data: &str) -> bool {
         let config = &self.membership.app.config;
-        if !signature::verify_user_auth(&config.key, &config.secret, &self.membership.socket.id, user_data, auth) {
+        if !signature::verify_user_auth(
+            &config.key,
+            &self.membership.app.signing_key,
+            &self.membership.socket.id,
+            user_data,
+            auth,
+        ) {
             log!(info, self, "signin refused: invalid signature");
             return self.write(frames::error(Some(ErrorCode::Unauthorized), "Invalid signin signature")).await;
         }

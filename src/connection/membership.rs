@@ -172,6 +172,7 @@ impl Drop for Membership {
 mod tests {
     use reprise_api::ChannelName;
     use reprise_api::presence::PresenceMember;
+    use reprise_api::signature::SigningKey;
     use serde_json::Value;
 
     use super::*;
@@ -183,7 +184,9 @@ mod tests {
     /// `member_removed`), its sign-in and its connection slot.
     #[test]
     fn a_panicking_connection_leaves_no_ghost_member() {
-        let app = Arc::new(App { config: AppConfig::default(), hub: Arc::new(AppHub::default()), metrics: None });
+        let config = AppConfig::default();
+        let signing_key = SigningKey::new(&config.secret);
+        let app = Arc::new(App { config, signing_key, hub: Arc::new(AppHub::default()), metrics: None });
         let room = ChannelName::parse("presence-room").unwrap();
         let watcher = Socket::new(SocketId::fixed("1.1"), 16);
         let as_member = |id: &str| Some(PresenceMember { user_id: id.into(), user_info: Value::Null });

@@ -68,7 +68,7 @@ impl FromRequest<Arc<ServerState>> for Signed {
         let signed =
             SignedRequest { method: parts.method.as_str(), path: parts.uri.path(), params: &pairs, body: &body };
         signed
-            .verify(&app.config.key, &app.config.secret, unix_now_secs())
+            .verify(&app.config.key, &app.signing_key, unix_now_secs())
             .map_err(|e| ApiError::Unauthorized(format!("authentication failed: {e}")))?;
         Ok(Signed { app, params, body })
     }
