@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::SinkExt;
 use reprise_api::signature;
 use serde_json::{Value, json};
+use support::process::ServerProcess;
 use support::{APP_KEY, APP_SECRET, TestServer, WsClient, data_of};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -219,6 +220,32 @@ async fn private_channel_refuses_bad_auth_and_delivers_nothing() {
     for refused in [&mut forged, &mut missing, &mut borrowed, &mut other_channel] {
         refused.expect_silence(SILENCE).await;
     }
+}
+
+/// A client repeating a mistake on one socket (subscribes without auth, frames that are not
+/// JSON) is answered every time, but logged once per kind of mistake, with a count, not once per
+/// frame: 20 refused subscribes and 5 bad frames give two lines at the default level.
+#[tokio::test]
+async fn a_repeated_client_mistake_is_logged_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start_logging(&dir.path().join("log"), dir.path().join("stderr"), &[], "info").await;
+    let mut client = WsClient::established(&server.ws_url()).await;
+    for _ in 0..20 {
+        client.send_subscribe(json!({"channel": "private-orders"})).await;
+        let data = expect_subscription_error(&mut client, "private-orders").await;
+        assert_eq!(data["status"], 401, "{data}");
+    }
+    for _ in 0..5 {
+        client.send_text("not json").await;
+        let error = client.expect_event("pusher:error").await;
+        assert!(data_of(&error)["message"].is_string(), "{error}");
+    }
+    let log = server.stderr();
+    let lines = |message: &str| log.lines().filter(|line| line.contains(message)).count();
+    assert_eq!(lines("subscription refused"), 1, "{log}");
+    assert_eq!(lines("bad client frame"), 1, "{log}");
+    let refused = log.lines().find(|line| line.contains("subscription refused")).expect("a line");
+    assert!(refused.contains("count=1") && refused.contains("private-orders"), "{refused}");
 }
 
 /// `private-encrypted-*`: subscribed like a private channel; the server relays the ciphertext

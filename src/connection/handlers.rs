@@ -39,7 +39,7 @@ impl Connection {
             Ok(ClientMessage::ClientEvent { event, channel, data }) => self.client_event(event, channel, data).await,
             Ok(ClientMessage::Signin { auth, user_data }) => self.sign_in(&auth, &user_data).await,
             Err(error) => {
-                log!(info, self, %error, "bad client frame");
+                log_repeatable!(self, "bad client frame", %error);
                 let code = match error {
                     FrameError::InvalidClientEvent => Some(ErrorCode::Unauthorized),
                     _ => None,
@@ -50,7 +50,7 @@ impl Connection {
     }
 
     async fn subscription_error(&mut self, channel: &str, kind: &str, message: &str, status: u16) -> bool {
-        log!(info, self, channel, kind, message, "subscription refused");
+        log_repeatable!(self, "subscription refused", channel, kind, message);
         self.write(frames::subscription_error(channel, kind, message, status)).await
     }
 
@@ -247,7 +247,7 @@ impl Connection {
             return self.write(frames::error(Some(ErrorCode::Unauthorized), message)).await;
         }
         if !self.client_event_budget.take(config.client_events_per_sec) {
-            log!(info, self, "client event rate limit exceeded");
+            log_repeatable!(self, "client event rate limit exceeded");
             if let Some(app) = self.app_metrics() {
                 app.client_events_rate_limited.inc();
             }
@@ -319,13 +319,13 @@ impl Connection {
             user_data,
             auth,
         ) {
-            log!(info, self, "signin refused: invalid signature");
+            log_repeatable!(self, "signin refused: invalid signature");
             return self.write(frames::error(Some(ErrorCode::Unauthorized), "Invalid signin signature")).await;
         }
         let user = match reprise_api::user::parse_user_data(user_data) {
             Ok(user) => user,
             Err(error) => {
-                log!(info, self, %error, "signin refused");
+                log_repeatable!(self, "signin refused", %error);
                 return self.write(frames::error(Some(ErrorCode::Unauthorized), &error.to_string())).await;
             }
         };

@@ -58,6 +58,22 @@ macro_rules! log {
     };
 }
 
+/// Client mistakes by message, for `log_repeatable!`.
+static CLIENT_MISTAKES: crate::throttle::ThrottledByKey<&'static str> = crate::throttle::ThrottledByKey::new();
+
+/// `log!` for what a client can repeat as often as it likes on one socket (a bad frame, a refused
+/// subscribe or sign-in, a client event over its budget): every one at debug; at info the first
+/// of each message, then at most once a minute with `count`, how many the line stands for
+/// (`throttle`). A client looping on a mistake must not become a flood of log lines.
+macro_rules! log_repeatable {
+    ($connection:expr, $message:literal $(, $($field:tt)+)?) => {{
+        log!(debug, $connection, $($($field)+,)? $message);
+        if let Some(count) = crate::connection::CLIENT_MISTAKES.count($message, tokio::time::Instant::now()) {
+            log!(info, $connection, count, $($($field)+,)? $message);
+        }
+    }};
+}
+
 // After `log!`: macros are in scope only below their definition.
 mod admission;
 mod handlers;
