@@ -302,39 +302,27 @@ mod tests {
 
     #[test]
     fn forged_socket_auth_is_refused() {
+        let (secret, other) = (SigningKey::new("secret"), SigningKey::new("other"));
         let auth = socket_auth("key", "secret", "1.1", "private-a", None);
-        assert!(!verify_socket_auth("key", &SigningKey::new("secret"), "1.2", "private-a", None, &auth));
-        assert!(!verify_socket_auth("key", &SigningKey::new("secret"), "1.1", "private-b", None, &auth));
-        assert!(!verify_socket_auth("key", &SigningKey::new("other"), "1.1", "private-a", None, &auth));
-        assert!(!verify_socket_auth("key2", &SigningKey::new("secret"), "1.1", "private-a", None, &auth));
-        assert!(!verify_socket_auth("key", &SigningKey::new("secret"), "1.1", "private-a", None, "key:zz"));
-        assert!(!verify_socket_auth("key", &SigningKey::new("secret"), "1.1", "private-a", None, "nocolon"));
+        assert!(!verify_socket_auth("key", &secret, "1.2", "private-a", None, &auth));
+        assert!(!verify_socket_auth("key", &secret, "1.1", "private-b", None, &auth));
+        assert!(!verify_socket_auth("key", &other, "1.1", "private-a", None, &auth));
+        assert!(!verify_socket_auth("key2", &secret, "1.1", "private-a", None, &auth));
+        assert!(!verify_socket_auth("key", &secret, "1.1", "private-a", None, "key:zz"));
+        assert!(!verify_socket_auth("key", &secret, "1.1", "private-a", None, "nocolon"));
         let presence = socket_auth("key", "secret", "1.1", "presence-a", Some(r#"{"user_id":1}"#));
-        assert!(verify_socket_auth(
-            "key",
-            &SigningKey::new("secret"),
-            "1.1",
-            "presence-a",
-            Some(r#"{"user_id":1}"#),
-            &presence
-        ));
-        assert!(!verify_socket_auth(
-            "key",
-            &SigningKey::new("secret"),
-            "1.1",
-            "presence-a",
-            Some(r#"{"user_id":2}"#),
-            &presence
-        ));
+        assert!(verify_socket_auth("key", &secret, "1.1", "presence-a", Some(r#"{"user_id":1}"#), &presence));
+        assert!(!verify_socket_auth("key", &secret, "1.1", "presence-a", Some(r#"{"user_id":2}"#), &presence));
     }
 
     #[test]
     fn user_auth_signs_socket_and_user_data() {
+        let secret = SigningKey::new("secret");
         let auth = user_auth("key", "secret", "1.1", r#"{"id":"7"}"#);
-        assert!(verify_user_auth("key", &SigningKey::new("secret"), "1.1", r#"{"id":"7"}"#, &auth));
-        assert!(!verify_user_auth("key", &SigningKey::new("secret"), "1.2", r#"{"id":"7"}"#, &auth));
-        assert!(!verify_user_auth("key", &SigningKey::new("secret"), "1.1", r#"{"id":"8"}"#, &auth));
-        assert!(!verify_user_auth("other", &SigningKey::new("secret"), "1.1", r#"{"id":"7"}"#, &auth));
+        assert!(verify_user_auth("key", &secret, "1.1", r#"{"id":"7"}"#, &auth));
+        assert!(!verify_user_auth("key", &secret, "1.2", r#"{"id":"7"}"#, &auth));
+        assert!(!verify_user_auth("key", &secret, "1.1", r#"{"id":"8"}"#, &auth));
+        assert!(!verify_user_auth("other", &secret, "1.1", r#"{"id":"7"}"#, &auth));
     }
 
     /// Pusher's documented REST example: POST /apps/3/events with a known body and timestamp.
@@ -380,15 +368,16 @@ mod tests {
         let query = sign_request("key", "secret", "POST", "/apps/1/events", &[], body, 1000);
         let params = parse_query(&query);
         let request = SignedRequest { method: "POST", path: "/apps/1/events", params: &params, body };
-        assert_eq!(request.verify("key", &SigningKey::new("secret"), 1000), Ok(()));
-        assert_eq!(request.verify("key", &SigningKey::new("secret"), 1600), Ok(()));
-        assert_eq!(request.verify("key", &SigningKey::new("secret"), 1601), Err(RequestAuthError::Expired));
+        let secret = SigningKey::new("secret");
+        assert_eq!(request.verify("key", &secret, 1000), Ok(()));
+        assert_eq!(request.verify("key", &secret, 1600), Ok(()));
+        assert_eq!(request.verify("key", &secret, 1601), Err(RequestAuthError::Expired));
         assert_eq!(request.verify("key", &SigningKey::new("wrong"), 1000), Err(RequestAuthError::BadSignature));
-        assert_eq!(request.verify("other", &SigningKey::new("secret"), 1000), Err(RequestAuthError::WrongKey));
+        assert_eq!(request.verify("other", &secret, 1000), Err(RequestAuthError::WrongKey));
         let tampered = SignedRequest { body: br#"{"name":"f"}"#, ..request };
-        assert_eq!(tampered.verify("key", &SigningKey::new("secret"), 1000), Err(RequestAuthError::BodyMismatch));
+        assert_eq!(tampered.verify("key", &secret, 1000), Err(RequestAuthError::BodyMismatch));
         let moved = SignedRequest { path: "/apps/2/events", body, ..tampered };
-        assert_eq!(moved.verify("key", &SigningKey::new("secret"), 1000), Err(RequestAuthError::BadSignature));
+        assert_eq!(moved.verify("key", &secret, 1000), Err(RequestAuthError::BadSignature));
     }
 
     #[test]
