@@ -70,7 +70,7 @@ impl Rest {
 
     /// Publishes one benchmark event; returns Reprise's event id when the server gives one.
     pub async fn trigger(&mut self, channel: &str, data: &str) -> anyhow::Result<Option<IdBytes>> {
-        let body = format!(r#"{{"name":"{EVENT_NAME}","channel":"{channel}","data":"{data}"}}"#);
+        let body = event_json(channel, data);
         let path = format!("/apps/{}/events", self.target.app_id);
         let response = self.call(Method::POST, &path, &[], body.into_bytes()).await?;
         Ok(ids_in(&response).next())
@@ -78,10 +78,7 @@ impl Rest {
 
     /// Publishes several events to one channel in one `batch_events` call; returns the ids given.
     pub async fn batch(&mut self, channel: &str, datas: &[String]) -> anyhow::Result<Vec<IdBytes>> {
-        let items: Vec<String> = datas
-            .iter()
-            .map(|data| format!(r#"{{"name":"{EVENT_NAME}","channel":"{channel}","data":"{data}"}}"#))
-            .collect();
+        let items: Vec<String> = datas.iter().map(|data| event_json(channel, data)).collect();
         let body = format!(r#"{{"batch":[{}]}}"#, items.join(","));
         let path = format!("/apps/{}/batch_events", self.target.app_id);
         let response = self.call(Method::POST, &path, &[], body.into_bytes()).await?;
@@ -102,10 +99,9 @@ impl Rest {
     /// The publish `trigger` sends, signed with a wrong secret: the server reads and checks it
     /// all (query, body, MD5, HMAC), then must answer 401. Nothing is published.
     pub async fn rejected_trigger(&mut self, channel: &str, data: &str) -> anyhow::Result<()> {
-        let body = format!(r#"{{"name":"{EVENT_NAME}","channel":"{channel}","data":"{data}"}}"#);
+        let body = event_json(channel, data);
         let path = format!("/apps/{}/events", self.target.app_id);
-        let wrong = format!("not-{}", self.target.secret);
-        let (status, answer) = self.send(Method::POST, &path, &[], body.into_bytes(), Some(&wrong)).await?;
+        let (status, answer) = self.send(Method::POST, &path, &[], body.into_bytes(), Signing::WrongSecret).await?;
         if status != StatusCode::UNAUTHORIZED {
             bail!("a wrongly signed publish answered {status}, not 401: {}", String::from_utf8_lossy(&answer));
         }
@@ -114,7 +110,7 @@ impl Rest {
 
     /// `GET /up`, unsigned: the server's HTTP stack and nothing else.
     pub async fn up(&mut self) -> anyhow::Result<()> {
-        let (status, _) = self.send(Method::GET, "/up", &[], Vec::new(), None).await?;
+        let (status, _) = self.send(Method::GET, "/up", &[], Vec::new(), Signing::Unsigned).await?;
         if status != StatusCode::OK {
             bail!("/up answered {status}");
         }
@@ -129,23 +125,31 @@ impl Rest {
         params: &[(&str, &str)],
         body: Vec<u8>,
     ) -> anyhow::Result<Bytes> {
-        let secret = self.target.secret.clone();
-        let (status, body) = self.send(method, path, params, body, Some(&secret)).await?;
+        let (status, body) = self.send(method, path, params, body, Signing::AppSecret).await?;
         if status != StatusCode::OK {
             bail!("{path} answered {status}: {}", String::from_utf8_lossy(&body));
         }
         Ok(body)
     }
 
-    /// Sends one request, signed with `secret` if given; returns the status and the body.
+    /// Sends one request, signed as `signing` says; returns the status and the body.
     async fn send(
         &mut self,
         method: Method,
         path: &str,
         params: &[(&str, &str)],
         body: Vec<u8>,
-        secret: Option<&str>,
+        signing: Signing,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let wrong;
+        let secret = match signing {
+            Signing::AppSecret => Some(self.target.secret.as_str()),
+            Signing::WrongSecret => {
+                wrong = format!("not-{}", self.target.secret);
+                Some(wrong.as_str())
+            }
+            Signing::Unsigned => None,
+        };
         let uri = match secret {
             Some(secret) => {
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -175,6 +179,20 @@ impl Rest {
         let body = response.into_body().collect().await.context("reading the HTTP response")?.to_bytes();
         Ok((status, body))
     }
+}
+
+/// How a request is signed.
+#[derive(Clone, Copy)]
+enum Signing {
+    AppSecret,
+    /// With a secret that is not the app's: the server must answer 401.
+    WrongSecret,
+    Unsigned,
+}
+
+/// One benchmark event as `events` and `batch_events` take it.
+fn event_json(channel: &str, data: &str) -> String {
+    format!(r#"{{"name":"{EVENT_NAME}","channel":"{channel}","data":"{data}"}}"#)
 }
 
 /// Every event id in a trigger or batch response: `"ids":{"<channel>":"<id>"}` (Reprise only).

@@ -114,13 +114,12 @@ async fn phase(
     duration: Duration,
 ) -> anyhow::Result<Vec<PublisherReport>> {
     let mut tasks = Vec::new();
-    if kind != RequestKind::Publish {
-        for (i, name) in names.iter().enumerate() {
+    for (i, name) in names.iter().enumerate() {
+        if kind != RequestKind::Publish {
             let (env, name) = (env.clone(), Arc::clone(name));
             tasks.push(tokio::spawn(async move { run_early(&env, kind, i, name, duration).await }));
+            continue;
         }
-    }
-    for (i, name) in names.iter().enumerate().filter(|_| kind == RequestKind::Publish) {
         let until = Until { duration: Some(duration), events: None, stop: CancellationToken::new() };
         let channels = vec![(i, Arc::clone(name))];
         // Publisher i on node i mod n: every node takes publishes, each channel through one node.
