@@ -132,8 +132,9 @@ async fn deliver(
                     tracing::info!(target = %target.url, failed_attempts = failures, "webhooks are being delivered again");
                 }
                 failures = 0;
-                target.stats.sent.inc();
+                // Counted once it has left the queue, so no scrape sees it both sent and pending.
                 remove(queue, target, position).await;
+                target.stats.sent.inc();
             }
             Attempt::Gone => {
                 tracing::error!(target = %target.url, "webhook target answered 410 Gone: no more webhooks are sent to it \
