@@ -2,6 +2,11 @@ use std::{num::NonZeroU64, ops::Bound};
 
 use super::*;
 
+/// The fewest entries a leaf split for an insert in its upper half
+/// leaves on the right: `should_merge`'s threshold, so that the new
+/// right node is not merged straight back. (Reprise patch 7.)
+const MIN_SPLIT_RIGHT: usize = 4;
+
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct Node {
     pub(crate) prefix_len: u8,
@@ -163,18 +168,22 @@ impl Node {
         true
     }
 
-    pub(crate) fn split(mut self) -> (Node, Node) {
+    /// Splits this node in two: in the middle, or for a leaf at
+    /// `leaf_split_point` (see `leaf_split_point_for`). (Reprise patch
+    /// 7.)
+    pub(crate) fn split(mut self, leaf_split_point: Option<usize>) -> (Node, Node) {
         fn split_inner<T>(
             keys: &mut Vec<IVec>,
             values: &mut Vec<T>,
             old_prefix: &[u8],
             old_hi: &[u8],
             suffix_truncation: bool,
+            split_point: Option<usize>,
         ) -> (IVec, u8, Vec<IVec>, Vec<T>)
         where
             T: Clone + Ord,
         {
-            let split_point = keys.len() / 2 + 1;
+            let split_point = split_point.unwrap_or(keys.len() / 2 + 1);
             let right_keys = keys.split_off(split_point);
             let right_values = values.split_off(split_point);
             let right_min = &right_keys[0];
@@ -252,6 +261,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         false,
+                        None,
                     );
 
                 (
@@ -271,6 +281,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         true,
+                        leaf_split_point,
                     );
 
                 (
@@ -594,6 +605,36 @@ impl Node {
             let encoded_val = None;
             (encoded_key, encoded_val)
         }
+    }
+
+    /// Where this leaf, found full by a traversal for `key` (not below
+    /// `lo`), splits if not in the middle: at the position where `key`
+    /// would be inserted, when that is in the upper half, leaving at
+    /// least `MIN_SPLIT_RIGHT` entries on the right. Keys inserted in
+    /// ascending order (each channel's event ids) then fill a leaf and
+    /// split off only what follows the insert: in the middle, the left
+    /// half would stay half-empty for good (its keys are never added
+    /// to again) and the leaf would split again after half as many
+    /// inserts. `None`: an index node, a key already present or outside
+    /// this leaf, or an insert in the lower half. (Reprise patch 7.)
+    pub(crate) fn leaf_split_point_for(&self, key: &[u8]) -> Option<usize> {
+        let leaf = self.data.leaf_ref()?;
+        let len = leaf.keys.len();
+        if len < 2 * MIN_SPLIT_RIGHT + 1 {
+            return None;
+        }
+        if !self.hi.is_empty() && key >= &self.hi[..] {
+            return None;
+        }
+        // Keys are stored without the `prefix_len` bytes that every key
+        // of this leaf shares with `lo`.
+        let suffix = key.get(self.prefix_len as usize..)?;
+        let insert_at =
+            leaf.keys.binary_search_by(|k| fastcmp(k, suffix)).err()?;
+        if insert_at <= len / 2 {
+            return None;
+        }
+        Some(insert_at.min(len - MIN_SPLIT_RIGHT))
     }
 
     pub(crate) fn should_split(&self) -> bool {

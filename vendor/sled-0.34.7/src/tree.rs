@@ -1458,16 +1458,21 @@ impl Tree {
         Ok(hasher.finalize())
     }
 
+    /// Splits `view`'s node, which a traversal for `key` found over
+    /// its size.
     fn split_node<'g>(
         &self,
         view: &View<'g>,
         parent_view: &Option<View<'g>>,
         root_pid: PageId,
+        key: &[u8],
         guard: &'g Guard,
     ) -> Result<()> {
         trace!("splitting node {}", view.pid);
         // split node
-        let (mut lhs, rhs) = view.deref().clone().split();
+        let leaf_split_point = view.leaf_split_point_for(key);
+        let (mut lhs, rhs) =
+            view.deref().clone().split(leaf_split_point);
         let rhs_lo = rhs.lo.clone();
 
         // install right side
@@ -1682,7 +1687,13 @@ impl Tree {
             }
 
             if view.should_split() {
-                self.split_node(&view, &parent_view, root_pid, guard)?;
+                self.split_node(
+                    &view,
+                    &parent_view,
+                    root_pid,
+                    key.as_ref(),
+                    guard,
+                )?;
                 retry!();
             }
 
