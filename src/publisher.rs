@@ -11,7 +11,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reprise_api::{ChannelName, EventId, frames};
+use reprise_api::{ChannelName, EventId};
 use reprise_storage::{EventLog, LogKey, NewEvent, StorageError};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -283,16 +283,14 @@ fn end_all(jobs: &[Job], ids: Option<&[EventId]>) {
         for item in &job.items {
             match ids.as_mut().and_then(Iterator::next) {
                 Some(id) => {
-                    let text = frames::event_frame(
-                        &item.event,
-                        item.channel.as_str(),
-                        &item.data,
-                        Some(*id),
-                        item.user_id.as_deref(),
-                    );
                     let logged =
                         Logged { channel: item.channel.clone(), id: *id, event: Some(item.event.as_str().into()) };
-                    let frame = Frame::logged(text, logged);
+                    let frame = Frame::event(
+                        (&item.event, item.channel.as_str(), &item.data),
+                        Some(*id),
+                        item.user_id.as_deref(),
+                        Some(logged),
+                    );
                     job.app.hub.end_logged(&item.channel, Some((*id, &frame)), item.except_socket.as_deref());
                 }
                 None => job.app.hub.end_logged(&item.channel, None, None),

@@ -57,12 +57,20 @@ impl EventId {
     pub fn from_bytes(bytes: [u8; 16]) -> Self {
         EventId(Ulid(u128::from_be_bytes(bytes)))
     }
+
+    /// The id's 26 characters, written into `buffer`: what `Display` shows, without going
+    /// through a formatter.
+    pub fn encode(self, buffer: &mut [u8; Self::TEXT_LEN]) -> &str {
+        self.0.array_to_str(buffer)
+    }
+
+    /// How many characters an id has.
+    pub const TEXT_LEN: usize = ulid::ULID_LEN;
 }
 
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut buffer = [0u8; ulid::ULID_LEN];
-        f.write_str(self.0.array_to_str(&mut buffer))
+        f.write_str(self.encode(&mut [0; Self::TEXT_LEN]))
     }
 }
 
@@ -81,7 +89,7 @@ impl FromStr for EventId {
 
 impl serde::Serialize for EventId {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        serializer.serialize_str(self.encode(&mut [0; Self::TEXT_LEN]))
     }
 }
 

@@ -118,7 +118,7 @@ async fn handle(cluster: &Cluster, state: &ServerState, payload: &[u8]) {
         }
         BusMessage::ClientEvent { app, channel, event, data, user_id, except_socket } => {
             let (Some(app), Ok(channel)) = (state.apps.by_id(&app), ChannelName::parse(&channel)) else { return };
-            let frame = Frame::plain(frames::event_frame(&event, channel.as_str(), &data, None, user_id.as_deref()));
+            let frame = Frame::event((&event, channel.as_str(), &data), None, user_id.as_deref(), None);
             app.hub.publish(&channel, &frame, Some(&except_socket));
         }
         BusMessage::MemberAdded { app, channel, user_id, user_info, except_socket } => {
@@ -153,9 +153,8 @@ fn count(state: &ServerState, kind: &'static str) {
 }
 
 fn logged_frame(channel: &ChannelName, id: EventId, event: &str, data: &str, user_id: Option<&str>) -> Arc<Frame> {
-    let text = frames::event_frame(event, channel.as_str(), data, Some(id), user_id);
     let logged = Logged { channel: channel.clone(), id, event: Some(event.into()) };
-    Frame::logged(text, logged)
+    Frame::event((event, channel.as_str(), data), Some(id), user_id, Some(logged))
 }
 
 /// Delivers, from the log, the events of `channel` after `after` up to sequence `up_to`.

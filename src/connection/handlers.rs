@@ -301,7 +301,7 @@ impl Connection {
             }
             return true;
         }
-        let frame = Frame::plain(frames::event_frame(&event, channel.as_str(), &data, None, user_id.as_deref()));
+        let frame = Frame::event((&event, channel.as_str(), &data), None, user_id.as_deref(), None);
         self.membership.app.hub.publish(&channel, &frame, Some(&self.membership.socket.id));
         true
     }

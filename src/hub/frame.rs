@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use reprise_api::{ChannelName, EventId};
+use reprise_api::{ChannelName, EventId, frames};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// A frame serialised once and shared by every socket it goes to.
@@ -45,7 +45,32 @@ impl Frame {
 
     fn new(text: String, logged: Option<Logged>) -> Arc<Frame> {
         let wire = encode_text(&text);
-        let text = Utf8Bytes::try_from(wire.slice(wire.len() - text.len()..))
+        Frame::from_wire(wire, text.len(), logged)
+    }
+
+    /// An application event's frame (`frames::event_frame`), written straight into its
+    /// WebSocket encoding: the JSON goes after room for the largest header, and the header
+    /// right in front of it, so the frame is one buffer, never copied.
+    pub fn event(
+        (event, channel, data): (&str, &str, &str),
+        id: Option<EventId>,
+        user_id: Option<&str>,
+        logged: Option<Logged>,
+    ) -> Arc<Frame> {
+        let mut buffer =
+            Vec::with_capacity(MAX_HEADER_BYTES + frames::event_frame_capacity(event, channel, data, user_id));
+        buffer.resize(MAX_HEADER_BYTES, 0);
+        frames::write_event_frame(&mut buffer, event, channel, data, id, user_id);
+        let text_len = buffer.len() - MAX_HEADER_BYTES;
+        let (header, header_len) = text_frame_header(text_len);
+        let start = MAX_HEADER_BYTES - header_len;
+        buffer[start..MAX_HEADER_BYTES].copy_from_slice(&header[..header_len]);
+        Frame::from_wire(Bytes::from(buffer).slice(start..), text_len, logged)
+    }
+
+    /// `wire` is a whole text frame whose last `text_len` bytes are its payload.
+    fn from_wire(wire: Bytes, text_len: usize, logged: Option<Logged>) -> Arc<Frame> {
+        let text = Utf8Bytes::try_from(wire.slice(wire.len() - text_len..))
             .expect("the tail of the encoding is the text, which is UTF-8");
         Arc::new(Frame { text, wire, logged })
     }
@@ -64,21 +89,34 @@ pub fn encode_text(text: &str) -> Bytes {
 
 /// Appends `text` as one final, unmasked WebSocket text frame: its header, then `text`.
 pub fn put_text_frame(out: &mut impl BufMut, text: &str) {
+    let (header, header_len) = text_frame_header(text.len());
+    out.put_slice(&header[..header_len]);
+    out.put_slice(text.as_bytes());
+}
+
+/// The header of a final, unmasked text frame of `len` payload bytes: the first
+/// `header_len` bytes of the array.
+fn text_frame_header(len: usize) -> ([u8; MAX_HEADER_BYTES], usize) {
     const FIN_TEXT: u8 = 0x80 | 0x1;
-    out.put_u8(FIN_TEXT);
-    let len = text.len();
-    match len {
-        0..=125 => out.put_u8(u8::try_from(len).expect("below 126")),
+    let mut header = [0; MAX_HEADER_BYTES];
+    header[0] = FIN_TEXT;
+    let header_len = match len {
+        0..=125 => {
+            header[1] = u8::try_from(len).expect("below 126");
+            2
+        }
         126..=0xFFFF => {
-            out.put_u8(126);
-            out.put_u16(u16::try_from(len).expect("below 65536"));
+            header[1] = 126;
+            header[2..4].copy_from_slice(&u16::try_from(len).expect("below 65536").to_be_bytes());
+            4
         }
         _ => {
-            out.put_u8(127);
-            out.put_u64(len as u64);
+            header[1] = 127;
+            header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
         }
-    }
-    out.put_slice(text.as_bytes());
+    };
+    (header, header_len)
 }
 
 #[cfg(test)]
@@ -124,6 +162,22 @@ mod tests {
             let close = WsCloseFrame { code: code.into(), reason: reason.into() };
             WsFrame::close(Some(close)).format(&mut expected).unwrap();
             assert_eq!(close_frame(code, reason), expected, "close {code} {reason:?}");
+        }
+    }
+
+    /// An event's frame written in place is the encoding of `frames::event_frame`, in every
+    /// length class of the header.
+    #[test]
+    fn an_event_frame_written_in_place_is_its_text_encoded() {
+        let id = EventId::new(1_764_000_000_000, 42);
+        for len in [0, 20, 100, 65_000, 70_000] {
+            let data = "\"é\"".repeat(len / 4);
+            for user_id in [None, Some("7")] {
+                let frame = Frame::event(("e", "private-c", &data), Some(id), user_id, None);
+                let text = frames::event_frame("e", "private-c", &data, Some(id), user_id);
+                assert_eq!(frame.text.as_str(), text);
+                assert_eq!(frame.wire, encode_text(&text), "data of {} bytes", data.len());
+            }
         }
     }
 
