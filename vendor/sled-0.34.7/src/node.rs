@@ -67,6 +67,37 @@ impl Node {
         &self.lo[..self.prefix_len as usize]
     }
 
+    /// A copy of this node with room for one more entry. `PageCache::link`
+    /// copies the node for every insert and then inserts into the copy;
+    /// `clone` gives vectors without spare capacity, so that insert
+    /// reallocated (and copied) both of them again. (Reprise patch 8.)
+    pub(crate) fn clone_with_room(&self) -> Node {
+        fn with_room<T: Clone>(items: &[T]) -> Vec<T> {
+            let mut copy = Vec::with_capacity(items.len() + 1);
+            copy.extend_from_slice(items);
+            copy
+        }
+        let data = match &self.data {
+            Data::Leaf(leaf) => Data::Leaf(Leaf {
+                keys: with_room(&leaf.keys),
+                values: with_room(&leaf.values),
+            }),
+            Data::Index(index) => Data::Index(Index {
+                keys: with_room(&index.keys),
+                pointers: with_room(&index.pointers),
+            }),
+        };
+        Node {
+            prefix_len: self.prefix_len,
+            next: self.next,
+            merging_child: self.merging_child,
+            merging: self.merging,
+            lo: self.lo.clone(),
+            hi: self.hi.clone(),
+            data,
+        }
+    }
+
     pub(crate) fn apply(&mut self, link: &Link) {
         use self::Link::*;
 

@@ -1040,7 +1040,7 @@ impl PageCache {
             }
         }
 
-        let mut node: Node = old.as_node().clone();
+        let mut node: Node = old.as_node().clone_with_room();
         node.apply(&new);
 
         // see if we should short-circuit replace
