@@ -368,6 +368,44 @@ impl SledLog {
         Ok(Some(state))
     }
 
+    /// Caches the channels of `events` that `cache` lacks: each is loaded from sled without the
+    /// lock, or created if it does not exist, then cached under the lock, which is returned.
+    fn cache_missing<'a>(
+        &'a self,
+        mut cache: MutexGuard<'a, StateCache>,
+        events: &[NewEvent<'_>],
+    ) -> Result<MutexGuard<'a, StateCache>, StorageError> {
+        let mut missing: Vec<&LogKey> =
+            events.iter().map(|event| &event.key).filter(|key| cache.get(key).is_none()).collect();
+        let sweeps = cache.sweeps;
+        drop(cache);
+        missing.sort_unstable();
+        missing.dedup();
+        // None: the channel does not exist yet.
+        let mut loaded: Vec<(&LogKey, Option<ChannelState>)> = Vec::with_capacity(missing.len());
+        for key in missing {
+            loaded.push((key, self.load(key)?));
+        }
+        let mut cache = self.lock();
+        let no_sweep_since = cache.sweeps == sweeps;
+        for event in events {
+            if cache.get(&event.key).is_some() {
+                continue; // cached all along, or someone loaded (and maybe appended to) it: theirs wins
+            }
+            let state = match loaded.iter().find(|(key, _)| *key == &event.key) {
+                Some((_, state)) if no_sweep_since => *state,
+                // Swept since it was looked up: what was read may be stale, so read it again.
+                _ => self.load(&event.key)?,
+            };
+            let state = match state {
+                Some(state) => state,
+                None => self.create(&event.key)?,
+            };
+            cache.set(&event.key, state);
+        }
+        Ok(cache)
+    }
+
     /// Reads a channel's state from sled.
     fn load(&self, key: &LogKey) -> Result<Option<ChannelState>, StorageError> {
         let Some(bytes) = self.channels.get(meta_key(key)).map_err(StorageError::from_sled)? else {
@@ -423,58 +461,29 @@ impl EventLog for SledLog {
             check_key(&event.key)?;
         }
         // Everything that does not depend on the ids happens before the lock: encoding the values
-        // and loading channels not cached yet (which reads sled).
+        // and, when a channel is not cached, loading it (which reads sled).
         let values: Vec<Vec<u8>> = events
             .iter()
             .map(|event| codec::encode_event(&event.event, &event.data, event.user_id.as_deref()))
             .collect();
-        let (mut missing, sweeps): (Vec<&LogKey>, u64) = {
-            let mut cache = self.lock();
-            let missing = events.iter().map(|event| &event.key).filter(|key| cache.get(key).is_none()).collect();
-            (missing, cache.sweeps)
-        };
-        missing.sort_unstable();
-        missing.dedup();
-        // None: the channel does not exist yet.
-        let mut loaded: Vec<(&LogKey, Option<ChannelState>)> = Vec::with_capacity(missing.len());
-        for key in missing {
-            loaded.push((key, self.load(key)?));
-        }
         // After an accepted loss, ids are stamped after every id that may have been lost.
         let now_ms = (self.clock)().max(self.lost_through_ms.map_or(0, |through| through.saturating_add(1)));
 
         let mut cache = self.lock();
-        let no_sweep_since = cache.sweeps == sweeps;
-        for event in events {
-            if cache.get(&event.key).is_some() {
-                continue; // cached all along, or someone loaded (and maybe appended to) it: theirs wins
+        // Usually every channel is cached: one lookup each, under the lock taken once.
+        let AppendChannels { states: mut next, slots } = match cached_states(&mut cache, events) {
+            Some(found) => found,
+            None => {
+                cache = self.cache_missing(cache, events)?;
+                cached_states(&mut cache, events).expect("every channel was cached or created above")
             }
-            let state = match loaded.iter().find(|(key, _)| *key == &event.key) {
-                Some((_, state)) if no_sweep_since => *state,
-                // Swept since it was looked up: what was read may be stale, so read it again.
-                _ => self.load(&event.key)?,
-            };
-            let state = match state {
-                Some(state) => state,
-                None => self.create(&event.key)?,
-            };
-            cache.set(&event.key, state);
-        }
+        };
         // New heads go to `next` and reach the cache only once sled accepted the batch, so a failed
-        // append leaves no gap in the sequence. Batches name few channels: a Vec beats a map.
-        let mut next: Vec<(&LogKey, ChannelState)> = Vec::new();
+        // append leaves no gap in the sequence.
         let mut batch = sled::Batch::default();
         let mut ids = Vec::with_capacity(events.len());
-        for (event, value) in events.iter().zip(values) {
-            let index = match next.iter().position(|(key, _)| *key == &event.key) {
-                Some(index) => index,
-                None => {
-                    let state = cache.get(&event.key).expect("every key was cached or created above");
-                    next.push((&event.key, state));
-                    next.len() - 1
-                }
-            };
-            let state = &mut next[index].1;
+        for (value, slot) in values.into_iter().zip(slots) {
+            let state = &mut next[slot].1;
             let id = next_id(state.head, now_ms)?;
             state.head = Some(id);
             batch.insert(&event_key(state.channel_id, id)[..], value);
@@ -787,6 +796,32 @@ fn meta_key(key: &LogKey) -> Vec<u8> {
     bytes.push(0);
     bytes.extend_from_slice(key.channel.as_bytes());
     bytes
+}
+
+/// The channels one append names, with their states as its ids advance them.
+struct AppendChannels<'e> {
+    /// Each channel once, in order of first appearance, with its state. Batches name few
+    /// channels: a Vec beats a map.
+    states: Vec<(&'e LogKey, ChannelState)>,
+    /// For each event, the index of its channel in `states`.
+    slots: Vec<usize>,
+}
+
+/// The cached state of each channel `events` name; `None` if one is not cached.
+fn cached_states<'e>(cache: &mut StateCache, events: &'e [NewEvent<'_>]) -> Option<AppendChannels<'e>> {
+    let mut states: Vec<(&LogKey, ChannelState)> = Vec::new();
+    let mut slots = Vec::with_capacity(events.len());
+    for event in events {
+        let slot = match states.iter().position(|(key, _)| *key == &event.key) {
+            Some(slot) => slot,
+            None => {
+                states.push((&event.key, cache.get(&event.key)?));
+                states.len() - 1
+            }
+        };
+        slots.push(slot);
+    }
+    Some(AppendChannels { states, slots })
 }
 
 fn event_key(channel_id: u64, id: EventId) -> [u8; EVENT_KEY_LEN] {
