@@ -115,6 +115,12 @@ impl fmt::Display for ChannelName {
     }
 }
 
+impl From<ChannelName> for String {
+    fn from(name: ChannelName) -> String {
+        name.0
+    }
+}
+
 impl AsRef<str> for ChannelName {
     fn as_ref(&self) -> &str {
         &self.0

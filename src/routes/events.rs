@@ -31,20 +31,32 @@ pub async fn trigger(State(state): State<Arc<ServerState>>, signed: Signed) -> R
     if names.len() > MAX_CHANNELS_PER_EVENT {
         return Err(ApiError::BadRequest(format!("at most {MAX_CHANNELS_PER_EVENT} channels per event")));
     }
-    let mut items = Vec::with_capacity(names.len());
-    for name in names {
-        items.push(item(&signed.app, name, &body.name, &body.data, body.socket_id.as_deref())?);
-    }
+    let channels = names
+        .into_iter()
+        .map(|name| validate(&signed.app, name, &body.name, &body.data, body.socket_id.as_deref()))
+        .collect::<Result<Vec<_>, _>>()?;
     let info = InfoRequest::parse(body.info.as_deref());
-    // The answer needs only the channels; the payloads move to the publisher.
-    let channels: Vec<ChannelName> = items.iter().map(|item| item.channel.clone()).collect();
+    // The payload moves to the publisher, copied only for each channel but the last.
+    let (mut event, mut data) = (body.name, body.data);
+    let mut items = Vec::with_capacity(channels.len());
+    for (at, channel) in channels.iter().enumerate() {
+        let last = at + 1 == channels.len();
+        let take = |text: &mut String| if last { std::mem::take(text) } else { text.clone() };
+        items.push(PublishItem {
+            channel: channel.clone(),
+            event: take(&mut event),
+            data: take(&mut data),
+            except_socket: body.socket_id.clone(),
+            user_id: None,
+        });
+    }
     let ids = publish(&state, &signed.app, items).await?;
     let mut response = TriggerResponse::default();
-    for (channel, id) in channels.iter().zip(ids) {
-        response.ids.insert(channel.to_string(), id);
+    for (channel, id) in channels.into_iter().zip(ids) {
         if info != InfoRequest::default() {
-            response.channels.insert(channel.to_string(), channel_info(&state, &signed.app, channel, info).await?);
+            response.channels.insert(channel.to_string(), channel_info(&state, &signed.app, &channel, info).await?);
         }
+        response.ids.insert(channel.into(), id);
     }
     Ok(Json(response))
 }
@@ -54,23 +66,41 @@ pub async fn batch(State(state): State<Arc<ServerState>>, signed: Signed) -> Res
     if body.batch.len() > MAX_BATCH_EVENTS {
         return Err(ApiError::BadRequest(format!("at most {MAX_BATCH_EVENTS} events per batch")));
     }
-    let items = body
+    let channels = body
         .batch
         .iter()
-        .map(|event| item(&signed.app, &event.channel, &event.name, &event.data, event.socket_id.as_deref()))
+        .map(|event| validate(&signed.app, &event.channel, &event.name, &event.data, event.socket_id.as_deref()))
         .collect::<Result<Vec<_>, _>>()?;
-    let channels: Vec<ChannelName> = items.iter().map(|item| item.channel.clone()).collect();
+    // The payloads move to the publisher; each event's `info` stays for the answer.
+    let mut infos = Vec::with_capacity(channels.len());
+    let mut items = Vec::with_capacity(channels.len());
+    for (event, channel) in body.batch.into_iter().zip(&channels) {
+        infos.push(InfoRequest::parse(event.info.as_deref()));
+        items.push(PublishItem {
+            channel: channel.clone(),
+            event: event.name,
+            data: event.data,
+            except_socket: event.socket_id,
+            user_id: None,
+        });
+    }
     let ids = publish(&state, &signed.app, items).await?;
     let mut batch = Vec::with_capacity(channels.len());
-    for (event, (channel, id)) in body.batch.iter().zip(channels.iter().zip(ids)) {
-        let info = channel_info(&state, &signed.app, channel, InfoRequest::parse(event.info.as_deref())).await?;
-        batch.push(BatchItemResponse { info, ids: BTreeMap::from([(channel.to_string(), id)]) });
+    for ((channel, id), info) in channels.into_iter().zip(ids).zip(infos) {
+        let info = channel_info(&state, &signed.app, &channel, info).await?;
+        batch.push(BatchItemResponse { info, ids: BTreeMap::from([(channel.into(), id)]) });
     }
     Ok(Json(BatchResponse { batch }))
 }
 
-/// Validates one event for one channel.
-fn item(app: &App, channel: &str, name: &str, data: &str, socket_id: Option<&str>) -> Result<PublishItem, ApiError> {
+/// Validates one event for one channel, and names the channel.
+fn validate(
+    app: &App,
+    channel: &str,
+    name: &str,
+    data: &str,
+    socket_id: Option<&str>,
+) -> Result<ChannelName, ApiError> {
     let channel = ChannelName::parse(channel).map_err(|e| ApiError::BadRequest(format!("channel {channel:?}: {e}")))?;
     if name.is_empty() || name.len() > MAX_EVENT_NAME_BYTES {
         return Err(ApiError::BadRequest(format!("event name must be 1 to {MAX_EVENT_NAME_BYTES} bytes")));
@@ -86,13 +116,7 @@ fn item(app: &App, channel: &str, name: &str, data: &str, socket_id: Option<&str
     {
         return Err(ApiError::BadRequest(format!("socket_id {socket_id:?} is not a socket id")));
     }
-    Ok(PublishItem {
-        channel,
-        event: name.to_owned(),
-        data: data.to_owned(),
-        except_socket: socket_id.map(str::to_owned),
-        user_id: None,
-    })
+    Ok(channel)
 }
 
 /// Pusher socket ids are `\d+\.\d+`.
