@@ -177,8 +177,10 @@ fn run_committer(
     mut jobs_rx: mpsc::Receiver<Job>,
     metrics: &Metrics,
 ) -> Result<(), String> {
+    // One vector for every group, emptied by `answer`: no allocation per commit.
+    let mut jobs = Vec::new();
     while let Some(first) = jobs_rx.blocking_recv() {
-        let mut jobs = vec![first];
+        jobs.push(first);
         while jobs.len() < MAX_JOBS_PER_COMMIT {
             match jobs_rx.try_recv() {
                 Ok(job) => jobs.push(job),
@@ -190,9 +192,9 @@ fn run_committer(
         metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
         metrics.commit_size.observe(jobs.len() as f64);
         match committed {
-            Ok(outcome) => answer(jobs, outcome),
+            Ok(outcome) => answer(&mut jobs, outcome),
             Err(panic) => {
-                answer(jobs, Outcome::Unknown);
+                answer(&mut jobs, Outcome::Unknown);
                 // Dropping the queue answers every waiting publish with "shutting down": none
                 // of them was appended.
                 return Err(panic_message(panic.as_ref()));
@@ -299,7 +301,8 @@ fn end_all(jobs: &[Job], ids: Option<&[EventId]>) {
     }
 }
 
-fn answer(jobs: Vec<Job>, outcome: Outcome) {
+/// Answers every job of the group, leaving `jobs` empty.
+fn answer(jobs: &mut Vec<Job>, outcome: Outcome) {
     let (ids, error) = match outcome {
         Outcome::Committed(ids) => (ids, None),
         Outcome::NotDurable(ids, error) => {
@@ -313,7 +316,7 @@ fn answer(jobs: Vec<Job>, outcome: Outcome) {
         Outcome::Unknown => (Vec::new(), Some(PublishError::OutcomeUnknown)),
     };
     let mut ids = ids.into_iter();
-    for job in jobs {
+    for job in jobs.drain(..) {
         let job_ids: Vec<EventId> = ids.by_ref().take(job.items.len()).collect();
         let reply = match &error {
             None => Ok(job_ids),

@@ -35,12 +35,12 @@ pub struct TriggerRequest {
 impl TriggerRequest {
     /// The channels named by `channels` or `channel`, each once, in the order given.
     pub fn channel_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = Vec::new();
         let given = match (&self.channels, &self.channel) {
             (Some(channels), _) => channels.as_slice(),
             (None, Some(channel)) => std::slice::from_ref(channel),
             (None, None) => &[],
         };
+        let mut names: Vec<&str> = Vec::with_capacity(given.len());
         for name in given {
             if !names.contains(&name.as_str()) {
                 names.push(name);

@@ -809,7 +809,7 @@ struct AppendChannels<'e> {
 
 /// The cached state of each channel `events` name; `None` if one is not cached.
 fn cached_states<'e>(cache: &mut StateCache, events: &'e [NewEvent<'_>]) -> Option<AppendChannels<'e>> {
-    let mut states: Vec<(&LogKey, ChannelState)> = Vec::new();
+    let mut states: Vec<(&LogKey, ChannelState)> = Vec::with_capacity(events.len());
     let mut slots = Vec::with_capacity(events.len());
     for event in events {
         let slot = match states.iter().position(|(key, _)| *key == &event.key) {
