@@ -66,6 +66,7 @@ pub const CASES: &[Case] = &[
     ("ids_increase_and_seqs_are_contiguous", ids_increase_and_seqs_are_contiguous),
     ("clock_stepping_back_keeps_ids_increasing", clock_stepping_back_keeps_ids_increasing),
     ("batch_across_channels_is_ordered", batch_across_channels_is_ordered),
+    ("batch_across_many_channels_numbers_each", batch_across_many_channels_numbers_each),
     ("failed_batch_appends_nothing", failed_batch_appends_nothing),
     ("concurrent_appends_stay_contiguous", concurrent_appends_stay_contiguous),
     ("channels_and_apps_are_independent", channels_and_apps_are_independent),
@@ -232,6 +233,27 @@ pub fn batch_across_channels_is_ordered(factory: Factory<'_>) {
     assert_eq!(ids_of(&read(&*log, &a, Cursor::Oldest, ALL)), vec![ids[0], ids[2]]);
     assert_eq!(data_of(&read(&*log, &b, Cursor::Oldest, ALL)), vec!["0", "1", "b1", "b2"]);
     assert_eq!(data_of(&read(&*log, &c, Cursor::Oldest, ALL)), vec!["c1"]);
+}
+
+/// One append naming many channels (a group commit of publishes to per-user channels), each
+/// several times and in turn: every channel is numbered on its own, from where it was.
+pub fn batch_across_many_channels_numbers_each(factory: Factory<'_>) {
+    let (log, _clock) = open(factory);
+    let keys: Vec<LogKey> = (0..40).map(|n| key("app", &format!("private-user.{n}"))).collect();
+    append_n(&*log, &keys[7], 3);
+    let events: Vec<NewEvent> =
+        (0..3).flat_map(|round| keys.iter().map(move |key| event(key, format!("{}-{round}", key.channel)))).collect();
+    let ids = log.append(&events).expect("append");
+    assert_eq!(ids.len(), 120);
+    for (n, key) in keys.iter().enumerate() {
+        let first = if n == 7 { 4 } else { 1 };
+        let seqs: Vec<u64> =
+            ids.iter().zip(&events).filter(|(_, event)| &event.key == key).map(|(id, _)| id.seq()).collect();
+        assert_eq!(seqs, vec![first, first + 1, first + 2], "{}", key.channel);
+        let read_back = read(&*log, key, Cursor::Oldest, ALL);
+        let expected: Vec<String> = (0..3).map(|round| format!("{}-{round}", key.channel)).collect();
+        assert_eq!(data_of(&read_back)[usize::try_from(first - 1).unwrap()..], expected[..], "{}", key.channel);
+    }
 }
 
 /// An append that fails stores none of its events and burns no sequence number. (Keys containing
