@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::Connection;
 use crate::cluster::messages::BusMessage;
 use crate::config::ClientEventsFrom;
-use crate::hub::{Frame, RosterFull, put_text_frame};
+use crate::hub::{Frame, RosterFull, put_event_frame, put_text_frame};
 use crate::publisher::{PublishError, PublishItem};
 
 /// A replay is written in chunks of about this much: a few system calls for thousands of events,
@@ -180,11 +180,10 @@ impl Connection {
         }
         // Encoded into one buffer and written a chunk at a time: a few system calls for the
         // whole replay.
-        let mut out = BytesMut::new();
+        let (mut out, mut scratch) = (BytesMut::new(), Vec::new());
         for event in &replay.events {
-            let user_id = event.user_id.as_deref();
-            let frame = frames::event_frame(&event.event, channel.as_str(), &event.data, Some(event.id), user_id);
-            put_text_frame(&mut out, &frame);
+            let fields = (event.event.as_str(), channel.as_str(), event.data.as_str());
+            put_event_frame(&mut out, &mut scratch, fields, Some(event.id), event.user_id.as_deref());
             if out.len() >= REPLAY_CHUNK_BYTES {
                 if !self.write_wire(&out).await {
                     return false;
@@ -198,22 +197,18 @@ impl Connection {
         // A client that resumed has everything; one that starts fresh or could not be
         // recovered gets the cache channel's last event, as Pusher sends it.
         if channel.is_cache() && !replay.recovered {
-            let frame = match &replay.last {
-                Some(last) => frames::event_frame(
-                    &last.event,
-                    channel.as_str(),
-                    &last.data,
-                    Some(last.id),
-                    last.user_id.as_deref(),
-                ),
+            match &replay.last {
+                Some(last) => {
+                    let fields = (last.event.as_str(), channel.as_str(), last.data.as_str());
+                    put_event_frame(&mut out, &mut scratch, fields, Some(last.id), last.user_id.as_deref());
+                }
                 None => {
                     if let Some(webhooks) = app.hub.webhooks() {
                         webhooks.emit(WebhookEvent::CacheMiss { channel: channel.as_str().to_owned() });
                     }
-                    frames::cache_miss(channel.as_str())
+                    put_text_frame(&mut out, &frames::cache_miss(channel.as_str()));
                 }
-            };
-            put_text_frame(&mut out, &frame);
+            }
         }
         out.is_empty() || self.write_wire(&out).await
     }

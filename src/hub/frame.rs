@@ -89,9 +89,29 @@ pub fn encode_text(text: &str) -> Bytes {
 
 /// Appends `text` as one final, unmasked WebSocket text frame: its header, then `text`.
 pub fn put_text_frame(out: &mut impl BufMut, text: &str) {
-    let (header, header_len) = text_frame_header(text.len());
+    put_text_payload(out, text.as_bytes());
+}
+
+/// Appends an application event's frame (`frames::event_frame`) to `out` as one WebSocket text
+/// frame. The JSON is written into `scratch` first (its length decides the header), which the
+/// caller keeps across events: a replay of many events allocates no frame of its own per event.
+pub fn put_event_frame(
+    out: &mut impl BufMut,
+    scratch: &mut Vec<u8>,
+    (event, channel, data): (&str, &str, &str),
+    id: Option<EventId>,
+    user_id: Option<&str>,
+) {
+    scratch.clear();
+    frames::write_event_frame(scratch, event, channel, data, id, user_id);
+    put_text_payload(out, scratch);
+}
+
+/// `payload` (UTF-8 text) after its text frame header.
+fn put_text_payload(out: &mut impl BufMut, payload: &[u8]) {
+    let (header, header_len) = text_frame_header(payload.len());
     out.put_slice(&header[..header_len]);
-    out.put_slice(text.as_bytes());
+    out.put_slice(payload);
 }
 
 /// The header of a final, unmasked text frame of `len` payload bytes: the first
@@ -179,6 +199,22 @@ mod tests {
                 assert_eq!(frame.wire, encode_text(&text), "data of {} bytes", data.len());
             }
         }
+    }
+
+    /// A replay's frames, written one after another with one scratch buffer (a long event, then
+    /// shorter ones: nothing of the previous one may be left in it), are each event's text encoded.
+    #[test]
+    fn event_frames_put_with_a_shared_scratch_are_their_texts_encoded() {
+        let events =
+            [("e", "x".repeat(70_000), Some("7")), ("f", "\"é\"".to_owned(), None), ("g", String::new(), None)];
+        let (mut out, mut expected, mut scratch) = (BytesMut::new(), Vec::new(), Vec::new());
+        for (seq, (event, data, user_id)) in events.iter().enumerate() {
+            let id = Some(EventId::new(1_764_000_000_000, seq as u64 + 1));
+            put_event_frame(&mut out, &mut scratch, (event, "private-c", data), id, *user_id);
+            let text = frames::event_frame(event, "private-c", data, id, *user_id);
+            expected.extend_from_slice(&encode_text(&text));
+        }
+        assert_eq!(out.as_ref(), expected.as_slice());
     }
 
     #[test]

@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 
 use self::channel::{Channel, Head, Subscriber};
 pub use self::deadline::{Deadline, TICK, Tick};
-pub use self::frame::{Frame, Logged, encode_text, put_text_frame};
+pub use self::frame::{Frame, Logged, encode_text, put_event_frame, put_text_frame};
 use self::signins::SignIns;
 pub use self::socket::{Socket, SocketId};
 use crate::webhooks::sink::WebhookSink;
