@@ -22,7 +22,36 @@ use crate::routes::signed::Signed;
 /// Pusher's limit on an event name, in bytes.
 const MAX_EVENT_NAME_BYTES: usize = 200;
 
-pub async fn trigger(State(state): State<Arc<ServerState>>, signed: Signed) -> Result<Json<TriggerResponse>, ApiError> {
+pub fn trigger(
+    State(state): State<Arc<ServerState>>,
+    signed: Signed,
+) -> impl Future<Output = Result<Json<TriggerResponse>, ApiError>> {
+    // Everything before the publish is done here, before the future exists, and the request
+    // (body, parsed JSON) is dropped with it: the future that axum boxes for each request keeps
+    // only what the awaits need. It was 1,328 bytes, which glibc serves from its large bins after
+    // merging every freed small block (`malloc_consolidate`); below 1 KiB it comes from the
+    // thread's cache (docs/benchmarks.md, round two, eighth pass).
+    let app = Arc::clone(&signed.app);
+    let prepared = trigger_items(signed);
+    async move {
+        let (channels, info, items) = prepared?;
+        let ids = publish(&state, &app, items).await?;
+        let mut response = TriggerResponse::default();
+        for (channel, id) in channels.into_iter().zip(ids) {
+            if info != InfoRequest::default() {
+                // Boxed: asked for rarely, and its future (a cluster round trip) would otherwise
+                // make every trigger's larger.
+                let info = Box::pin(channel_info(&state, &app, &channel, info)).await?;
+                response.channels.insert(channel.to_string(), info);
+            }
+            response.ids.insert(channel.into(), id);
+        }
+        Ok(Json(response))
+    }
+}
+
+/// A trigger's channels, the `info` it asks for, and its event for each channel.
+fn trigger_items(signed: Signed) -> Result<(Vec<ChannelName>, InfoRequest, Vec<PublishItem>), ApiError> {
     let body: TriggerRequest = signed.json()?;
     let names = body.channel_names();
     if names.is_empty() {
@@ -50,15 +79,7 @@ pub async fn trigger(State(state): State<Arc<ServerState>>, signed: Signed) -> R
             user_id: None,
         });
     }
-    let ids = publish(&state, &signed.app, items).await?;
-    let mut response = TriggerResponse::default();
-    for (channel, id) in channels.into_iter().zip(ids) {
-        if info != InfoRequest::default() {
-            response.channels.insert(channel.to_string(), channel_info(&state, &signed.app, &channel, info).await?);
-        }
-        response.ids.insert(channel.into(), id);
-    }
-    Ok(Json(response))
+    Ok((channels, info, items))
 }
 
 pub async fn batch(State(state): State<Arc<ServerState>>, signed: Signed) -> Result<Json<BatchResponse>, ApiError> {

@@ -40,37 +40,47 @@ impl Signed {
 impl FromRequest<Arc<ServerState>> for Signed {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &Arc<ServerState>) -> Result<Self, ApiError> {
+    // A plain function returning the future, rather than an `async fn`: an async fn's future
+    // keeps its arguments for its whole life, so the request (240 bytes) would sit beside its own
+    // parts. axum boxes this future inside the handler's for every call, and the smaller it is,
+    // the cheaper that allocation (docs/benchmarks.md, round two, eighth pass).
+    fn from_request(request: Request, state: &Arc<ServerState>) -> impl Future<Output = Result<Self, ApiError>> + Send {
         let (mut parts, body) = request.into_parts();
-        let path_params = RawPathParams::from_request_parts(&mut parts, state)
-            .await
-            .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
-        let app_id = path_params
-            .iter()
-            .find_map(|(name, value)| (name == "app_id").then_some(value))
-            .expect("signed routes have an {app_id} segment");
-        let app = state.apps.by_id(app_id).ok_or_else(|| ApiError::NotFound(format!("unknown app {app_id:?}")))?;
-        let app = Arc::clone(app);
+        async move {
+            // In a block of its own, so the path parameters are gone before the body's await.
+            let app = {
+                let path_params = RawPathParams::from_request_parts(&mut parts, state)
+                    .await
+                    .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+                let app_id = path_params
+                    .iter()
+                    .find_map(|(name, value)| (name == "app_id").then_some(value))
+                    .expect("signed routes have an {app_id} segment");
+                let app =
+                    state.apps.by_id(app_id).ok_or_else(|| ApiError::NotFound(format!("unknown app {app_id:?}")))?;
+                Arc::clone(app)
+            };
 
-        // Read up to the app's limit and no further, never past the hard ceiling. (Read here
-        // rather than through axum's `DefaultBodyLimit` layer, which cost ~3,500 instructions per
-        // publish: callgrind, docs/benchmarks.md, round two, fifth pass.)
-        let limit = app.config.max_request_size_bytes.min(MAX_ANY_REQUEST_BYTES);
-        let params = QueryParams::decode(parts.uri.query().unwrap_or_default());
-        let body = axum::body::to_bytes(body, limit).await.map_err(|error| {
-            if is_over_limit(&error) {
-                ApiError::PayloadTooLarge(limit)
-            } else {
-                ApiError::BadRequest(format!("cannot read the request body: {error}"))
-            }
-        })?;
-        let pairs: Vec<(&str, &str)> = params.pairs().collect();
-        let signed =
-            SignedRequest { method: parts.method.as_str(), path: parts.uri.path(), params: &pairs, body: &body };
-        signed
-            .verify(&app.config.key, &app.signing_key, unix_now_secs())
-            .map_err(|e| ApiError::Unauthorized(format!("authentication failed: {e}")))?;
-        Ok(Signed { app, params, body })
+            // Read up to the app's limit and no further, never past the hard ceiling. (Read here
+            // rather than through axum's `DefaultBodyLimit` layer, which cost ~3,500 instructions
+            // per publish: callgrind, docs/benchmarks.md, round two, fifth pass.)
+            let limit = app.config.max_request_size_bytes.min(MAX_ANY_REQUEST_BYTES);
+            let params = QueryParams::decode(parts.uri.query().unwrap_or_default());
+            let body = axum::body::to_bytes(body, limit).await.map_err(|error| {
+                if is_over_limit(&error) {
+                    ApiError::PayloadTooLarge(limit)
+                } else {
+                    ApiError::BadRequest(format!("cannot read the request body: {error}"))
+                }
+            })?;
+            let pairs: Vec<(&str, &str)> = params.pairs().collect();
+            let signed =
+                SignedRequest { method: parts.method.as_str(), path: parts.uri.path(), params: &pairs, body: &body };
+            signed
+                .verify(&app.config.key, &app.signing_key, unix_now_secs())
+                .map_err(|e| ApiError::Unauthorized(format!("authentication failed: {e}")))?;
+            Ok(Signed { app, params, body })
+        }
     }
 }
 
