@@ -16,6 +16,14 @@
 //! A freed pooled block returns to its size's list and is reused by the next request of that
 //! size; slabs are never given back to the system. After a peak of connections, what they used
 //! stays resident until new ones reuse it, which is also what glibc's fragmented heap does.
+//!
+//! One ordinary size is kept back as well: up to [`RECYCLED_MAX`] freed blocks of exactly
+//! [`RECYCLED_BYTES`] (8 KiB), handed out again as they are. hyper gives every HTTP request a
+//! new read buffer of that size (the previous one is still held by the request's head and body
+//! while it reads ahead) and frees the old one when the request ends. In glibc a request that
+//! large first merges every freed small block (`malloc_consolidate`), undoing the fast reuse of
+//! small blocks, on every HTTP request (docs/benchmarks.md, round two, eighth pass). They stay
+//! `malloc`'s blocks: one the shelf has no room for is simply freed, and `realloc` works on them.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr::{self, NonNull};
@@ -32,6 +40,57 @@ const SYSTEM_ALIGN: usize = 2 * size_of::<usize>();
 /// Each size's blocks are cut from slabs of this size, one at a time as they are needed.
 const SLAB_BYTES: usize = 64 * 1024;
 const CLASSES: usize = MAX_POOLED_BYTES / POOLED_ALIGN;
+
+/// The one ordinary size whose freed blocks are kept for reuse: hyper's read buffer.
+pub const RECYCLED_BYTES: usize = 8192;
+/// Most blocks of [`RECYCLED_BYTES`] kept: enough for the requests of a busy moment, and at
+/// most 128 KiB held back from the system.
+pub const RECYCLED_MAX: usize = 16;
+
+/// Freed `malloc` blocks of [`RECYCLED_BYTES`], waiting for the next request of that size.
+struct Shelf {
+    blocks: [*mut u8; RECYCLED_MAX],
+    len: usize,
+}
+
+// SAFETY: the blocks are `malloc`'s, owned by the shelf and only used under its mutex.
+unsafe impl Send for Shelf {}
+
+static SHELF: Mutex<Shelf> = Mutex::new(Shelf { blocks: [ptr::null_mut(); RECYCLED_MAX], len: 0 });
+
+/// A block of [`RECYCLED_BYTES`]: a recycled one, else a new one. Out of line, so that `alloc`
+/// and `dealloc` stay small enough to be inlined for every other size.
+#[inline(never)]
+fn take_recycled() -> *mut u8 {
+    let mut shelf = SHELF.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match shelf.len.checked_sub(1) {
+        Some(last) => {
+            shelf.len = last;
+            shelf.blocks[last]
+        }
+        // SAFETY: any size may be asked of `malloc`.
+        None => unsafe { libc::malloc(RECYCLED_BYTES) }.cast(),
+    }
+}
+
+/// Keeps `block` (of at least [`RECYCLED_BYTES`], from `malloc`) for [`take_recycled`], or
+/// frees it when the shelf is full.
+///
+/// # Safety
+/// `block` is a live `malloc` block of at least `RECYCLED_BYTES`, given up by the caller.
+#[inline(never)]
+unsafe fn recycle(block: *mut u8) {
+    let mut shelf = SHELF.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let len = shelf.len;
+    match shelf.blocks.get_mut(len) {
+        Some(slot) => {
+            *slot = block;
+            shelf.len = len + 1;
+        }
+        // SAFETY: the caller gives the block up, and it is `malloc`'s.
+        None => unsafe { libc::free(block.cast()) },
+    }
+}
 
 /// The global allocator: `#[global_allocator] static A: reprise_alloc::Allocator = reprise_alloc::Allocator;`
 pub struct Allocator;
@@ -123,6 +182,9 @@ unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if layout.align() <= SYSTEM_ALIGN {
+            if layout.size() == RECYCLED_BYTES {
+                return take_recycled();
+            }
             // SAFETY: `malloc` aligns every block to `SYSTEM_ALIGN`.
             return unsafe { libc::malloc(layout.size()) }.cast();
         }
@@ -151,8 +213,13 @@ unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
         if layout.align() <= SYSTEM_ALIGN {
+            if layout.size() == RECYCLED_BYTES {
+                // SAFETY: a block of this layout holds at least `RECYCLED_BYTES`, whichever of
+                // `malloc`, `calloc`, `realloc` or the shelf made it, and it is `malloc`'s.
+                return unsafe { recycle(block) };
+            }
             // SAFETY: the block came from `malloc`, `calloc` or `realloc` (`alloc` decided by
-            // the same alignment).
+            // the same alignment), or from the shelf, which holds only `malloc`'s blocks.
             return unsafe { libc::free(block.cast()) };
         }
         match class_of(layout) {
@@ -166,8 +233,8 @@ unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if layout.align() <= SYSTEM_ALIGN {
-            // SAFETY: the block is `malloc`'s (see `dealloc`); `realloc` keeps the alignment,
-            // and grows in place when it can.
+            // SAFETY: the block is `malloc`'s (see `dealloc`; a recycled one too); `realloc`
+            // keeps the alignment, and grows in place when it can.
             return unsafe { libc::realloc(block.cast(), new_size) }.cast();
         }
         // SAFETY: the caller guarantees the new size, rounded up to the alignment, does not
@@ -200,6 +267,43 @@ mod tests {
 
     fn layout(size: usize, align: usize) -> Layout {
         Layout::from_size_align(size, align).unwrap()
+    }
+
+    /// Freed blocks of `RECYCLED_BYTES` are handed out again (the first `RECYCLED_MAX` freed;
+    /// the rest go back to `malloc`), the last kept first out, with their contents; a recycled
+    /// block grows and shrinks with `realloc` (it is `malloc`'s). No other test asks for this
+    /// size with an ordinary alignment, so nothing else touches the shelf meanwhile.
+    #[test]
+    fn blocks_of_the_recycled_size_are_reused_and_remain_mallocs() {
+        let a = Allocator;
+        let l = layout(RECYCLED_BYTES, 8);
+        unsafe {
+            let held: Vec<*mut u8> = (0..RECYCLED_MAX + 4).map(|_| a.alloc(l)).collect();
+            for (i, block) in held.iter().enumerate() {
+                block.write_bytes(u8::try_from(i).unwrap(), RECYCLED_BYTES);
+            }
+            for block in &held {
+                a.dealloc(*block, l);
+            }
+            // Kept: the first RECYCLED_MAX freed, taken back last first.
+            let again: Vec<*mut u8> = (0..RECYCLED_MAX).map(|_| a.alloc(l)).collect();
+            let expected: Vec<*mut u8> = held[..RECYCLED_MAX].iter().rev().copied().collect();
+            assert_eq!(again, expected);
+            for (i, block) in again.iter().enumerate() {
+                let kept = u8::try_from(RECYCLED_MAX - 1 - i).unwrap();
+                assert!((0..RECYCLED_BYTES).all(|at| *block.add(at) == kept), "block {i} changed while kept");
+            }
+            // A recycled block is a malloc block: it grows and shrinks in place or moves, with
+            // its contents.
+            let grown = a.realloc(again[0], l, 3 * RECYCLED_BYTES);
+            assert!(!grown.is_null());
+            let kept = u8::try_from(RECYCLED_MAX - 1).unwrap();
+            assert!((0..RECYCLED_BYTES).all(|at| *grown.add(at) == kept));
+            a.dealloc(grown, layout(3 * RECYCLED_BYTES, 8));
+            for block in &again[1..] {
+                a.dealloc(*block, l);
+            }
+        }
     }
 
     /// The pattern byte at offset `i`.
