@@ -266,7 +266,11 @@ impl AppHub {
     /// published head is not read from a log that is ahead of it. Never reads storage.
     pub fn begin_logged(&self, channel: &str) {
         let mut shard = self.shard(channel);
-        let state = shard.entry(channel.to_owned()).or_insert_with(Channel::new);
+        // Looked up before `entry`, which would take an owned copy of the name on every call.
+        let state = match shard.get_mut(channel) {
+            Some(state) => state,
+            None => shard.entry(channel.to_owned()).or_insert_with(Channel::new),
+        };
         state.in_flight += 1;
         state.announced += 1;
     }
