@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -17,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::capacity::{self, Admission, ConnectionCap, CountedIo};
+use crate::routes::front::Front;
 use crate::throttle::Throttled;
 
 /// How long the loop waits after an accept error other than a client's reset. Out of
@@ -30,7 +30,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// have their own task and tracker.
 pub async fn serve(
     listener: TcpListener,
-    (app, over_capacity_app): (Router, Router),
+    (app, over_capacity_app): (Front, Front),
     cap: Arc<ConnectionCap>,
     header_timeout: Duration,
     shutdown: CancellationToken,

@@ -245,6 +245,36 @@ async fn unknown_app_id_is_404() {
     assert_error(status, &body, 404);
 }
 
+/// A publish is answered by its handler without axum's router (`routes::front`), so the shapes
+/// around the two publish routes are checked here: each must get what the router gives it.
+/// A percent-encoded app id is decoded as axum decodes a path parameter; one that is not UTF-8
+/// once decoded is 400; another method is 405; a longer path or an empty app id is 404.
+#[tokio::test]
+async fn the_publish_routes_and_their_neighbours_answer_as_routed() {
+    let server = TestServer::start().await;
+    let rest = server.rest();
+    let body = json!({"name":"e","channel":"news","data":"x"}).to_string().into_bytes();
+    // "test-app" with its "t"s percent-encoded: the same app, signed over the path as sent.
+    for route in ["/events", "/batch_events"] {
+        let body = if route == "/events" {
+            body.clone()
+        } else {
+            json!({"batch":[{"name":"e","channel":"news","data":"x"}]}).to_string().into_bytes()
+        };
+        let (status, answer) =
+            signed_bytes(&rest, "POST", &format!("/apps/%74es%74-app{route}"), &body, unix_now()).await;
+        assert_eq!(status, 200, "{route}: {answer}");
+    }
+    let (status, answer) = signed_bytes(&rest, "POST", "/apps/%FF/events", &body, unix_now()).await;
+    assert_error(status, &answer, 400);
+    let (status, answer) = signed_bytes(&rest, "GET", &rest.path("/events"), &[], unix_now()).await;
+    assert_eq!(status, 405, "{answer}");
+    for path in [rest.path("/events/"), rest.path("/events/x"), "/apps//events".to_owned()] {
+        let (status, answer) = signed_bytes(&rest, "POST", &path, &body, unix_now()).await;
+        assert_eq!(status, 404, "{path}: {answer}");
+    }
+}
+
 /// `data` over Pusher's 10 KB limit is 413 and is not published.
 #[tokio::test]
 async fn data_over_10kb_is_413() {

@@ -130,6 +130,10 @@ async fn over_the_cap_websockets_get_4100_and_http_503_until_connections_go() {
     assert_eq!(refused.expect_close().await, 4100);
     let (status, body) = server.rest().call("GET", &server.rest().path("/channels"), &[], None).await;
     assert_eq!(status, 503, "{body}");
+    // A publish too, though within the cap it skips the router (`routes::front`).
+    let event = serde_json::json!({"name": "e", "channel": "news", "data": "x"});
+    let (status, body) = server.rest().call("POST", &server.rest().path("/events"), &[], Some(&event)).await;
+    assert_eq!(status, 503, "{body}");
     // `/up` answers, and closes the connection: an over-capacity connection is not kept alive.
     let mut up = TcpStream::connect(server.addr).await.expect("connect");
     up.write_all(b"GET /up HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("send");

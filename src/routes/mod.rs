@@ -2,6 +2,7 @@
 
 pub mod channels;
 pub mod events;
+pub mod front;
 pub mod history;
 pub mod signed;
 pub mod stream;
@@ -18,19 +19,20 @@ use serde_json::json;
 
 use crate::ServerState;
 use crate::capacity;
+use crate::routes::front::Front;
 
 /// Every route the server answers, as it answers them on a connection within the cap.
-pub fn router(state: Arc<ServerState>) -> Router {
-    with_other_routes(api_routes(), state)
+pub fn router(state: Arc<ServerState>) -> Front {
+    Front::new(with_other_routes(api_routes(), Arc::clone(&state)), state)
 }
 
 /// The same routes as an over-capacity connection is served ([`capacity`]): the HTTP API answers
 /// 503, the rest as usual (`/up` 200, WebSocket and event-stream routes with their own refusal).
 /// A router of its own, so that calls within the cap pay for no check (a middleware cost ~5,000
 /// instructions per publish: callgrind, docs/benchmarks.md, round two, fifth pass).
-pub fn over_capacity_router(state: Arc<ServerState>) -> Router {
+pub fn over_capacity_router(state: Arc<ServerState>) -> Front {
     let api = api_routes().route_layer(axum::middleware::from_fn(capacity::refuse_over_capacity));
-    capacity::over_capacity_routes(with_other_routes(api, state))
+    Front::router_only(capacity::over_capacity_routes(with_other_routes(api, state)))
 }
 
 /// The signed HTTP API.

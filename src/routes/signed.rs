@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::extract::{FromRequest, Request};
 use reprise_api::signature::SignedRequest;
 
 use crate::ServerState;
@@ -45,22 +45,10 @@ impl FromRequest<Arc<ServerState>> for Signed {
     // parts. axum boxes this future inside the handler's for every call, and the smaller it is,
     // the cheaper that allocation (docs/benchmarks.md, round two, eighth pass).
     fn from_request(request: Request, state: &Arc<ServerState>) -> impl Future<Output = Result<Self, ApiError>> + Send {
-        let (mut parts, body) = request.into_parts();
+        let (parts, body) = request.into_parts();
+        let app = app_in_path(state, parts.uri.path());
         async move {
-            // In a block of its own, so the path parameters are gone before the body's await.
-            let app = {
-                let path_params = RawPathParams::from_request_parts(&mut parts, state)
-                    .await
-                    .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
-                let app_id = path_params
-                    .iter()
-                    .find_map(|(name, value)| (name == "app_id").then_some(value))
-                    .expect("signed routes have an {app_id} segment");
-                let app =
-                    state.apps.by_id(app_id).ok_or_else(|| ApiError::NotFound(format!("unknown app {app_id:?}")))?;
-                Arc::clone(app)
-            };
-
+            let app = app?;
             // Read up to the app's limit and no further, never past the hard ceiling. (Read here
             // rather than through axum's `DefaultBodyLimit` layer, which cost ~3,500 instructions
             // per publish: callgrind, docs/benchmarks.md, round two, fifth pass.)
@@ -82,6 +70,19 @@ impl FromRequest<Arc<ServerState>> for Signed {
             Ok(Signed { app, params, body })
         }
     }
+}
+
+/// The app a signed call names in its path, `/apps/{app_id}/...`: 404 for an unknown one.
+///
+/// Read from the path itself rather than from axum's path parameters, so that a call that
+/// skips axum's router (`front`) is checked exactly as the others. Percent-decoded as axum
+/// decodes a parameter; an id that is not UTF-8 once decoded is refused (400).
+fn app_in_path(state: &ServerState, path: &str) -> Result<Arc<App>, ApiError> {
+    let segment = path.strip_prefix("/apps/").and_then(|rest| rest.split('/').next()).unwrap_or_default();
+    let app_id = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| ApiError::BadRequest(format!("the app id {segment:?} in the path is not UTF-8 once decoded")))?;
+    state.apps.by_id(&app_id).cloned().ok_or_else(|| ApiError::NotFound(format!("unknown app {app_id:?}")))
 }
 
 /// A query's parameters, decoded as `application/x-www-form-urlencoded` (what
