@@ -401,13 +401,21 @@ async fn fresh_subscribers_during_publishing_start_right_after_their_head() {
     let server = TestServer::start().await;
     let channel = "joined-while-busy";
     let rest = server.rest();
+    // The joins start once the first event is out: on a busy machine the publisher's first
+    // request may otherwise come after most joins, which then see no event in flight.
+    let (started_tx, started) = tokio::sync::oneshot::channel();
     let publisher = tokio::spawn(async move {
+        let mut started_tx = Some(started_tx);
         for i in 0..EVENTS {
             rest.trigger(channel, "tick", &i.to_string()).await;
+            if let Some(started_tx) = started_tx.take() {
+                let _ = started_tx.send(());
+            }
             // At least EVENTS ms of publishing, however fast this machine's fsync is.
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     });
+    started.await.expect("the first event was published");
     let mut rng = Rng(0x00C0_FFEE);
     let mut joiners = Vec::new();
     for joiner in 0..JOINERS {
