@@ -29,10 +29,10 @@ pub fn trigger(
     signed: Signed,
 ) -> impl Future<Output = Result<Response, ApiError>> {
     // Everything before the publish is done here, before the future exists, and the request
-    // (body, parsed JSON) is dropped with it: the future that axum boxes for each request keeps
-    // only what the awaits need. It was 1,328 bytes, which glibc serves from its large bins after
-    // merging every freed small block (`malloc_consolidate`); below 1 KiB it comes from the
-    // thread's cache (docs/benchmarks.md, round two, eighth pass).
+    // (body, parsed JSON) is dropped with it: the future boxed for each request (by `front`, or by
+    // axum) keeps only what the awaits need. With axum's box it was 1,328 bytes, which glibc
+    // serves from its large bins after merging every freed small block (`malloc_consolidate`);
+    // below 1 KiB it comes from the thread's cache (docs/benchmarks.md, round two, eighth pass).
     let app = Arc::clone(&signed.app);
     let prepared = trigger_items(signed);
     async move {

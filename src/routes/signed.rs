@@ -42,8 +42,8 @@ impl FromRequest<Arc<ServerState>> for Signed {
 
     // A plain function returning the future, rather than an `async fn`: an async fn's future
     // keeps its arguments for its whole life, so the request (240 bytes) would sit beside its own
-    // parts. axum boxes this future inside the handler's for every call, and the smaller it is,
-    // the cheaper that allocation (docs/benchmarks.md, round two, eighth pass).
+    // parts. This future is boxed with the handler's for every call (by `front` or by axum), and
+    // the smaller the box, the cheaper its allocation (docs/benchmarks.md, round two, eighth pass).
     fn from_request(request: Request, state: &Arc<ServerState>) -> impl Future<Output = Result<Self, ApiError>> + Send {
         let (parts, body) = request.into_parts();
         let app = app_in_path(state, parts.uri.path());
