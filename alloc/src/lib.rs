@@ -58,11 +58,16 @@ unsafe impl Send for Shelf {}
 
 static SHELF: Mutex<Shelf> = Mutex::new(Shelf { blocks: [ptr::null_mut(); RECYCLED_MAX], len: 0 });
 
+fn shelf_lock() -> std::sync::MutexGuard<'static, Shelf> {
+    // As with `class_lock`: nothing panics while it is held.
+    SHELF.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A block of [`RECYCLED_BYTES`]: a recycled one, else a new one. Out of line, so that `alloc`
 /// and `dealloc` stay small enough to be inlined for every other size.
 #[inline(never)]
 fn take_recycled() -> *mut u8 {
-    let mut shelf = SHELF.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut shelf = shelf_lock();
     match shelf.len.checked_sub(1) {
         Some(last) => {
             shelf.len = last;
@@ -80,7 +85,7 @@ fn take_recycled() -> *mut u8 {
 /// `block` is a live `malloc` block of at least `RECYCLED_BYTES`, given up by the caller.
 #[inline(never)]
 unsafe fn recycle(block: *mut u8) {
-    let mut shelf = SHELF.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut shelf = shelf_lock();
     let len = shelf.len;
     match shelf.blocks.get_mut(len) {
         Some(slot) => {

@@ -25,7 +25,7 @@ use tower_service::Service;
 
 use crate::ServerState;
 use crate::routes::events;
-use crate::routes::signed::Signed;
+use crate::routes::signed::{Signed, split_app_path};
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
@@ -62,7 +62,7 @@ fn publish_route(method: &Method, path: &str) -> Option<Publish> {
     if method != Method::POST {
         return None;
     }
-    let (app_id, route) = path.strip_prefix("/apps/")?.split_once('/')?;
+    let (app_id, route) = split_app_path(path)?;
     if app_id.is_empty() {
         return None;
     }

@@ -78,11 +78,19 @@ impl FromRequest<Arc<ServerState>> for Signed {
 /// skips axum's router (`front`) is checked exactly as the others. Percent-decoded as axum
 /// decodes a parameter; an id that is not UTF-8 once decoded is refused (400).
 fn app_in_path(state: &ServerState, path: &str) -> Result<Arc<App>, ApiError> {
-    let segment = path.strip_prefix("/apps/").and_then(|rest| rest.split('/').next()).unwrap_or_default();
+    let segment = split_app_path(path).map_or("", |(app_id, _)| app_id);
     let app_id = percent_encoding::percent_decode_str(segment)
         .decode_utf8()
         .map_err(|_| ApiError::BadRequest(format!("the app id {segment:?} in the path is not UTF-8 once decoded")))?;
     state.apps.by_id(&app_id).cloned().ok_or_else(|| ApiError::NotFound(format!("unknown app {app_id:?}")))
+}
+
+/// A signed route's path, `/apps/{app_id}/{rest}`, split into the app id as sent (not yet
+/// percent-decoded) and what follows its `/` (empty if nothing does); None if it is not under
+/// `/apps/`.
+pub fn split_app_path(path: &str) -> Option<(&str, &str)> {
+    let under = path.strip_prefix("/apps/")?;
+    Some(under.split_once('/').unwrap_or((under, "")))
 }
 
 /// A query's parameters, decoded as `application/x-www-form-urlencoded` (what

@@ -67,9 +67,10 @@ impl BlobSync {
         dir.rewind();
         let mut present = HashSet::new();
         while let Some(entry) = dir.read() {
-            let name = entry.map_err(|e| self.failed("list", &e.into()))?.file_name().to_bytes().to_vec();
+            let entry = entry.map_err(|e| self.failed("list", &e.into()))?;
+            let name = entry.file_name().to_bytes();
             if name != b"." && name != b".." {
-                present.insert(OsString::from_vec(name));
+                present.insert(OsString::from_vec(name.to_vec()));
             }
         }
         synced.retain(|name| present.contains(name));
