@@ -4,10 +4,10 @@
 //!
 //! Why: for a publish, axum's routing, its path parameters and the two futures it boxes around
 //! a handler cost ~3,500 instructions, about what the handler's own work costs besides the
-//! signature check and the log (callgrind, docs/benchmarks.md, round two, eighth pass). The handlers are the same
-//! functions with the same extractor (`Signed`), so a publish is answered exactly as through the
-//! router; anything that is not plainly one of those two routes (another method, another
-//! shape of path) goes to the router, which answers it as before (405, 404, ...).
+//! signature check and the log (callgrind, docs/benchmarks.md, round two, eighth pass). The
+//! handlers are the same functions with the same extractor (`Signed`), so a publish is answered
+//! exactly as through the router; anything that is not plainly one of those two routes (another
+//! method, another shape of path) goes to the router, which answers it as before (405, 404, ...).
 
 use std::convert::Infallible;
 use std::future::Future;
