@@ -150,14 +150,35 @@ pub fn sample(pid: &str) -> anyhow::Result<ProcSample> {
     Ok(ProcSample { cpu_us, system_us, rss_bytes: rss_kib * 1024 })
 }
 
-/// CPU time the whole machine spent busy (all CPUs, from the first line of /proc/stat), in us.
-fn machine_busy_us() -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let cpu = stat.lines().next().and_then(|line| line.strip_prefix("cpu ")).unwrap_or_default();
-    let ticks: Vec<u64> = cpu.split_whitespace().map(str::parse).collect::<Result<_, _>>()?;
-    // user nice system idle iowait irq softirq steal: everything but idle and iowait.
-    let busy: u64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
-    Ok(busy.saturating_mul(1_000_000) / rustix::param::clock_ticks_per_second().max(1))
+/// The machine's CPU time from the first line of /proc/stat, in us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineTime {
+    /// Time the guest's own CPUs spent working (user, nice, system, irq, softirq): every
+    /// process's time, and interrupts the kernel bills to none.
+    pub busy_us: u64,
+    /// Steal: time the CPUs were ready to run while the host (hypervisor) ran something else. It
+    /// is nobody's in the guest, but it slows everything: the host's other work shares the
+    /// caches and cores, so a process's own time per unit of work grows with it.
+    pub steal_us: u64,
+}
+
+impl MachineTime {
+    fn read() -> anyhow::Result<MachineTime> {
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        MachineTime::parse(stat.lines().next().unwrap_or_default(), rustix::param::clock_ticks_per_second())
+    }
+
+    /// Parses the aggregate `cpu` line: `cpu user nice system idle iowait irq softirq steal ...`
+    /// in clock ticks. Kernels without a steal column (no hypervisor support) report none.
+    fn parse(line: &str, ticks_per_sec: u64) -> anyhow::Result<MachineTime> {
+        let fields = line.strip_prefix("cpu ").ok_or_else(|| anyhow::anyhow!("no cpu line in /proc/stat"))?;
+        let ticks: Vec<u64> = fields.split_whitespace().map(str::parse).collect::<Result<_, _>>()?;
+        let tick = |index: usize| ticks.get(index).copied().unwrap_or(0);
+        let to_us = |ticks: u64| ticks.saturating_mul(1_000_000) / ticks_per_sec.max(1);
+        // Idle (3) and iowait (4) are the CPUs waiting, not working.
+        let busy = tick(0) + tick(1) + tick(2) + tick(5) + tick(6);
+        Ok(MachineTime { busy_us: to_us(busy), steal_us: to_us(tick(7)) })
+    }
 }
 
 /// Samples the server (if its pid was given), the load generator and the machine together.
@@ -165,24 +186,35 @@ fn machine_busy_us() -> anyhow::Result<u64> {
 pub struct Usage {
     pub server: Option<ProcSample>,
     pub client: ProcSample,
-    pub machine_busy_us: u64,
+    pub machine: MachineTime,
     pub at: Instant,
 }
 
 impl Usage {
     pub fn now(server_pid: Option<u32>) -> anyhow::Result<Usage> {
         let server = server_pid.map(|pid| sample(&pid.to_string())).transpose()?;
-        Ok(Usage { server, client: sample("self")?, machine_busy_us: machine_busy_us()?, at: Instant::now() })
+        Ok(Usage { server, client: sample("self")?, machine: MachineTime::read()?, at: Instant::now() })
     }
 
     /// CPU the rest of the machine (neither the server nor the load generator) used between
-    /// `self` and `later`, in % of one core: how much other work disturbed the measurement.
+    /// `self` and `later`, in % of one core: how much other work in the guest disturbed the
+    /// measurement. The host's steal is not in it (see `steal_percent`).
     pub fn others_percent(&self, later: &Usage) -> Option<f64> {
         let (server_us, client_us) = self.cpu_since(later);
-        let busy = later.machine_busy_us.saturating_sub(self.machine_busy_us);
+        let busy = later.machine.busy_us.saturating_sub(self.machine.busy_us);
         let others = busy.saturating_sub(server_us? + client_us);
-        let wall_us = u64::try_from(later.at.duration_since(self.at).as_micros()).ok()?;
-        per(others * 100, wall_us)
+        per(others * 100, self.wall_us(later)?)
+    }
+
+    /// The host's steal between `self` and `later`, in % of one core: how much the machine under
+    /// the guest disturbed the measurement, which no process in the guest shows.
+    pub fn steal_percent(&self, later: &Usage) -> Option<f64> {
+        let steal = later.machine.steal_us.saturating_sub(self.machine.steal_us);
+        per(steal * 100, self.wall_us(later)?)
+    }
+
+    fn wall_us(&self, later: &Usage) -> Option<u64> {
+        u64::try_from(later.at.duration_since(self.at).as_micros()).ok()
     }
 
     /// The server's system (kernel) time between `self` and `later`, in us.
@@ -216,4 +248,30 @@ pub fn per(amount: u64, per: u64) -> Option<f64> {
 pub fn rate(count: u64, elapsed: Duration) -> f64 {
     let secs = elapsed.as_secs_f64();
     if secs > 0.0 { (as_f64(count) / secs).round() } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MachineTime;
+
+    #[test]
+    fn machine_time_separates_the_hosts_steal_from_the_guests_work() {
+        // user nice system idle iowait irq softirq steal guest guest_nice, at 100 ticks/s.
+        let line = "cpu  7710 5 4830 3350 2350 0 1130 6200 0 0";
+        let time = MachineTime::parse(line, 100).expect("a well-formed cpu line");
+        assert_eq!(time.busy_us, (7710 + 5 + 4830 + 1130) * 10_000);
+        assert_eq!(time.steal_us, 6200 * 10_000);
+    }
+
+    #[test]
+    fn machine_time_without_a_steal_column_has_none() {
+        let time = MachineTime::parse("cpu  100 0 50 900 10", 100).expect("an old kernel's cpu line");
+        assert_eq!(time, MachineTime { busy_us: 1_500_000, steal_us: 0 });
+    }
+
+    #[test]
+    fn machine_time_refuses_a_line_that_is_not_the_aggregate() {
+        assert!(MachineTime::parse("cpu0 1 2 3", 100).is_err());
+        assert!(MachineTime::parse("cpu  1 two 3", 100).is_err());
+    }
 }

@@ -58,7 +58,9 @@ pub fn add_cpu(report: &mut Report, from: &Usage, to: &Usage, units: u64, unit: 
     add_others(report, from, to);
 }
 
-/// How busy the rest of the machine was: other processes disturb every figure here.
+/// How busy the rest of the machine was: other processes, and the host under the guest, disturb
+/// every figure here.
 pub fn add_others(report: &mut Report, from: &Usage, to: &Usage) {
     report.maybe("other processes' CPU (% of one core)", "others_cpu_percent", from.others_percent(to));
+    report.maybe("the host's steal (% of one core)", "steal_percent", from.steal_percent(to));
 }
