@@ -240,6 +240,39 @@ fn segments_freed_by_compaction_are_reused_and_survive_a_crash() {
     assert!(file_len < written / 2, "{file_len} bytes of file for {written} bytes of events: no segment was reused");
 }
 
+/// sled writes a new segment's zeros when it adds the segment to the end of its file
+/// (`vendor/sled-0.34.7/PATCHES.md`, 9), so the file never has holes: a flush writes events into
+/// blocks already allocated and need not write the file's metadata with them. Before, the file
+/// grew a sparse segment at a time and each flush allocated the blocks it wrote. (A file system
+/// that stores zeros as holes, such as ZFS with compression, would fail this; ext4 and XFS do not.)
+#[cfg(unix)]
+#[test]
+fn the_log_file_is_written_a_whole_segment_at_a_time() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), &ManualClock::new(START_MS));
+    let channel = key("a");
+    let mut file_len = 0;
+    // 8 KB a round: a few flushes per segment, and well into a second one.
+    for round in 0..SEGMENT_ROUND_EVENTS * 3 / 2 {
+        let events: Vec<NewEvent> = (0..8)
+            .map(|i| NewEvent {
+                key: channel.clone(),
+                event: "message".into(),
+                data: segment_event_data(round * 8 + i).into(),
+                user_id: None,
+            })
+            .collect();
+        log.append(&events).unwrap();
+        log.flush().unwrap();
+        let file = std::fs::metadata(dir.path().join("db")).unwrap();
+        file_len = file.len();
+        let allocated = file.blocks() * 512;
+        assert!(allocated >= file_len, "after round {round}: {file_len} bytes of file, {allocated} allocated");
+    }
+    assert!(file_len > 512 * 1024, "{file_len} bytes: the events did not reach a second segment");
+}
+
 const SEGMENTS_DIR_ENV: &str = "REPRISE_STORAGE_SEGMENTS_DIR";
 const SEGMENT_ROUNDS: usize = 96;
 const SEGMENT_ROUND_EVENTS: usize = 64;

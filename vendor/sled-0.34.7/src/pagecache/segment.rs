@@ -994,12 +994,15 @@ impl SegmentAccountant {
         }
 
         self.tip += self.config.segment_size as LogOffset;
-        // Reprise patch 6 (PATCHES.md): the file grows by a whole segment now, instead of by
-        // each write into it. A write that grows the file changes its size, which every
-        // `fdatasync` after it must then write (the inode: one more device request per flush).
-        // The new segment reads as zeros until written, as a segment zeroed at recovery does.
-        if self.config.file.metadata()?.len() < self.tip {
-            self.config.file.set_len(self.tip)?;
+        // Reprise patches 6 and 9 (PATCHES.md): the file grows by a whole segment, written
+        // as zeros, instead of by each write into it. A write that grows the file changes its
+        // size, and a write into a hole allocates blocks: either makes the next `fdatasync`
+        // write the file's metadata too (on a journalling file system, a journal commit with a
+        // cache flush of its own). The new segment reads as zeros until written, as a segment
+        // zeroed at recovery does.
+        let len = self.config.file.metadata()?.len();
+        if len < self.tip {
+            write_zeros(&self.config.file, len, self.tip)?;
         }
 
         trace!("advancing file tip from {} to {}", lid, self.tip);
@@ -1140,4 +1143,18 @@ impl SegmentAccountant {
 
         idx
     }
+}
+
+/// Reprise patch 9 (PATCHES.md): writes zeros over `[from, to)` of `file`, so that its blocks
+/// are allocated and written once, when a segment is added, not by each flush that writes into
+/// the segment.
+fn write_zeros(file: &std::fs::File, from: LogOffset, to: LogOffset) -> Result<()> {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    let mut at = from;
+    while at < to {
+        let len = usize::try_from(to - at).unwrap_or(usize::MAX).min(ZEROS.len());
+        pwrite_all(file, &ZEROS[..len], at)?;
+        at += len as LogOffset;
+    }
+    Ok(())
 }
