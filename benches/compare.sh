@@ -24,6 +24,10 @@
 # shares that moment's conditions).
 #   e.g. benches/compare.sh --base 0544806 3 "fanout publish idle"
 #   BASE_WORKTREE (environment) says where the worktree goes (default: a temporary directory).
+# STEAL_MAX=N (with --base): leave out of the medians and ratios every round of a scenario in
+#   which either side's run saw more than N % of a core of the host's steal (reprise-load's
+#   steal_percent: the vCPUs waiting for the host, which inflates the server's kernel time; see
+#   docs/benchmarks.md, round two, eleventh pass), and say which rounds were left out.
 # WAIT_FOR_BUILDS=0: do not wait for other builds before each run (see below).
 # Sizes (environment, passed to every run of the scenario): FANOUT_ARGS, PUBLISH_ARGS,
 #   IDLE_ARGS, CHANNELS_ARGS (e.g. FANOUT_ARGS="--subscribers 2000 --rate 20").
@@ -166,13 +170,16 @@ done
 [ -n "$base_commit" ] || exit 0
 echo
 echo "==> head (the current tree) against base ($short): median of $rounds round(s), ratio head / base"
-python3 - "$work/results.jsonl" <<'EOF'
-import json, statistics, sys
+STEAL_MAX=${STEAL_MAX:-} python3 - "$work/results.jsonl" <<'EOF'
+import json, os, statistics, sys
 from collections import defaultdict
+
+steal_max = float(os.environ["STEAL_MAX"]) if os.environ.get("STEAL_MAX") else None
 
 # label: "<n>-reprise-<scenario>-<round>"; n = 1 is the base, 2 the head.
 runs = defaultdict(dict)  # (scenario, figure) -> {(side, round): value}
 checks = defaultdict(list)
+disturbed = defaultdict(set)  # scenario -> rounds in which either side saw too much steal
 for line in open(sys.argv[1]):
     if not line.strip():
         continue
@@ -181,6 +188,8 @@ for line in open(sys.argv[1]):
     scenario, rnd = rest.rsplit("-", 1)
     side = "base" if n == "1" else "head"
     checks[(scenario, side)].append(result.get("check", "?"))
+    if steal_max is not None and result.get("steal_percent", 0) > steal_max:
+        disturbed[scenario].add(rnd)
     for key, value in result.items():
         values = value.items() if isinstance(value, dict) else [("", value)]
         for sub, v in values:
@@ -188,8 +197,11 @@ for line in open(sys.argv[1]):
                 continue
             runs[(scenario, key + ("." + sub if sub else ""))][(side, rnd)] = v
 
+for scenario, rounds in sorted(disturbed.items()):
+    print(f"{scenario}: round(s) {' '.join(sorted(rounds, key=int))} left out (steal above {steal_max:g} %)")
 print(f"{'scenario':12} {'figure':42} {'base':>12} {'head':>12} {'head/base':>9}  per round")
 for (scenario, figure), values in runs.items():
+    values = {(side, r): v for (side, r), v in values.items() if r not in disturbed[scenario]}
     base = [v for (side, _), v in values.items() if side == "base"]
     head = [v for (side, _), v in values.items() if side == "head"]
     if not base or not head or len(set(base + head)) == 1:
