@@ -157,8 +157,8 @@ pub struct MachineTime {
     /// process's time, and interrupts the kernel bills to none.
     pub busy_us: u64,
     /// Steal: time the CPUs were ready to run while the host (hypervisor) ran something else. It
-    /// is nobody's in the guest, but it slows everything: the host's other work shares the
-    /// caches and cores, so a process's own time per unit of work grows with it.
+    /// is nobody's in the guest, but it slows everything in it: the server's kernel time per
+    /// publish grows with it (docs/benchmarks.md, round two, eleventh pass).
     pub steal_us: u64,
 }
 
