@@ -255,15 +255,7 @@ fn the_log_file_is_written_a_whole_segment_at_a_time() {
     let mut file_len = 0;
     // 8 KB a round: a few flushes per segment, and well into a second one.
     for round in 0..SEGMENT_ROUND_EVENTS * 3 / 2 {
-        let events: Vec<NewEvent> = (0..8)
-            .map(|i| NewEvent {
-                key: channel.clone(),
-                event: "message".into(),
-                data: segment_event_data(round * 8 + i).into(),
-                user_id: None,
-            })
-            .collect();
-        log.append(&events).unwrap();
+        log.append(&segment_events(&channel, round * 8, 8)).unwrap();
         log.flush().unwrap();
         let file = std::fs::metadata(dir.path().join("db")).unwrap();
         file_len = file.len();
@@ -282,19 +274,23 @@ fn segment_event_data(index: usize) -> String {
     format!("{index:0>width$}", width = SEGMENT_EVENT_BYTES)
 }
 
+/// `count` events on `channel` whose data are `segment_event_data(first..first + count)`.
+fn segment_events(channel: &LogKey, first: usize, count: usize) -> Vec<NewEvent<'_>> {
+    (first..first + count)
+        .map(|index| NewEvent {
+            key: channel.clone(),
+            event: "message".into(),
+            data: segment_event_data(index).into(),
+            user_id: None,
+        })
+        .collect()
+}
+
 fn segments_child(dir: &Path) -> ! {
     let log = open(dir, &ManualClock::new(START_MS));
     let channel = key("big");
     for round in 0..SEGMENT_ROUNDS {
-        let events: Vec<NewEvent> = (0..SEGMENT_ROUND_EVENTS)
-            .map(|i| NewEvent {
-                key: channel.clone(),
-                event: "message".into(),
-                data: segment_event_data(round * SEGMENT_ROUND_EVENTS + i).into(),
-                user_id: None,
-            })
-            .collect();
-        log.append(&events).unwrap();
+        log.append(&segment_events(&channel, round * SEGMENT_ROUND_EVENTS, SEGMENT_ROUND_EVENTS)).unwrap();
         log.compact(&channel, keep_last(u64::try_from(SEGMENT_ROUND_EVENTS).unwrap())).unwrap();
         log.flush().unwrap();
     }

@@ -1002,7 +1002,9 @@ impl SegmentAccountant {
         // zeroed at recovery does.
         let len = self.config.file.metadata()?.len();
         if len < self.tip {
-            write_zeros(&self.config.file, len, self.tip)?;
+            // The same bytes sled writes over a segment it frees (`Corrupted` is 0).
+            let zeros = vec![MessageKind::Corrupted.into(); usize::try_from(self.tip - len).unwrap()];
+            pwrite_all(&self.config.file, &zeros, len)?;
         }
 
         trace!("advancing file tip from {} to {}", lid, self.tip);
@@ -1143,18 +1145,4 @@ impl SegmentAccountant {
 
         idx
     }
-}
-
-/// Reprise patch 9 (PATCHES.md): writes zeros over `[from, to)` of `file`, so that its blocks
-/// are allocated and written once, when a segment is added, not by each flush that writes into
-/// the segment.
-fn write_zeros(file: &std::fs::File, from: LogOffset, to: LogOffset) -> Result<()> {
-    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-    let mut at = from;
-    while at < to {
-        let len = usize::try_from(to - at).unwrap_or(usize::MAX).min(ZEROS.len());
-        pwrite_all(file, &ZEROS[..len], at)?;
-        at += len as LogOffset;
-    }
-    Ok(())
 }
