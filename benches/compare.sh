@@ -108,6 +108,13 @@ scenario_args() {
 # Starts server spec $1 (kind=path), logging to $2; sets pid and port.
 start_server() {
   local kind=${1%%=*} path=${1#*=}
+  local want_port=18080
+  [ "$kind" = sockudo ] && want_port=18081
+  # A server left over (another run's, or one that did not exit) would answer in this one's place.
+  if (exec 3<>/dev/tcp/127.0.0.1/$want_port) 2>/dev/null; then
+    echo "port $want_port is already in use: stop what listens there first" >&2
+    exit 1
+  fi
   case "$kind" in
     reprise)
       port=18080
@@ -118,7 +125,10 @@ start_server() {
     sockudo)
       port=18081
       # Sockudo reads config/ of its working directory first: start it from an empty one.
-      mkdir -p "$work/sockudo" && (cd "$work/sockudo" && exec "$path" --config "$sockudo_config") >"$2" 2>&1 &
+      # Two lines: with `mkdir ... && (...) &` the whole list ran in the background, so `$!` was
+      # a shell around Sockudo (its CPU was measured as nothing, and stopping it left Sockudo up).
+      mkdir -p "$work/sockudo"
+      (cd "$work/sockudo" && exec "$path" --config "$sockudo_config") >"$2" 2>&1 &
       ;;
     *) echo "unknown server kind $kind (reprise=PATH or sockudo=PATH)" >&2; exit 2 ;;
   esac
@@ -132,9 +142,16 @@ start_server() {
   exit 1
 }
 
+# Sockudo takes its 10 s shutdown grace period: a server still up after 15 s is killed, so that
+# the next one finds its port free.
 stop_server() {
-  kill -TERM $pid
-  wait $pid || true # Sockudo takes its 10 s shutdown grace period
+  kill -TERM $pid 2>/dev/null || true
+  for _ in $(seq 1 150); do
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL $pid 2>/dev/null || true
+  wait $pid 2>/dev/null || true
   rm -rf "$work/data"
 }
 
