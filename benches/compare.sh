@@ -105,36 +105,41 @@ scenario_args() {
   esac
 }
 
+# Whether something accepts connections on 127.0.0.1:$1.
+listening() {
+  (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null
+}
+
 # Starts server spec $1 (kind=path), logging to $2; sets pid and port.
 start_server() {
   local kind=${1%%=*} path=${1#*=}
-  local want_port=18080
-  [ "$kind" = sockudo ] && want_port=18081
+  case "$kind" in
+    reprise) port=18080 ;;
+    sockudo) port=18081 ;;
+    *) echo "unknown server kind $kind (reprise=PATH or sockudo=PATH)" >&2; exit 2 ;;
+  esac
   # A server left over (another run's, or one that did not exit) would answer in this one's place.
-  if (exec 3<>/dev/tcp/127.0.0.1/$want_port) 2>/dev/null; then
-    echo "port $want_port is already in use: stop what listens there first" >&2
+  if listening $port; then
+    echo "port $port is already in use: stop what listens there first" >&2
     exit 1
   fi
   case "$kind" in
     reprise)
-      port=18080
       mkdir -p "$work/data"
       REVERB_APP_ID=bench REVERB_APP_KEY=bench-key REVERB_APP_SECRET=bench-secret \
         "$path" start --host 127.0.0.1 --port $port --config "$work/reprise.toml" --data-dir "$work/data" >"$2" 2>&1 &
       ;;
     sockudo)
-      port=18081
       # Sockudo reads config/ of its working directory first: start it from an empty one.
       # Two lines: with `mkdir ... && (...) &` the whole list ran in the background, so `$!` was
       # a shell around Sockudo (its CPU was measured as nothing, and stopping it left Sockudo up).
       mkdir -p "$work/sockudo"
       (cd "$work/sockudo" && exec "$path" --config "$sockudo_config") >"$2" 2>&1 &
       ;;
-    *) echo "unknown server kind $kind (reprise=PATH or sockudo=PATH)" >&2; exit 2 ;;
   esac
   pid=$!
   for _ in $(seq 1 200); do
-    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return 0
+    listening $port && return 0
     kill -0 $pid 2>/dev/null || break
     sleep 0.05
   done
