@@ -674,11 +674,7 @@ impl Node {
         } else if self.data.is_index() {
             256
         } else {
-            // sled: 16. Fewer splits per append (each rewrites two whole
-            // nodes) for a larger copy per insert; 32 counted the fewest
-            // instructions per publish of 16, 24, 32, 40, 48 and 64.
-            // (Reprise patch 10.)
-            32
+            16
         };
 
         let size_checks = self.data.len() > threshold;
