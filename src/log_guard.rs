@@ -21,10 +21,16 @@
 //! may block forever, and with it the committer and every publish behind it. A write that has
 //! not returned after `log_write_timeout_secs` is treated as a failed one, and publishes waiting
 //! for the committer are answered 500 (outcome unknown) instead of waiting with it.
+//!
+//! Why no write reaches the log after the first refused one: for the same two reasons it could
+//! not succeed, and it could block until the watchdog gives up. The server's final flush on the
+//! way down was such a write: on a full tmpfs (`tests/full_disk.rs` with sled's leaves made
+//! larger) it waited out `log_write_timeout_secs` (30 s) before the process exited, and the exit
+//! then blamed a disk that did not answer.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use reprise_storage::{
@@ -53,6 +59,8 @@ pub struct GuardedLog {
     /// Mutex: held for one insert or remove, never across the write itself or an await.
     writes: Mutex<BTreeMap<u64, Instant>>,
     next_serial: AtomicU64,
+    /// The first disk error of a write: every later write fails with it at once.
+    refused: OnceLock<String>,
 }
 
 /// Removes a write from `writes` however it ends (an error, a panic).
@@ -76,6 +84,7 @@ impl GuardedLog {
             stalled: CancellationToken::new(),
             writes: Mutex::new(BTreeMap::new()),
             next_serial: AtomicU64::new(0),
+            refused: OnceLock::new(),
         }
     }
 
@@ -90,11 +99,15 @@ impl GuardedLog {
         what: &'static str,
         call: impl FnOnce(&dyn EventLog) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
+        if let Some(error) = self.refused.get() {
+            return Err(StorageError::Io(error.clone()));
+        }
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
         self.writes.lock().unwrap_or_else(PoisonError::into_inner).insert(serial, Instant::now());
         let _in_progress = InProgress { log: self, serial };
         let result = call(self.inner.as_ref());
         if let Err(StorageError::Io(error)) = &result {
+            let _ = self.refused.set(error.clone());
             self.fail(format!(
                 "the disk refused a write of the event log ({what}: {error}); restart once it takes writes again"
             ));

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reprise_api::signature;
-use reprise_storage::faulty::FaultyLog;
+use reprise_storage::faulty::{Fault, FaultyLog};
 use reprise_storage::{EventLog, SledLog};
 use serde_json::{Value, json};
 use support::process::ServerProcess;
@@ -144,6 +144,26 @@ async fn a_write_that_never_returns_is_answered_and_stops_the_server() {
     let stopped = server.stopped().await;
     assert!(
         matches!(&stopped, Err(reprise::ServerError::Failed(problem)) if problem.contains("has not returned")),
+        "{stopped:?}"
+    );
+}
+
+/// A full disk seen by an append, then a flush that would block (sled 0.34 may never wake a flush
+/// once its writer failed): the server stops at once, with the disk's error. Before, its last
+/// flush on the way down waited until the watchdog gave up on it (`log_write_timeout_secs`,
+/// 30 s), and the exit blamed a disk that did not answer.
+#[tokio::test]
+async fn after_the_disk_refused_a_write_the_server_stops_without_writing_again() {
+    let log = Arc::new(FaultyLog::new(SledLog::open_temporary().unwrap()));
+    let mut server = TestServer::start_on_log_with(Arc::clone(&log) as Arc<dyn EventLog>, |_| {}).await;
+    log.set(Fault::AppendDiskFull, true);
+    // Longer than `stopped` waits: a flush after the refused append would hold the server up.
+    log.set_flush_delay(Duration::from_secs(60));
+    let (status, body) = try_publish(&server.rest(), "refused").await.expect("the publish is answered");
+    assert_eq!(status, 503, "nothing was published: {body}");
+    let stopped = server.stopped().await;
+    assert!(
+        matches!(&stopped, Err(reprise::ServerError::Failed(problem)) if problem.contains("the disk refused a write")),
         "{stopped:?}"
     );
 }

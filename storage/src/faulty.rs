@@ -14,6 +14,9 @@ pub enum Fault {
     /// `append` fails before writing anything, for a reason other than the disk
     /// ([`StorageError::Backend`]).
     Append,
+    /// `append` fails before writing anything with a disk error ([`StorageError::Io`]), as a full
+    /// disk does.
+    AppendDiskFull,
     /// `flush` fails with a disk error ([`StorageError::Io`]), after the inner flush, as a disk
     /// error reported late would.
     Flush,
@@ -27,6 +30,7 @@ pub enum Fault {
 pub struct FaultyLog<L> {
     inner: L,
     append: AtomicBool,
+    append_disk_full: AtomicBool,
     flush: AtomicBool,
     read: AtomicBool,
     panic_on_append: AtomicBool,
@@ -39,6 +43,7 @@ impl<L: EventLog> FaultyLog<L> {
         FaultyLog {
             inner,
             append: AtomicBool::new(false),
+            append_disk_full: AtomicBool::new(false),
             flush: AtomicBool::new(false),
             read: AtomicBool::new(false),
             panic_on_append: AtomicBool::new(false),
@@ -50,6 +55,7 @@ impl<L: EventLog> FaultyLog<L> {
     pub fn set(&self, fault: Fault, on: bool) {
         let flag = match fault {
             Fault::Append => &self.append,
+            Fault::AppendDiskFull => &self.append_disk_full,
             Fault::Flush => &self.flush,
             Fault::Read => &self.read,
             Fault::PanicOnAppend => &self.panic_on_append,
@@ -74,6 +80,9 @@ impl<L: EventLog> EventLog for FaultyLog<L> {
     fn append(&self, events: &[NewEvent]) -> Result<Vec<crate::EventId>, StorageError> {
         assert!(!self.panic_on_append.load(Ordering::SeqCst), "injected panic in append");
         Self::failing(&self.append, "append")?;
+        if self.append_disk_full.load(Ordering::SeqCst) {
+            return Err(StorageError::Io("injected append failure: No space left on device".into()));
+        }
         self.inner.append(events)
     }
 
