@@ -23,6 +23,8 @@
 #   SCENARIO=channels: 16 channels of one subscriber each, 16 publishers back to back
 #   (`channels --channels 16 --subscribers-per-channel 1 --publishers 16 --rate 0`): the publish
 #   path with group commits, where a commit's size depends on timing (so its count varies more).
+#   PAYLOAD_BYTES=<n>: each event's data size (the load generator's `--payload-bytes`, default
+#   100); larger events show what the log's writes cost per byte.
 # Output: target/callgrind/<scenario>-<events>.out (open with callgrind_annotate or kcachegrind),
 # the load generator's report beside it (.txt), and a summary on stdout.
 set -euo pipefail
@@ -82,7 +84,7 @@ measure() {
   esac
   # Under valgrind the server is ~50 times slower: long limits, and the check still applies.
   "$load" --port "$port" --app-id bench --key bench-key --secret bench-secret \
-    --connect-concurrency 10 "${args[@]}" --rate 0 --duration-secs 3600 --drain-secs 600 \
+    --connect-concurrency 10 --payload-bytes "${PAYLOAD_BYTES:-100}" "${args[@]}" --rate 0 --duration-secs 3600 --drain-secs 600 \
     >"$out/$scenario-$publishes.txt" 2>&1 || { echo "reprise-load failed: see $out/$scenario-$publishes.txt" >&2; exit 1; }
   grep -q '^  check: ok' "$out/$scenario-$publishes.txt" || { echo "check failed" >&2; exit 1; }
   kill -TERM "$server_pid"
