@@ -1,7 +1,9 @@
-//! How the vendored sled splits its leaves (patch 7, `vendor/sled-0.34.7/PATCHES.md`): a full
-//! leaf splits where the key being inserted goes when that is in its upper half, so appends (each
-//! channel's event ids ascend) leave full leaves behind, and keys in random order still split
-//! about evenly; every key is found, in order, before and after a reopen.
+//! How the vendored sled splits its leaves (patches 7 and 10, `vendor/sled-0.34.7/PATCHES.md`): a
+//! leaf splits past 32 entries (past 16 once it holds more than 64 KiB), where the key being
+//! inserted goes when that is in its upper half, so appends (each channel's event ids ascend)
+//! leave full leaves behind, and keys in random order still split about evenly; every key is
+//! found, in order, before and after a reopen. The appends' bounds fail with sled's own split in
+//! the middle, the small keys' with its 16-entry leaves, the large events' with 32-entry ones.
 
 use std::path::Path;
 
@@ -56,33 +58,48 @@ fn leaves_after_inserting(keys: &[[u8; 24]]) -> usize {
     leaves(&tree)
 }
 
-/// 2,000 appends to one channel fill leaves to 13 entries each (a leaf splits past 16 and leaves
-/// 4 on the right): 154 leaves. Split in the middle, they kept 9 each: 222 leaves.
+/// 2,000 appends to one channel fill leaves to 29 entries each (a leaf splits past 32 and leaves
+/// 4 on the right): 69 leaves. Split in the middle, they keep 17 each: 117 leaves (past 16: 154).
 #[test]
 fn appends_to_one_channel_leave_full_leaves() {
     let keys: Vec<[u8; 24]> = (0..2000).map(|sequence| key(7, sequence)).collect();
     let count = leaves_after_inserting(&keys);
-    assert!(count <= 2000 / 12, "{count} leaves for 2,000 ascending keys");
+    assert!(count <= 2000 / 24, "{count} leaves for 2,000 ascending keys");
 }
 
 /// 16 channels appended to in turn, as the committer writes them: a channel's newest keys share a
 /// leaf with the next channel's oldest ones, so an append is not at the leaf's end, but it is in
-/// its upper half: 4,800 keys in 376 leaves (in the middle: 528).
+/// its upper half: 4,800 keys in 176 leaves (in the middle: 272; past 16: 376).
 #[test]
 fn appends_to_channels_in_turn_leave_full_leaves() {
     let keys: Vec<[u8; 24]> =
         (0..300).flat_map(|sequence| (0..16).map(move |channel| key(channel, sequence))).collect();
     let count = leaves_after_inserting(&keys);
-    assert!(count <= 4800 / 12, "{count} leaves for 16 channels of 300 ascending keys");
+    assert!(count <= 4800 / 24, "{count} leaves for 16 channels of 300 ascending keys");
 }
 
-/// Keys in random order (channel records, by name) still split about evenly: 3,000 keys in 250
-/// leaves (in the middle: 229).
+/// Keys in random order (channel records, by name) still split about evenly: 3,000 keys in 153
+/// leaves (in the middle: 133; past 16: 269).
 #[test]
 fn keys_in_random_order_split_about_evenly() {
     let keys: Vec<[u8; 24]> = shuffled(3000).into_iter().map(|n| key(3, n)).collect();
     let count = leaves_after_inserting(&keys);
-    assert!(count <= 3000 / 10, "{count} leaves for 3,000 keys in random order");
+    assert!(count <= 3000 / 16, "{count} leaves for 3,000 keys in random order");
+}
+
+/// Appends of 8 KiB events: a leaf splits past 16 entries, as sled's did, since by then it holds
+/// more than 64 KiB: 500 appends in 39 leaves (past 32 entries they would be 18).
+#[test]
+fn appends_of_large_events_split_past_16() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, tree) = open(dir.path());
+    let event = vec![b'x'; 8 * 1024];
+    for sequence in 0..500 {
+        tree.insert(key(7, sequence), &event[..]).unwrap();
+    }
+    assert_eq!(tree.len(), 500);
+    let count = leaves(&tree);
+    assert!(count >= 500 / 16, "{count} leaves for 500 events of 8 KiB");
 }
 
 /// Appends to several channels, then keys in descending and in random order: all found, in
