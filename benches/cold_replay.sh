@@ -18,40 +18,12 @@ shift
 [ $# -gt 0 ] || { echo "name at least one reprise binary" >&2; exit 2; }
 [ -w /proc/sys/vm/drop_caches ] || { echo "needs root, to drop the page cache" >&2; exit 2; }
 events=${EVENTS:-200000}
-port=18080
-
-cargo build --release -p reprise-load
-load=$(realpath "${CARGO_TARGET_DIR:-target}/release/reprise-load")
-work=$(mktemp -d)
-server_pid=""
-cleanup() {
-  [ -z "$server_pid" ] || kill "$server_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-printf '[server]\nreplay_cap_events = %s\n' "$events" >"$work/reprise.toml"
-
-start_server() {
-  REVERB_APP_ID=bench REVERB_APP_KEY=bench-key REVERB_APP_SECRET=bench-secret \
-    "$1" start --host 127.0.0.1 --port $port --config "$work/reprise.toml" \
-    --data-dir "$work/data" >>"$work/server.log" 2>&1 &
-  server_pid=$!
-  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/up" && return; sleep 0.1; done
-  echo "the server did not start: see $work/server.log" >&2
-  exit 1
-}
-stop_server() {
-  kill "$server_pid" && wait "$server_pid" || true
-  server_pid=""
-}
-run_load() {
-  "$load" --port $port --app-id bench --key bench-key --secret bench-secret "$@" >"$work/load.txt" 2>&1 ||
-    { cat "$work/load.txt" >&2; exit 1; }
-}
+REPLAY_CAP=$events
+. benches/lib/one_server.sh
 
 for round in $(seq "$rounds"); do
   for binary in "$@"; do
-    rm -rf "$work/data" && mkdir -p "$work/data"
+    rm -rf "$work/data"
     start_server "$binary"
     run_load replay --events "$events" --via http --channel cold
     stop_server

@@ -23,18 +23,7 @@ shift 2
 [ $# -gt 0 ] || { echo "name at least one reprise binary" >&2; exit 2; }
 secs=${SECS:-8}
 concurrency=${CONCURRENCY:-16}
-port=18080
-
-cargo build --release -p reprise-load
-load=$(realpath "${CARGO_TARGET_DIR:-target}/release/reprise-load")
-work=$(mktemp -d)
-server_pid=""
-cleanup() {
-  [ -z "$server_pid" ] || kill "$server_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-printf '[server]\nreplay_cap_events = 200000\n' >"$work/reprise.toml"
+. benches/lib/one_server.sh
 disk=$(basename "$(df --output=source "$work" | tail -1)")
 
 io_field() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/io"; }
@@ -43,21 +32,15 @@ sectors_written() { awk -v d="$disk" '$3 == d { print $10 }' /proc/diskstats; }
 for round in $(seq "$rounds"); do
   for payload in $payloads; do
     for binary in "$@"; do
-      rm -rf "$work/data" && mkdir -p "$work/data"
-      REVERB_APP_ID=bench REVERB_APP_KEY=bench-key REVERB_APP_SECRET=bench-secret \
-        "$binary" start --host 127.0.0.1 --port $port --config "$work/reprise.toml" \
-        --data-dir "$work/data" >"$work/server.log" 2>&1 &
-      server_pid=$!
-      for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/up" && break; sleep 0.1; done
+      rm -rf "$work/data"
+      start_server "$binary"
       wchar0=$(io_field "$server_pid" wchar)
       sectors0=$(sectors_written)
-      "$load" --port $port --app-id bench --key bench-key --secret bench-secret --server-pid "$server_pid" \
-        --payload-bytes "$payload" publish --concurrency "$concurrency" --duration-secs "$secs" \
-        --warmup-secs 0 >"$work/load.txt" 2>&1 || { cat "$work/load.txt" >&2; exit 1; }
+      run_load --server-pid "$server_pid" --payload-bytes "$payload" publish --concurrency "$concurrency" \
+        --duration-secs "$secs" --warmup-secs 0
       wchar1=$(io_field "$server_pid" wchar)
       sectors1=$(sectors_written)
-      kill "$server_pid" && wait "$server_pid" || true
-      server_pid=""
+      stop_server
       tail -1 "$work/load.txt" | python3 -c '
 import json, sys
 run = json.loads(sys.stdin.read())
