@@ -39,6 +39,7 @@
 # work on the machine shows in every figure ("other CPU" says how much).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib/ports.sh
 
 base_commit=""
 if [ "${1:-}" = "--base" ]; then
@@ -106,10 +107,6 @@ scenario_args() {
 }
 
 # Whether something accepts connections on 127.0.0.1:$1.
-listening() {
-  (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null
-}
-
 # Starts server spec $1 (kind=path), logging to $2; sets pid and port.
 start_server() {
   local kind=${1%%=*} path=${1#*=}

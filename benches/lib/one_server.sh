@@ -4,6 +4,7 @@
 # runs from the repository's root. A server still running when the script exits is stopped, and
 # $work removed.
 
+. benches/lib/ports.sh
 port=18080
 cargo build --release -p reprise-load
 load=$(realpath "${CARGO_TARGET_DIR:-target}/release/reprise-load")
@@ -18,6 +19,10 @@ printf '[server]\nreplay_cap_events = %s\n' "${REPLAY_CAP:-200000}" >"$work/repr
 
 # start_server BINARY: starts it on $work/data (kept as it is) and waits until it answers.
 start_server() {
+  if listening $port; then
+    echo "port $port is already in use: stop what listens there first" >&2
+    exit 1
+  fi
   mkdir -p "$work/data"
   REVERB_APP_ID=bench REVERB_APP_KEY=bench-key REVERB_APP_SECRET=bench-secret \
     "$1" start --host 127.0.0.1 --port $port --config "$work/reprise.toml" \
