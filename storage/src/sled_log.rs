@@ -509,7 +509,7 @@ impl EventLog for SledLog {
     fn flush(&self) -> Result<(), StorageError> {
         // Taken first: the watermark may only claim appends that this flush covers.
         let totals = self.lock().totals;
-        let blobs = self.blobs.as_ref().map(BlobSync::unsynced).transpose()?;
+        let blobs = self.blobs.as_ref().map(|blobs| blobs.unsynced(self.db.blobs_written())).transpose()?;
         // Both trees share the Db's page cache and log, so this one flush covers them.
         self.db.flush().map_err(StorageError::from_sled)?;
         if let (Some(sync), Some(blobs)) = (&self.blobs, blobs) {
@@ -888,6 +888,28 @@ mod tests {
         log.channels.insert(meta_key(&key), &[9, 0, 0, 0][..]).unwrap();
         assert!(matches!(log.head(&key), Err(StorageError::UnsupportedFormat(9))));
         assert!(matches!(log.append(&[new_event("app", "ch", "x")]), Err(StorageError::UnsupportedFormat(9))));
+    }
+
+    /// An event too large for sled's log segments is written to a blob file of its own, which
+    /// sled never fsyncs: the next flush does, with the directory. A flush with no new blob
+    /// since (sled's count unchanged) finds nothing to sync.
+    #[test]
+    fn a_flush_syncs_the_blob_an_append_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SledLog::open(dir.path()).unwrap();
+        log.append(&[new_event("app", "small", "x")]).unwrap();
+        log.flush().unwrap();
+        assert_eq!(log.db.blobs_written(), 0);
+
+        log.append(&[new_event("app", "big", &"x".repeat(300 * 1024))]).unwrap();
+        assert!(log.db.blobs_written() > 0, "a 300 KiB page is a blob");
+        log.flush().unwrap();
+        let blobs = log.blobs.as_ref().unwrap();
+        let on_disk: std::collections::HashSet<_> =
+            std::fs::read_dir(dir.path().join("blobs")).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+        assert!(!on_disk.is_empty());
+        assert!(on_disk.is_subset(&blobs.synced_names()), "every blob on disk was synced: {on_disk:?}");
+        assert!(blobs.unsynced(log.db.blobs_written()).unwrap().is_empty());
     }
 
     /// The counts `stats` gives without scanning (metrics read them on every scrape) survive a

@@ -421,6 +421,16 @@ impl Db {
         Ok(hasher.finalize())
     }
 
+    /// Reprise patch 12: how many blob files (pages too large for the log,
+    /// in the `blobs` directory) this database has written since it was
+    /// opened. Counted after each file's write, so every blob counted by the
+    /// time this returns is complete on the OS's side (sled never fsyncs
+    /// them). A count unchanged since a listing of the directory means no
+    /// blob appeared since.
+    pub fn blobs_written(&self) -> u64 {
+        self.context.blobs_written.load(SeqCst)
+    }
+
     /// Returns the on-disk size of the storage files
     /// for this database.
     pub fn size_on_disk(&self) -> Result<u64> {

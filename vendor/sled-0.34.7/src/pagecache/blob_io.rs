@@ -72,6 +72,20 @@ pub(crate) fn write_blob<T: Serialize>(
     let mut f =
         std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
 
+    // Reprise patch 12: counted once the file is written (or its write
+    // failed), so that a user that reads the count and then lists the blob
+    // directory sees every blob counted so far complete.
+    let written = write_blob_contents(config, &mut f, kind, item);
+    let _ = config.blobs_written.fetch_add(1, SeqCst);
+    written.map(|()| trace!("successfully wrote blob at {:?}", path))
+}
+
+fn write_blob_contents<T: Serialize>(
+    config: &Config,
+    f: &mut std::fs::File,
+    kind: MessageKind,
+    item: &T,
+) -> Result<()> {
     let kind_buf = &[kind.into()];
 
     let mut hasher = crc32fast::Hasher::new();
@@ -90,12 +104,7 @@ pub(crate) fn write_blob<T: Serialize>(
     io_fail!(config, "write_blob write kind_byte");
     f.write_all(kind_buf)?;
     io_fail!(config, "write_blob write buf");
-    f.write_all(&data)
-        .map(|r| {
-            trace!("successfully wrote blob at {:?}", path);
-            r
-        })
-        .map_err(|e| e.into())
+    f.write_all(&data).map_err(|e| e.into())
 }
 
 pub(crate) fn gc_blobs(config: &Config, stable_lsn: Lsn) -> Result<()> {
