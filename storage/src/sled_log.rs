@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::blob_sync::BlobSync;
+use crate::blob_sync::{BlobCounts, BlobSync};
 use crate::codec::{self, ChannelMeta, Totals};
 use crate::watermark::{RECORD_INTERVAL, Reading, Watermark, WatermarkWriter};
 use crate::{
@@ -235,6 +235,11 @@ impl SledLog {
     /// For tests: a sled that lives in a temporary file deleted on drop.
     pub fn open_temporary() -> Result<Self, StorageError> {
         Self::from_db(sled::Config::new().temporary(true).open().map_err(StorageError::from_sled)?)
+    }
+
+    /// sled's counts of the blob files it started and finished writing (sled patch 12).
+    fn blob_counts(&self) -> BlobCounts {
+        BlobCounts { started: self.db.blobs_started(), written: self.db.blobs_written() }
     }
 
     /// Replaces the wall clock that stamps appends (tests step it, also backwards).
@@ -509,7 +514,7 @@ impl EventLog for SledLog {
     fn flush(&self) -> Result<(), StorageError> {
         // Taken first: the watermark may only claim appends that this flush covers.
         let totals = self.lock().totals;
-        let blobs = self.blobs.as_ref().map(|blobs| blobs.unsynced(self.db.blobs_written())).transpose()?;
+        let blobs = self.blobs.as_ref().map(|blobs| blobs.unsynced(|| self.blob_counts())).transpose()?;
         // Both trees share the Db's page cache and log, so this one flush covers them.
         self.db.flush().map_err(StorageError::from_sled)?;
         if let (Some(sync), Some(blobs)) = (&self.blobs, blobs) {
@@ -909,7 +914,7 @@ mod tests {
             std::fs::read_dir(dir.path().join("blobs")).unwrap().map(|entry| entry.unwrap().file_name()).collect();
         assert!(!on_disk.is_empty());
         assert!(on_disk.is_subset(&blobs.synced_names()), "every blob on disk was synced: {on_disk:?}");
-        assert!(blobs.unsynced(log.db.blobs_written()).unwrap().is_empty());
+        assert!(blobs.unsynced(|| log.blob_counts()).unwrap().is_empty());
     }
 
     /// The counts `stats` gives without scanning (metrics read them on every scrape) survive a

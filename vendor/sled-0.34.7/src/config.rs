@@ -213,7 +213,9 @@ pub struct Inner {
     pub version: (usize, usize),
     tmp_path: PathBuf,
     pub(crate) global_error: Arc<Atomic<Error>>,
-    /// Reprise patch 12: blob files written so far (see `Db::blobs_written`).
+    /// Reprise patch 12: blob files started and written so far (see
+    /// `Db::blobs_written`).
+    pub(crate) blobs_started: Arc<AtomicU64>,
     pub(crate) blobs_written: Arc<AtomicU64>,
     #[cfg(feature = "event_log")]
     /// an event log for concurrent debugging
@@ -240,6 +242,7 @@ impl Default for Inner {
             flush_every_ms: Some(500),
             idgen_persist_interval: 1_000_000,
             global_error: Arc::new(Atomic::default()),
+            blobs_started: Arc::new(AtomicU64::new(0)),
             blobs_written: Arc::new(AtomicU64::new(0)),
             #[cfg(feature = "event_log")]
             event_log: Arc::new(crate::event_log::EventLog::default()),

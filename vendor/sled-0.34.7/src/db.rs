@@ -423,12 +423,21 @@ impl Db {
 
     /// Reprise patch 12: how many blob files (pages too large for the log,
     /// in the `blobs` directory) this database has written since it was
-    /// opened. Counted after each file's write, so every blob counted by the
-    /// time this returns is complete on the OS's side (sled never fsyncs
-    /// them). A count unchanged since a listing of the directory means no
-    /// blob appeared since.
+    /// opened. Counted after each file's write returned (or failed), so every
+    /// blob counted by the time this returns is complete on the OS's side
+    /// (sled never fsyncs them). A count unchanged since a listing of the
+    /// directory means no blob appeared since.
     pub fn blobs_written(&self) -> u64 {
         self.context.blobs_written.load(SeqCst)
+    }
+
+    /// Reprise patch 12: how many blob files this database has started to
+    /// write since it was opened, counted before each file is created. Read
+    /// after a listing of the blob directory, a count equal to
+    /// `blobs_written` read before it means that no blob was being written
+    /// while the directory was read: every file listed was complete.
+    pub fn blobs_started(&self) -> u64 {
+        self.context.blobs_started.load(SeqCst)
     }
 
     /// Returns the on-disk size of the storage files

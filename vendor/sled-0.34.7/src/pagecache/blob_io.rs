@@ -69,13 +69,18 @@ pub(crate) fn write_blob<T: Serialize>(
     item: &T,
 ) -> Result<()> {
     let path = config.blob_path(id);
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
-
-    // Reprise patch 12: counted once the file is written (or its write
-    // failed), so that a user that reads the count and then lists the blob
-    // directory sees every blob counted so far complete.
-    let written = write_blob_contents(config, &mut f, kind, item);
+    // Reprise patch 12: counted as started before the file is created, and
+    // as written once its write returned (or failed): a user that reads the
+    // written count, lists the blob directory, then reads the started count
+    // and finds it equal to the first, knows that every file it listed was
+    // complete.
+    let _ = config.blobs_started.fetch_add(1, SeqCst);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(Error::from)
+        .and_then(|mut f| write_blob_contents(config, &mut f, kind, item));
     let _ = config.blobs_written.fetch_add(1, SeqCst);
     written.map(|()| trace!("successfully wrote blob at {:?}", path))
 }
