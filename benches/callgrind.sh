@@ -23,6 +23,8 @@
 #   SCENARIO=channels: 16 channels of one subscriber each, 16 publishers back to back
 #   (`channels --channels 16 --subscribers-per-channel 1 --publishers 16 --rate 0`): the publish
 #   path with group commits, where a commit's size depends on timing (so its count varies more).
+#   SUBSCRIBERS_PER_CHANNEL=<n> (with SCENARIO=channels, default 1): 0 publishes to channels
+#   nobody subscribes to, as `reprise-load publish` does (and most of a backend's publishes).
 #   PAYLOAD_BYTES=<n>: each event's data size (the load generator's `--payload-bytes`, default
 #   100); larger events show what the log's writes cost per byte.
 # Output: target/callgrind/<scenario>-<events>.out (open with callgrind_annotate or kcachegrind),
@@ -79,7 +81,8 @@ measure() {
   local args
   case "$scenario" in
     fanout) args=(fanout --subscribers "$subscribers" --events "$publishes") ;;
-    channels) args=(channels --channels 16 --subscribers-per-channel 1 --publishers 16 --events "$publishes") ;;
+    channels) args=(channels --channels 16 --subscribers-per-channel "${SUBSCRIBERS_PER_CHANNEL:-1}" --publishers 16
+      --events "$publishes") ;;
     *) echo "unknown SCENARIO $scenario (fanout or channels)" >&2; exit 2 ;;
   esac
   # Under valgrind the server is ~50 times slower: long limits, and the check still applies.

@@ -284,18 +284,16 @@ fn end_all(jobs: &[Job], ids: Option<&[EventId]>) {
     for job in jobs {
         for item in &job.items {
             match ids.as_mut().and_then(Iterator::next) {
-                Some(id) => {
-                    let logged =
-                        Logged { channel: item.channel.clone(), id: *id, event: Some(item.event.as_str().into()) };
-                    let frame = Frame::event(
-                        (&item.event, item.channel.as_str(), &item.data),
-                        Some(*id),
-                        item.user_id.as_deref(),
-                        Some(logged),
-                    );
-                    job.app.hub.end_logged(&item.channel, Some((*id, &frame)), item.except_socket.as_deref());
+                Some(&id) => {
+                    let frame = || {
+                        let logged =
+                            Logged { channel: item.channel.clone(), id, event: Some(item.event.as_str().into()) };
+                        let event = (item.event.as_str(), item.channel.as_str(), item.data.as_str());
+                        Frame::event(event, Some(id), item.user_id.as_deref(), Some(logged))
+                    };
+                    job.app.hub.end_logged(&item.channel, id, frame, item.except_socket.as_deref());
                 }
-                None => job.app.hub.end_logged(&item.channel, None, None),
+                None => job.app.hub.abandon_logged(&item.channel),
             }
         }
     }

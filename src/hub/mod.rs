@@ -275,17 +275,42 @@ impl AppHub {
         state.announced += 1;
     }
 
-    /// Ends what `begin_logged` began: fans out the logged event `id` (if it was appended) and
-    /// makes it the published head.
+    /// Ends what `begin_logged` began for an appended event: fans out the logged event `id` and
+    /// makes it the published head. `frame` builds its frame, and is called only if the channel
+    /// has subscribers here: most channels a backend publishes to have none at that moment, and
+    /// for those the frame (the event written as JSON, and its allocations) was most of what
+    /// the committer did per event after the flush.
     ///
     /// Called in id order per channel (one committer), so once event n is fanned out, every
     /// earlier event of the channel has been: n is the published head even if it was unknown.
-    pub fn end_logged(&self, channel: &ChannelName, appended: Option<(EventId, &Arc<Frame>)>, except: Option<&str>) {
+    pub fn end_logged(
+        &self,
+        channel: &ChannelName,
+        id: EventId,
+        frame: impl FnOnce() -> Arc<Frame>,
+        except: Option<&str>,
+    ) {
+        self.end_announced(channel, Some((id, frame)), except);
+    }
+
+    /// Ends what `begin_logged` began for an event that was not appended.
+    pub fn abandon_logged(&self, channel: &ChannelName) {
+        self.end_announced(channel, None::<(EventId, fn() -> Arc<Frame>)>, None);
+    }
+
+    fn end_announced(
+        &self,
+        channel: &ChannelName,
+        appended: Option<(EventId, impl FnOnce() -> Arc<Frame>)>,
+        except: Option<&str>,
+    ) {
         let mut shard = self.shard(channel.as_str());
         let Some(state) = shard.get_mut(channel.as_str()) else { return };
         state.in_flight = state.in_flight.saturating_sub(1);
         if let Some((id, frame)) = appended {
-            if let (_, Some(excluded)) = state.send_to_all(frame, except) {
+            if !state.subscribers.is_empty()
+                && let (_, Some(excluded)) = state.send_to_all(&frame(), except)
+            {
                 let text = frames::skipped(channel.as_str(), id);
                 let logged = Logged { channel: channel.clone(), id, event: None };
                 excluded.send(&Frame::logged(text, logged));
@@ -615,17 +640,46 @@ mod tests {
         hub.subscribe(&channel, &early, None, usize::MAX).unwrap();
         let before = EventId::new(1, 1);
         hub.begin_logged("orders");
-        hub.end_logged(&channel, Some((before, &Frame::plain("b".into()))), None);
+        hub.end_logged(&channel, before, || Frame::plain("b".into()), None);
         let in_flight = EventId::new(2, 2);
         hub.begin_logged("orders");
         let late = socket("1.1", 4);
         hub.subscribe(&channel, &late, None, usize::MAX).unwrap();
         assert_eq!(probe_known(&hub, "orders"), Some(before));
-        hub.end_logged(&channel, Some((in_flight, &Frame::plain("n".into()))), None);
+        hub.end_logged(&channel, in_flight, || Frame::plain("n".into()), None);
         assert_eq!(late.pop_frame().unwrap().text.as_str(), "n");
         hub.unsubscribe("orders", &late);
         hub.unsubscribe("orders", &early);
         assert_eq!(hub.counts("orders"), ChannelCounts::default());
+    }
+
+    /// The committer's frame is built only for a channel someone here subscribes to, once
+    /// however many subscribe; the published head moves either way.
+    #[test]
+    fn a_frame_is_built_only_for_a_channel_with_subscribers() {
+        let hub = Arc::new(AppHub::default());
+        let channel = name("orders");
+        let built = std::cell::Cell::new(0);
+        let frame = || {
+            built.set(built.get() + 1);
+            Frame::plain("e".into())
+        };
+        let reader = socket("1.0", 4);
+        hub.subscribe(&name("other"), &reader, None, usize::MAX).unwrap();
+        hub.begin_logged("orders");
+        hub.end_logged(&channel, EventId::new(1, 1), frame, None);
+        assert_eq!(built.get(), 0, "nobody subscribes to orders");
+
+        let (a, b) = (socket("1.1", 4), socket("1.2", 4));
+        hub.subscribe(&channel, &a, None, usize::MAX).unwrap();
+        hub.subscribe(&channel, &b, None, usize::MAX).unwrap();
+        hub.begin_logged("orders");
+        hub.end_logged(&channel, EventId::new(2, 2), frame, None);
+        assert_eq!(built.get(), 1);
+        assert_eq!(a.pop_frame().unwrap().text.as_str(), "e");
+        assert_eq!(b.pop_frame().unwrap().text.as_str(), "e");
+        assert_eq!(probe_known(&hub, "orders"), Some(EventId::new(2, 2)));
+        assert!(reader.pop_frame().is_none());
     }
 
     /// An unknown head is read from the log only while nothing is in flight: a read that raced
@@ -639,7 +693,7 @@ mod tests {
         assert_eq!(pin.settle(Some(EventId::new(1, 5))), None, "the log may be ahead of the fan-out");
         let HeadProbe::Wait(mut wait) = hub.probe_head("cold") else { panic!("an event is in flight") };
         assert!(wait.try_recv().is_err());
-        hub.end_logged(&channel, Some((EventId::new(2, 6), &Frame::plain("e".into()))), None);
+        hub.end_logged(&channel, EventId::new(2, 6), || panic!("nobody subscribes: no frame"), None);
         assert!(wait.try_recv().is_ok(), "the waiter is told once the event is out");
         // Nothing keeps the entry now: the head is unknown again, and the log is quiet.
         assert!(matches!(hub.probe_head("cold"), HeadProbe::ReadLog(_)));
