@@ -278,8 +278,8 @@ impl AppHub {
     /// Ends what `begin_logged` began for an appended event: fans out the logged event `id` and
     /// makes it the published head. `frame` builds its frame, and is called only if the channel
     /// has subscribers here: most channels a backend publishes to have none at that moment, and
-    /// for those the frame (the event written as JSON, and its allocations) was most of what
-    /// the committer did per event after the flush.
+    /// for those, building the frame (the event written as JSON, and its allocations) would be
+    /// most of what the committer does per event after the flush.
     ///
     /// Called in id order per channel (one committer), so once event n is fanned out, every
     /// earlier event of the channel has been: n is the published head even if it was unknown.
