@@ -106,7 +106,6 @@ scenario_args() {
   esac
 }
 
-# Whether something accepts connections on 127.0.0.1:$1.
 # Starts server spec $1 (kind=path), logging to $2; sets pid and port.
 start_server() {
   local kind=${1%%=*} path=${1#*=}

@@ -168,11 +168,25 @@ mod tests {
     use std::collections::HashSet;
     use std::ffi::OsString;
     use std::fs;
+    use std::path::PathBuf;
 
     use super::{BlobCounts, BlobSync};
 
     fn names(list: &[&str]) -> HashSet<OsString> {
         list.iter().map(OsString::from).collect()
+    }
+
+    /// A `blobs` directory holding `files` (name, contents), its path, and a `BlobSync` of it
+    /// (the first is the temporary directory to keep alive).
+    fn blob_dir(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf, BlobSync) {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("blobs");
+        fs::create_dir(&dir).unwrap();
+        for (name, contents) in files {
+            fs::write(dir.join(name), contents).unwrap();
+        }
+        let blobs = BlobSync::new(dir.clone());
+        (base, dir, blobs)
     }
 
     /// sled's counts with no blob being written: `n` started and written.
@@ -227,11 +241,7 @@ mod tests {
     /// not yet synced are listed again whatever the count.
     #[test]
     fn an_unchanged_count_is_not_listed_again() {
-        let base = tempfile::tempdir().unwrap();
-        let dir = base.path().join("blobs");
-        fs::create_dir(&dir).unwrap();
-        let blobs = BlobSync::new(dir.clone());
-        fs::write(dir.join("1"), b"page").unwrap();
+        let (_base, dir, blobs) = blob_dir(&[("1", "page")]);
         assert_eq!(listed(&blobs, 1), names(&["1"]));
         assert_eq!(listed(&blobs, 1), names(&["1"]), "listed, not synced: listed again");
         blobs.sync(blobs.unsynced(settled(1)).unwrap()).unwrap();
@@ -248,12 +258,7 @@ mod tests {
     /// once no blob is in progress, for good).
     #[test]
     fn a_listing_during_a_blob_write_proves_nothing() {
-        let base = tempfile::tempdir().unwrap();
-        let dir = base.path().join("blobs");
-        fs::create_dir(&dir).unwrap();
-        let blobs = BlobSync::new(dir.clone());
-        fs::write(dir.join("1"), b"page").unwrap();
-        fs::write(dir.join("2"), b"half a pa").unwrap();
+        let (_base, _dir, blobs) = blob_dir(&[("1", "page"), ("2", "half a pa")]);
         // Blob 1 written, blob 2 started and still being written.
         let writing = || BlobCounts { started: 2, written: 1 };
         let during = blobs.unsynced(writing).unwrap();
