@@ -5,16 +5,10 @@
 //! Alone in its file, so the process's write counter (`/proc/self/io`) counts this test's
 //! writes.
 
-use reprise_storage::{EventLog, LogKey, NewEvent, SledLog};
+mod proc_self;
 
-/// Bytes this process has passed to `write` and its kin (`wchar` in `/proc/self/io`).
-fn bytes_written() -> u64 {
-    let io = std::fs::read_to_string("/proc/self/io").expect("/proc/self/io (Linux)");
-    io.lines()
-        .find_map(|line| line.strip_prefix("wchar: "))
-        .and_then(|value| value.parse().ok())
-        .expect("a wchar line in /proc/self/io")
-}
+use proc_self::bytes_written;
+use reprise_storage::{EventLog, LogKey, NewEvent, SledLog};
 
 /// 2,000 events of 1,000 bytes appended to one channel five at a time, each batch flushed (as
 /// the committer does under load) write about 4,870 bytes each: the event, its share of the node

@@ -35,8 +35,33 @@ unsafe impl Send for AlignedBuf {}
 #[allow(unsafe_code)]
 unsafe impl Sync for AlignedBuf {}
 
+/// Reprise patch 13: the buffer of the last segment whose writes are done,
+/// kept for the next segment instead of being freed. A buffer is a whole
+/// segment (512 KiB) and a new one is needed at every segment: freed, it
+/// went back to the allocator's heap, whose top glibc then gave back to the
+/// system, so the next buffer came from new pages, each zeroed by the kernel
+/// at its first write (a page fault every 4 KiB of log written). Kept, its
+/// pages stay mapped. Its old bytes do not matter: a buffer comes from
+/// `alloc`, never zeroed, and sled writes every byte it later writes out
+/// (messages, and the padding of a maxed buffer). One buffer per process, of
+/// whichever segment size asked first.
+static SPARE_BUF: std::sync::Mutex<Option<AlignedBuf>> =
+    std::sync::Mutex::new(None);
+
+fn spare_buf() -> std::sync::MutexGuard<'static, Option<AlignedBuf>> {
+    // Nothing panics while it is held.
+    SPARE_BUF.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl AlignedBuf {
     fn new(len: usize) -> AlignedBuf {
+        {
+            let mut spare = spare_buf();
+            if spare.as_ref().map_or(false, |buf| buf.1 == len) {
+                return spare.take().unwrap();
+            }
+        }
+
         let layout = Layout::from_size_align(len, 8192).unwrap();
         let ptr = unsafe { alloc(layout) };
 
@@ -48,6 +73,17 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        if self.0.is_null() {
+            return; // moved to the spare slot
+        }
+        {
+            let mut spare = spare_buf();
+            if spare.is_none() {
+                let ptr = std::mem::replace(&mut self.0, std::ptr::null_mut());
+                *spare = Some(AlignedBuf(ptr, self.1));
+                return;
+            }
+        }
         let layout = Layout::from_size_align(self.1, 8192).unwrap();
         unsafe {
             dealloc(self.0, layout);

@@ -635,11 +635,7 @@ impl SegmentAccountant {
         for segment_base in to_free {
             self.free_segment(segment_base)?;
             io_fail!(self.config, "zero garbage segment SA");
-            pwrite_all(
-                &self.config.file,
-                &*vec![MessageKind::Corrupted.into(); self.config.segment_size],
-                segment_base,
-            )?;
+            pwrite_zeros(&self.config.file, self.config.segment_size, segment_base)?;
         }
 
         // we want to complete all truncations because
@@ -1002,9 +998,7 @@ impl SegmentAccountant {
         // zeroed at recovery does.
         let len = self.config.file.metadata()?.len();
         if len < self.tip {
-            // The same bytes sled writes over a segment it frees (`Corrupted` is 0).
-            let zeros = vec![MessageKind::Corrupted.into(); usize::try_from(self.tip - len).unwrap()];
-            pwrite_all(&self.config.file, &zeros, len)?;
+            pwrite_zeros(&self.config.file, usize::try_from(self.tip - len).unwrap(), len)?;
         }
 
         trace!("advancing file tip from {} to {}", lid, self.tip);
@@ -1145,4 +1139,26 @@ impl SegmentAccountant {
 
         idx
     }
+}
+
+/// Writes `len` zero bytes at `offset`: the bytes sled writes over a segment it
+/// frees (`MessageKind::Corrupted` is 0), and (Reprise patch 9) over each
+/// segment added at the end of the file.
+///
+/// Reprise patch 13: written from one static block of zeros, in pieces,
+/// instead of from a new zeroed vector of the whole length. A vector of a
+/// segment's size (512 KiB) is served by a fresh `mmap`, and the kernel
+/// faults in each of its 128 pages as `pwrite` reads them, then unmaps them:
+/// at every segment added, on the thread that commits. The static block's
+/// pages are faulted in once.
+fn pwrite_zeros(file: &std::fs::File, len: usize, offset: LogOffset) -> Result<()> {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    debug_assert_eq!(MessageKind::Corrupted as u8, 0);
+    let mut written = 0;
+    while written < len {
+        let piece = (len - written).min(ZEROS.len());
+        pwrite_all(file, &ZEROS[..piece], offset + written as LogOffset)?;
+        written += piece;
+    }
+    Ok(())
 }
