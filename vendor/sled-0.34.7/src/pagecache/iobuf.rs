@@ -55,11 +55,8 @@ fn spare_buf() -> std::sync::MutexGuard<'static, Option<AlignedBuf>> {
 
 impl AlignedBuf {
     fn new(len: usize) -> AlignedBuf {
-        {
-            let mut spare = spare_buf();
-            if spare.as_ref().map_or(false, |buf| buf.1 == len) {
-                return spare.take().unwrap();
-            }
+        if let Some(buf) = spare_buf().take_if(|buf| buf.1 == len) {
+            return buf;
         }
 
         let layout = Layout::from_size_align(len, 8192).unwrap();
@@ -73,14 +70,12 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        if self.0.is_null() {
-            return; // moved to the spare slot
-        }
         {
             let mut spare = spare_buf();
             if spare.is_none() {
-                let ptr = std::mem::replace(&mut self.0, std::ptr::null_mut());
-                *spare = Some(AlignedBuf(ptr, self.1));
+                // The spare now owns the allocation; dropping `self` frees
+                // nothing more, since its fields are plain values.
+                *spare = Some(AlignedBuf(self.0, self.1));
                 return;
             }
         }
