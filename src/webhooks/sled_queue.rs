@@ -7,14 +7,16 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
+use reprise_storage::DurableFlush;
+
 use super::queue::{Position, QueueError, QueuedWebhook, WebhookQueue};
 
 pub struct SledQueue {
     db: sled::Db,
-    /// sled's log file, `fdatasync`ed after each flush: sled's flush only hands its buffers to
-    /// the OS, enough for `kill -9` but not for a power cut (as for the event log,
-    /// docs/architecture.md). None for a temporary queue.
-    log_file: Option<std::fs::File>,
+    /// Syncs sled's log file and blob files after its flush, which only hands them to the OS:
+    /// enough for `kill -9` but not for a power cut (as for the event log, docs/architecture.md).
+    /// None for a temporary queue.
+    durable: Option<DurableFlush>,
     /// Webhooks waiting per target, counted once from the tree on first use (sled's `len` is a
     /// scan) and kept here. A std Mutex: a map lookup and an add, never held across IO.
     pending: Mutex<HashMap<String, usize>>,
@@ -28,14 +30,14 @@ impl SledQueue {
     pub fn open(path: &Path) -> Result<Self, QueueError> {
         // sled's own flusher is off: a push flushes before it returns.
         let db = sled::Config::new().path(path).flush_every_ms(None).open().map_err(backend)?;
-        let log_file = std::fs::File::open(path.join("db")).map_err(|e| QueueError::Backend(e.to_string()))?;
-        Ok(SledQueue { db, log_file: Some(log_file), pending: Mutex::new(HashMap::new()) })
+        let durable = DurableFlush::new(path).map_err(|e| QueueError::Backend(e.to_string()))?;
+        Ok(SledQueue { db, durable: Some(durable), pending: Mutex::new(HashMap::new()) })
     }
 
     #[cfg(test)]
     pub fn temporary() -> Self {
         let db = sled::Config::new().temporary(true).open().expect("temporary sled");
-        SledQueue { db, log_file: None, pending: Mutex::new(HashMap::new()) }
+        SledQueue { db, durable: None, pending: Mutex::new(HashMap::new()) }
     }
 
     fn tree(&self, target: &str) -> Result<sled::Tree, QueueError> {
@@ -65,9 +67,11 @@ impl WebhookQueue for SledQueue {
         }
         tree.apply_batch(batch).map_err(backend)?;
         // Durable before it counts as sent: one flush per batch of events.
-        self.db.flush().map_err(backend)?;
-        if let Some(file) = &self.log_file {
-            file.sync_data().map_err(|e| QueueError::Backend(format!("fdatasync of the webhook queue failed: {e}")))?;
+        match &self.durable {
+            Some(durable) => durable.flush(&self.db).map_err(|e| QueueError::Backend(e.to_string()))?,
+            None => {
+                self.db.flush().map_err(backend)?;
+            }
         }
         self.with_pending(target, &tree, |count| *count += fitting.len());
         Ok(fitting.len())
@@ -127,5 +131,18 @@ mod tests {
         assert_eq!(queue.targets().unwrap(), vec!["app:t".to_owned()]);
         assert_eq!(queue.pending("app:t").unwrap(), 2);
         assert_eq!(queue.first("app:t").unwrap().unwrap().1, webhooks[0]);
+    }
+
+    /// A webhook too large for sled's log segments (over 128 KiB: it carries up to 20 events,
+    /// each up to the app's event size limit) goes to a blob file of its own, which sled never
+    /// syncs: the push's flush does, so a power cut right after it loses nothing.
+    #[test]
+    fn a_push_syncs_the_blob_a_large_webhook_makes() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SledQueue::open(dir.path()).unwrap();
+        let webhooks = [QueuedWebhook::new("x".repeat(20 * 7_500))];
+        queue.push("app:t", &webhooks, 100).unwrap();
+        assert!(queue.db.blobs_written() > 0, "a 150 KB webhook is a blob");
+        assert_eq!(queue.durable.as_ref().unwrap().blob_files_not_synced().unwrap(), Vec::<std::ffi::OsString>::new());
     }
 }

@@ -53,13 +53,6 @@ pub(crate) struct Unsynced {
     complete_at: Option<u64>,
 }
 
-impl Unsynced {
-    #[cfg(test)]
-    pub(crate) fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-}
-
 struct Listing {
     /// The directory, open once it exists, and read again from its start when a flush needs it
     /// (an `lseek` and a `getdents64`). `std::fs::read_dir` opened and closed it each time, with a
@@ -153,7 +146,6 @@ impl BlobSync {
     }
 
     /// The names synced so far (as of the last listing's pruning).
-    #[cfg(test)]
     pub(crate) fn synced_names(&self) -> HashSet<OsString> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner).synced.clone()
     }

@@ -16,6 +16,7 @@
 mod blob_sync;
 mod codec;
 pub mod conformance;
+mod durable_flush;
 mod error;
 pub mod faulty;
 #[doc(hidden)]
@@ -30,6 +31,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use durable_flush::DurableFlush;
 pub use error::StorageError;
 pub use redis_log::{BusEvent, RedisLog, parse_bus_message};
 pub use reprise_api::EventId;

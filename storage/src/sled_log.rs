@@ -31,8 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::blob_sync::{BlobCounts, BlobSync};
 use crate::codec::{self, ChannelMeta, Totals};
+use crate::durable_flush::DurableFlush;
 use crate::watermark::{RECORD_INTERVAL, Reading, Watermark, WatermarkWriter};
 use crate::{
     ChannelHead, Clock, CompactRule, Cursor, DataLoss, EventId, EventLog, LogKey, LogStats, NewEvent, ReadOutcome,
@@ -135,15 +135,9 @@ pub struct SledLog {
     /// channel swept meanwhile reads it again under the lock, so it never creates a channel twice.
     cache: Mutex<StateCache>,
     clock: Clock,
-    /// sled's log file, fsynced after sled's own flush, which only hands its buffers to the OS
-    /// (the vendored sled's patch 5; sled 0.34 itself used `sync_file_range`, which neither
-    /// syncs the file's metadata nor asks the drive to empty its write cache): enough for
-    /// `kill -9`, not for a power cut. One `fdatasync` per flush (a flush covers a whole group of
-    /// commits) closes that gap.
+    /// Syncs sled's log file and blob files after its flush, which only hands them to the OS.
     /// None for a temporary log.
-    log_file: Option<std::fs::File>,
-    /// sled's blob files, which sled does not sync. None for a temporary log.
-    blobs: Option<BlobSync>,
+    durable: Option<DurableFlush>,
     /// How many appends are durable, outside sled: handed to its writer's thread after each
     /// flush, which records it if something was appended (each record only ever raises it).
     /// None for a temporary log.
@@ -218,10 +212,7 @@ impl SledLog {
                         }
                     })?;
                     let mut log = Self::from_db(db)?;
-                    // sled keeps its log in the file `db` of its directory, blobs in `blobs/`.
-                    let file = std::fs::File::open(path.join("db")).map_err(|e| StorageError::Io(e.to_string()))?;
-                    log.log_file = Some(file);
-                    log.blobs = Some(BlobSync::new(path.join("blobs")));
+                    log.durable = Some(DurableFlush::new(path)?);
                     log.check_watermark(path, accept_data_loss)?;
                     // Makes what sled recovered durable (after a kill -9 it may be only in the OS's
                     // cache) and brings the watermark up to it.
@@ -235,11 +226,6 @@ impl SledLog {
     /// For tests: a sled that lives in a temporary file deleted on drop.
     pub fn open_temporary() -> Result<Self, StorageError> {
         Self::from_db(sled::Config::new().temporary(true).open().map_err(StorageError::from_sled)?)
-    }
-
-    /// sled's counts of the blob files it started and finished writing (sled patch 12).
-    fn blob_counts(&self) -> BlobCounts {
-        BlobCounts { started: self.db.blobs_started(), written: self.db.blobs_written() }
     }
 
     /// Replaces the wall clock that stamps appends (tests step it, also backwards).
@@ -280,10 +266,9 @@ impl SledLog {
             events,
             cache: Mutex::new(cache),
             clock: system_clock(),
-            log_file: None,
+            durable: None,
             channel_count: AtomicU64::new(channel_count),
             compaction: Mutex::new(()),
-            blobs: None,
             watermark: None,
             lost_through_ms: totals.lost_through_ms,
             accepted_loss: None,
@@ -514,14 +499,12 @@ impl EventLog for SledLog {
     fn flush(&self) -> Result<(), StorageError> {
         // Taken first: the watermark may only claim appends that this flush covers.
         let totals = self.lock().totals;
-        let blobs = self.blobs.as_ref().map(|blobs| blobs.unsynced(|| self.blob_counts())).transpose()?;
         // Both trees share the Db's page cache and log, so this one flush covers them.
-        self.db.flush().map_err(StorageError::from_sled)?;
-        if let (Some(sync), Some(blobs)) = (&self.blobs, blobs) {
-            sync.sync(blobs)?;
-        }
-        if let Some(file) = &self.log_file {
-            file.sync_data().map_err(|e| StorageError::Io(format!("fdatasync of the log failed: {e}")))?;
+        match &self.durable {
+            Some(durable) => durable.flush(&self.db)?,
+            None => {
+                self.db.flush().map_err(StorageError::from_sled)?;
+            }
         }
         if let Some(watermark) = &self.watermark {
             // Durable now, so the watermark may claim them: its thread writes them in place
@@ -909,12 +892,8 @@ mod tests {
         log.append(&[new_event("app", "big", &"x".repeat(300 * 1024))]).unwrap();
         assert!(log.db.blobs_written() > 0, "a 300 KiB page is a blob");
         log.flush().unwrap();
-        let blobs = log.blobs.as_ref().unwrap();
-        let on_disk: std::collections::HashSet<_> =
-            std::fs::read_dir(dir.path().join("blobs")).unwrap().map(|entry| entry.unwrap().file_name()).collect();
-        assert!(!on_disk.is_empty());
-        assert!(on_disk.is_subset(&blobs.synced_names()), "every blob on disk was synced: {on_disk:?}");
-        assert!(blobs.unsynced(|| log.blob_counts()).unwrap().is_empty());
+        assert!(std::fs::read_dir(dir.path().join("blobs")).unwrap().next().is_some(), "a blob file");
+        assert_eq!(log.durable.as_ref().unwrap().blob_files_not_synced().unwrap(), Vec::<std::ffi::OsString>::new());
     }
 
     /// The counts `stats` gives without scanning (metrics read them on every scrape) survive a
