@@ -401,8 +401,9 @@ async fn client_events_cross_nodes() {
     assert_eq!(skipped["event"], "pusher_internal:skipped", "Bob is told the id, not the event: {skipped}");
 }
 
-/// The HTTP API answers for the whole cluster: occupied channels and their counts include
-/// every node's subscribers, and `terminate_connections` closes the user's sockets everywhere.
+/// The HTTP API answers for the whole cluster: occupied channels and their counts, and the app's
+/// connections, include every node's, and `terminate_connections` closes the user's sockets
+/// everywhere.
 #[tokio::test]
 async fn the_http_api_answers_for_the_cluster() {
     let cluster = TestCluster::start(2).await;
@@ -423,6 +424,19 @@ async fn the_http_api_answers_for_the_cluster() {
     .await;
     let (_, list) = rest.call("GET", &rest.path("/channels"), &[], None).await;
     assert!(list["channels"]["news"].is_object(), "{list}");
+    for node in 0..2 {
+        let rest = cluster.rest(node);
+        let path = rest.path("/connections");
+        eventually("both nodes' connections counted", || {
+            let rest = &rest;
+            let path = &path;
+            async move {
+                let (_, body) = rest.call("GET", path, &[], None).await;
+                (body == json!({"connections": 2})).then_some(())
+            }
+        })
+        .await;
+    }
 
     let mut mallory_a = cluster.client(0).await;
     mallory_a.subscribe_presence("presence-room", "mallory", json!({})).await;

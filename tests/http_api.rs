@@ -413,6 +413,31 @@ async fn channels_lists_occupied_channels() {
     assert_error(status, &body, 400);
 }
 
+/// `GET /connections` (Reverb's): every open connection of the app, subscribed or not; a closed
+/// one stops counting once the server has seen it go.
+#[tokio::test]
+async fn connections_counts_the_apps_open_sockets() {
+    let server = TestServer::start().await;
+    let rest = server.rest();
+    assert_eq!(get(&rest, "/connections", &[]).await, (200, json!({"connections": 0})));
+    let mut subscribed = server.client().await;
+    subscribed.subscribe("news").await;
+    let unsubscribed = server.client().await;
+    assert_eq!(get(&rest, "/connections", &[]).await, (200, json!({"connections": 2})));
+
+    drop(unsubscribed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(&rest, "/connections", &[]).await;
+        assert_eq!(status, 200, "{body}");
+        if body == json!({"connections": 1}) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the closed socket still counts: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Three sockets in `presence-room`: two of user `ann` (tabs), one of `bob`: 3 subscriptions, 2 users.
 async fn ann_in_two_tabs_and_bob(server: &TestServer) -> [WsClient; 3] {
     let mut tab1 = server.client().await;

@@ -173,6 +173,12 @@ pub struct ChannelsResponse {
     pub channels: BTreeMap<String, ChannelInfo>,
 }
 
+/// `GET /apps/{id}/connections` (Reverb's): the app's open connections.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConnectionsResponse {
+    pub connections: usize,
+}
+
 /// `GET /apps/{id}/channels/{name}/users`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct UsersResponse {

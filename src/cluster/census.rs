@@ -228,9 +228,7 @@ pub async fn run(cluster: Arc<Cluster>, state: Arc<ServerState>, shutdown: Cance
                     let _ = cluster.sweep_occupancy(app_id, &live, Some(webhooks)).await;
                 }
                 let _ = cluster.sweep_counts(app_id, &live).await;
-                if app.config.max_connections.is_some() {
-                    let _ = cluster.sweep_connection_counts(app_id, &live).await;
-                }
+                let _ = cluster.sweep_connection_counts(app_id, &live).await;
             }
         }
         super::bus::catch_up(&state).await;

@@ -1,7 +1,8 @@
-//! An app's `max_connections` across the cluster. Per app with a limit, `{p}:conns:{app}` holds
-//! node id -> that node's open connections. Every census round (1 s) each node writes its own
-//! count and reads the others', and admission adds the other live nodes' sum to its own exact
-//! count (`AppHub::connections_elsewhere`). Nothing on the way of a connection waits on Redis.
+//! An app's open connections across the cluster, for its `max_connections` and for
+//! `GET /apps/{id}/connections`. Per app, `{p}:conns:{app}` holds node id -> that node's open
+//! connections. Every census round (1 s) each node writes its own count and reads the others',
+//! and both admission and the endpoint add the other live nodes' sum to this node's exact count
+//! (`AppHub::connections_elsewhere`). Nothing on the way of a connection waits on Redis.
 //!
 //! So the others' figures are up to about two rounds old (written up to a round before this
 //! node reads them, read up to a round before a connection arrives): connections opened at the
@@ -20,16 +21,15 @@ impl Cluster {
         self.key(&["conns", app])
     }
 
-    /// Writes this node's connection count of every app that has a `max_connections`, and
-    /// takes the other live nodes' counts for admission. Without a fresh view of the live nodes
-    /// (the last heartbeat failed), or if Redis fails, the last figures are kept.
+    /// Writes this node's connection count of every app, and takes the other live nodes' counts
+    /// (one round trip for all apps). Without a fresh view of the live nodes (the last heartbeat
+    /// failed), or if Redis fails, the last figures are kept.
     pub async fn share_connection_counts(&self, state: &ServerState) -> Result<(), ClusterError> {
-        let limited: Vec<_> = state.apps.iter().filter(|app| app.config.max_connections.is_some()).collect();
-        if limited.is_empty() {
+        if state.apps.iter().next().is_none() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        for app in &limited {
+        for app in state.apps.iter() {
             let key = self.connections_key(&app.config.id);
             pipe.hset(&key, &self.node_id, app.hub.connections.load(Ordering::Relaxed)).ignore();
             pipe.hgetall(&key);
@@ -41,7 +41,7 @@ impl Cluster {
         if !live.contains(&self.node_id) {
             return Ok(());
         }
-        for (app, counts) in limited.iter().zip(counts) {
+        for (app, counts) in state.apps.iter().zip(counts) {
             let elsewhere: usize = counts
                 .iter()
                 .filter(|(node, _)| **node != self.node_id && live.contains(node))

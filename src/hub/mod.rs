@@ -133,10 +133,11 @@ pub struct AppHub {
     /// mutex. Poisoning: see [`lock`].
     shards: Box<[Mutex<HashMap<String, Channel>>]>,
     hasher: RandomState,
-    /// Open connections, for `max_connections`.
+    /// Open connections, for `max_connections` and `GET /apps/{id}/connections`.
     pub connections: AtomicUsize,
     /// Connections open on the cluster's other live nodes, as of the census's last read (at most
-    /// about 2 s old); always 0 on a single node. Admission adds it to `connections`.
+    /// about 2 s old); always 0 on a single node. Admission and `GET /apps/{id}/connections` add
+    /// it to `connections`.
     pub connections_elsewhere: AtomicUsize,
     /// Sockets closed because their outbox overflowed.
     pub slow_consumers: AtomicU64,

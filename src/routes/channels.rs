@@ -1,12 +1,15 @@
-//! Channel queries (`/channels`, `/channels/{name}`, `/channels/{name}/users`) and
-//! `terminate_connections`.
+//! Channel queries (`/channels`, `/channels/{name}`, `/channels/{name}/users`), Reverb's
+//! `/connections`, and `terminate_connections`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use reprise_api::http::{CachedEvent, ChannelInfo, ChannelsResponse, InfoRequest, UserEntry, UsersResponse};
+use reprise_api::http::{
+    CachedEvent, ChannelInfo, ChannelsResponse, ConnectionsResponse, InfoRequest, UserEntry, UsersResponse,
+};
 use reprise_api::{ChannelName, ErrorCode};
 use serde_json::{Value, json};
 
@@ -47,6 +50,15 @@ pub async fn list(State(state): State<Arc<ServerState>>, signed: Signed) -> Resu
         response.channels.insert(name, entry);
     }
     Ok(Json(response))
+}
+
+/// `GET /apps/{id}/connections` (Reverb's; Pusher has no such call): the app's open connections,
+/// subscribed or not. In cluster mode every live node's: the others' as of their last count, up
+/// to about 2 s old.
+pub async fn connections(signed: Signed) -> Json<ConnectionsResponse> {
+    let hub = &signed.app.hub;
+    let connections = hub.connections.load(Ordering::Relaxed) + hub.connections_elsewhere.load(Ordering::Relaxed);
+    Json(ConnectionsResponse { connections })
 }
 
 /// A channel's subscriptions and presence users: this node's, or in cluster mode the cluster's

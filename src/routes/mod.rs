@@ -40,6 +40,7 @@ fn api_routes() -> Router<Arc<ServerState>> {
     Router::new()
         .route("/apps/{app_id}/events", post(events::trigger))
         .route("/apps/{app_id}/batch_events", post(events::batch))
+        .route("/apps/{app_id}/connections", get(channels::connections))
         .route("/apps/{app_id}/channels", get(channels::list))
         .route("/apps/{app_id}/channels/{channel}", get(channels::show))
         .route("/apps/{app_id}/channels/{channel}/users", get(channels::users))

@@ -26,7 +26,7 @@ async function subscriber(open, user) {
 }
 
 /** Guards the queries Laravel apps make to see who is online and which channels are in use. */
-test('GET /channels, /channels/{name} and /channels/{presence}/users report live state', async () => {
+test('GET /channels, /channels/{name}, /channels/{presence}/users and /connections report live state', async () => {
   const sdk = serverSdk(server());
   await subscriber((e) => e.join('team.1'), { user_id: 1, user_info: { name: 'Ada' } });
   await subscriber((e) => e.join('team.1'), { user_id: 2, user_info: { name: 'Bob' } });
@@ -63,6 +63,9 @@ test('GET /channels, /channels/{name} and /channels/{presence}/users report live
 
   const users = await getJson(sdk, '/channels/presence-team.1/users');
   assert.deepEqual(users.users.map((u) => u.id).sort(), ['1', '2']);
+
+  // Reverb's count of the app's open connections: the seven sockets above (the file's first test).
+  assert.deepEqual(await getJson(sdk, '/connections'), { connections: 7 });
 });
 
 /** Pusher's rule: user_count only makes sense for presence channels; asking elsewhere is a 400. */
