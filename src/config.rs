@@ -502,6 +502,19 @@ impl Config {
                 Err(_) => problems.push(format!("REVERB_SERVER_PORT: {port:?} is not a port number")),
             }
         }
+        self.apply_app_env(env, problems);
+        if let Some(value) = env.var("REVERB_MAX_REQUEST_SIZE") {
+            match value.parse() {
+                // Reverb's limit is the server's, so it is every app's here, the file's included.
+                Ok(bytes) => self.apps.iter_mut().for_each(|app| app.max_request_size_bytes = bytes),
+                Err(_) => problems.push(format!("REVERB_MAX_REQUEST_SIZE: {value:?} is not a whole number")),
+            }
+        }
+    }
+
+    /// The `REVERB_APP_*` variables (and Reprise's webhook variables): one app, the file's with
+    /// that key or a new one.
+    fn apply_app_env(&mut self, env: &dyn Env, problems: &mut Vec<String>) {
         let Some(key) = env.var("REVERB_APP_KEY") else {
             if env.var("REPRISE_WEBHOOK_URL").is_some() {
                 problems.push(
@@ -754,6 +767,30 @@ mod tests {
         assert_eq!(config.apps[0].source, AppSource::FileAndEnvironment);
         let file_only = Config::load(Some(text), &super::tests::env(&[]), &Overrides::default()).unwrap();
         assert_eq!(file_only.apps[0].source, AppSource::File);
+    }
+
+    /// Reverb's `REVERB_MAX_REQUEST_SIZE` is a server-wide limit: it sets every app's, the file's
+    /// and the environment's, over the file's own; a value that is no number is a problem.
+    #[test]
+    fn reverb_max_request_size_sets_every_apps_limit() {
+        let text = "[[apps]]\nid = \"a\"\nkey = \"ka\"\nsecret = \"s\"\nmax_request_size_bytes = 5000\n\
+                    [[apps]]\nid = \"b\"\nkey = \"kb\"\nsecret = \"s\"\n";
+        let variables = [("REVERB_APP_KEY", "kc"), ("REVERB_APP_ID", "c"), ("REVERB_APP_SECRET", "s")];
+        let config = Config::load(Some(text), &env(&variables), &Overrides::default()).unwrap();
+        let limits: Vec<usize> = config.apps.iter().map(|app| app.max_request_size_bytes).collect();
+        assert_eq!(limits, [5000, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_BYTES]);
+
+        let with_limit = [variables.as_slice(), &[("REVERB_MAX_REQUEST_SIZE", "20000")]].concat();
+        let config = Config::load(Some(text), &env(&with_limit), &Overrides::default()).unwrap();
+        let limits: Vec<usize> = config.apps.iter().map(|app| app.max_request_size_bytes).collect();
+        assert_eq!(limits, [20000, 20000, 20000]);
+
+        let err =
+            Config::load(Some(text), &env(&[("REVERB_MAX_REQUEST_SIZE", "10kb")]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("REVERB_MAX_REQUEST_SIZE: \"10kb\" is not a whole number"), "{err}");
+        let err =
+            Config::load(Some(text), &env(&[("REVERB_MAX_REQUEST_SIZE", "10")]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("max_request_size_bytes must be at least 100"), "{err}");
     }
 
     #[test]

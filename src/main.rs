@@ -45,7 +45,8 @@ enum Command {
     /// Apps come from a config file (--config) and/or Reverb's variables: REVERB_APP_ID,
     /// REVERB_APP_KEY, REVERB_APP_SECRET, REVERB_SERVER_HOST, REVERB_SERVER_PORT,
     /// REVERB_APP_PING_INTERVAL, REVERB_APP_ACTIVITY_TIMEOUT, REVERB_APP_MAX_MESSAGE_SIZE,
-    /// REVERB_APP_MAX_CONNECTIONS, REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM. Flags win over both.
+    /// REVERB_APP_MAX_CONNECTIONS, REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM, REVERB_MAX_REQUEST_SIZE.
+    /// Flags win over both.
     /// With no app on a loopback host, a demo app is created and printed.
     Start(StartArgs),
     /// Inspect, back up and restore the event log of a stopped server (offline: they fail while

@@ -177,8 +177,9 @@ async fn loopback_without_app_serves_a_demo_app_and_exits_cleanly_on_sigterm() {
     assert!(status.success(), "exit status {status} after SIGTERM:\n{}", server.output());
 }
 
-/// Reverb's variables are enough to run: REVERB_APP_ID/KEY/SECRET define the app and
-/// REVERB_SERVER_PORT the port; no demo app is added next to a real one.
+/// Reverb's variables are enough to run: REVERB_APP_ID/KEY/SECRET define the app,
+/// REVERB_SERVER_PORT the port and REVERB_MAX_REQUEST_SIZE the largest API request; no demo app
+/// is added next to a real one.
 #[tokio::test]
 async fn reverb_environment_variables_configure_the_server() {
     let dir = tempfile::tempdir().unwrap();
@@ -190,6 +191,7 @@ async fn reverb_environment_variables_configure_the_server() {
         .env("REVERB_APP_KEY", "env-key")
         .env("REVERB_APP_SECRET", "env-secret")
         .env("REVERB_SERVER_PORT", port.to_string())
+        .env("REVERB_MAX_REQUEST_SIZE", "2000")
         .env("RUST_LOG", "debug"); // the most the server ever logs: still never the secret
     let mut server = Running::spawn(command, dir.path());
     server.wait_until_up(port).await;
@@ -208,6 +210,10 @@ async fn reverb_environment_variables_configure_the_server() {
     };
     let response = rest.trigger("news", "e", "x").await;
     assert!(response["ids"]["news"].is_string(), "{response}");
+    // 3,000 bytes: within the default 10,000, over the variable's 2,000.
+    let large = serde_json::json!({"name": "e", "channel": "news", "data": "x".repeat(3000)});
+    let (status, body) = rest.call("POST", &rest.path("/events"), &[], Some(&large)).await;
+    assert_eq!(status, 413, "{body}");
 
     let status = server.terminate().await;
     assert!(status.success(), "exit status {status} after SIGTERM:\n{}", server.output());
