@@ -156,6 +156,10 @@ pub enum Durability {
 pub struct ServerConfig {
     pub host: String,
     pub port: u16,
+    /// Where every route is served, below the root (Reverb's `REVERB_SERVER_PATH`): `/reverb`
+    /// serves `/reverb/app/{key}`, `/reverb/apps/{id}/events`, `/reverb/up`...; empty (the
+    /// default) serves them at the root. Normalized at load: one leading `/`, none at the end.
+    pub path: String,
     pub data_dir: PathBuf,
     pub durability: Durability,
     pub flush_every_ms: u64,
@@ -183,6 +187,7 @@ impl Default for ServerConfig {
         ServerConfig {
             host: DEFAULT_HOST.to_owned(),
             port: DEFAULT_PORT,
+            path: String::new(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             durability: Durability::Sync,
             flush_every_ms: DEFAULT_FLUSH_EVERY_MS,
@@ -444,6 +449,7 @@ impl Config {
             config.server.metrics_port = Some(port);
         }
         config.server.accept_data_loss = overrides.accept_data_loss;
+        config.server.path = normalized_path(&config.server.path);
         problems.extend(config.problems());
         if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
     }
@@ -495,6 +501,9 @@ impl Config {
         self.apply_cluster_env(env, problems);
         if let Some(host) = env.var("REVERB_SERVER_HOST") {
             self.server.host = host;
+        }
+        if let Some(path) = env.var("REVERB_SERVER_PATH") {
+            self.server.path = path;
         }
         if let Some(port) = env.var("REVERB_SERVER_PORT") {
             match port.parse() {
@@ -589,6 +598,15 @@ impl Config {
         let mut problems = Vec::new();
         if self.server.host.parse::<IpAddr>().is_err() && self.server.host != "localhost" {
             problems.push(format!("server.host: {:?} is not an IP address", self.server.host));
+        }
+        let path_is_plain = self.server.path.split('/').skip(1).all(|segment| {
+            !segment.is_empty() && segment.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-._~".contains(&byte))
+        });
+        if !path_is_plain {
+            problems.push(format!(
+                "server.path: {:?} is not a plain URL path such as \"/reverb\" (letters, digits, - . _ ~ between slashes)",
+                self.server.path
+            ));
         }
         if self.server.replay_cap_events == 0 {
             problems.push("server.replay_cap_events must be at least 1".to_owned());
@@ -714,6 +732,17 @@ impl Config {
     }
 }
 
+/// `path` as the server uses it: trimmed, with one leading `/` and no trailing one; `""` and `"/"`
+/// are the root (empty).
+fn normalized_path(path: &str) -> String {
+    let path = path.trim().trim_end_matches('/');
+    match path {
+        "" => String::new(),
+        path if path.starts_with('/') => path.to_owned(),
+        path => format!("/{path}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -767,6 +796,26 @@ mod tests {
         assert_eq!(config.apps[0].source, AppSource::FileAndEnvironment);
         let file_only = Config::load(Some(text), &super::tests::env(&[]), &Overrides::default()).unwrap();
         assert_eq!(file_only.apps[0].source, AppSource::File);
+    }
+
+    /// `server.path` or Reverb's `REVERB_SERVER_PATH` (which wins) is normalized to one leading
+    /// slash and none at the end; anything but plain segments is refused.
+    #[test]
+    fn the_path_prefix_is_normalized_and_checked() {
+        let path_of = |file: &str, variable: Option<&'static str>| {
+            let text = format!("[server]\npath = {file:?}\n");
+            let variables: Vec<_> = variable.map(|value| ("REVERB_SERVER_PATH", value)).into_iter().collect();
+            Config::load(Some(&text), &env(&variables), &Overrides::default()).map(|config| config.server.path)
+        };
+        assert_eq!(path_of("", None).unwrap(), "");
+        assert_eq!(path_of("/", None).unwrap(), "");
+        assert_eq!(path_of("reverb/", None).unwrap(), "/reverb");
+        assert_eq!(path_of("/ws/reverb", None).unwrap(), "/ws/reverb");
+        assert_eq!(path_of("/file", Some("/env")).unwrap(), "/env");
+        for bad in ["/a b", "/a//b", "/a?b", "/%41"] {
+            let err = path_of(bad, None).unwrap_err();
+            assert!(err.to_string().contains("server.path"), "{bad}: {err}");
+        }
     }
 
     /// Reverb's `REVERB_MAX_REQUEST_SIZE` is a server-wide limit: it sets every app's, the file's

@@ -9,7 +9,7 @@ use std::time::Duration;
 use reprise_api::{EventId, signature};
 use serde_json::{Value, json};
 use support::process::ServerProcess;
-use support::{APP_KEY, APP_SECRET, RestClient, TestServer, WsClient, unix_now};
+use support::{APP_ID, APP_KEY, APP_SECRET, RestClient, TestServer, WsClient, unix_now};
 
 const SILENCE: Duration = Duration::from_millis(300);
 
@@ -436,6 +436,36 @@ async fn connections_counts_the_apps_open_sockets() {
         assert!(std::time::Instant::now() < deadline, "the closed socket still counts: {body}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// With `server.path` (Reverb's `REVERB_SERVER_PATH`) every route is served below it and none at
+/// the root. A call signed over its path without the prefix (the Pusher PHP SDK's `path` option
+/// signs it so) or with it is accepted; a forged one is not.
+#[tokio::test]
+async fn a_path_prefix_serves_every_route_below_it() {
+    let server = TestServer::start_with(|config| config.server.path = "/reverb".into()).await;
+    let mut client = WsClient::established(&server.ws_url(APP_KEY).replacen("/app/", "/reverb/app/", 1)).await;
+    client.subscribe("news").await;
+    assert!(tokio_tungstenite::connect_async(server.ws_url(APP_KEY)).await.is_err(), "a socket at the root");
+
+    let sdk = RestClient { base: server.url("/reverb"), ..server.rest() };
+    sdk.trigger("news", "e", "signed without the prefix").await;
+    assert_eq!(client.expect_event("e").await["data"], "signed without the prefix");
+    let body = json!({"name": "e", "channel": "news", "data": "signed with it"}).to_string();
+    let path = format!("/reverb/apps/{APP_ID}/events");
+    let (status, answer) = signed_bytes(&server.rest(), "POST", &path, body.as_bytes(), unix_now()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(client.expect_event("e").await["data"], "signed with it");
+    assert_eq!(get(&sdk, "/connections", &[]).await, (200, json!({"connections": 1})));
+
+    let forger = RestClient { base: server.url("/reverb"), secret: "not-the-secret".into(), ..server.rest() };
+    let (status, body) = get(&forger, "/connections", &[]).await;
+    assert_error(status, &body, 401);
+    let (status, _) = get(&server.rest(), "/connections", &[]).await;
+    assert_eq!(status, 404, "the API at the root");
+    let up = |path: &str| reqwest::get(server.url(path));
+    assert_eq!(up("/reverb/up").await.unwrap().status(), 200);
+    assert_eq!(up("/up").await.unwrap().status(), 404);
 }
 
 /// Three sockets in `presence-room`: two of user `ann` (tabs), one of `bob`: 3 subscriptions, 2 users.

@@ -8,6 +8,9 @@
 //! handlers are the same functions with the same extractor (`Signed`), so a publish is answered
 //! exactly as through the router; anything that is not plainly one of those two routes (another
 //! method, another shape of path) goes to the router, which answers it as before (405, 404, ...).
+//!
+//! With a path prefix (`server.path`, Reverb's `REVERB_SERVER_PATH`), it is taken off here, once
+//! for both ways, and a path outside it is 404.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,7 +21,7 @@ use std::task::{Context, Poll};
 use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::extract::{FromRequest, Request, State};
-use axum::http::Method;
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tower_service::Service;
@@ -35,18 +38,46 @@ type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>
 pub struct Front {
     router: Router,
     publish: Option<Arc<ServerState>>,
+    /// `server.path`, taken off every request's path before routing; None at the root.
+    prefix: Option<Arc<str>>,
 }
+
+/// The path prefix a request came in under, for the signature check: a signed call may have
+/// been signed over the path with it or without it (see `signed`).
+#[derive(Clone)]
+pub struct ServedPrefix(pub Arc<str>);
 
 impl Front {
     /// Publishes skip the router and go to their handlers with `state`.
     pub fn new(router: Router, state: Arc<ServerState>) -> Self {
-        Front { router, publish: Some(state) }
+        let prefix = path_prefix(&state);
+        Front { router, publish: Some(state), prefix }
     }
 
     /// Every request through the router.
-    pub fn router_only(router: Router) -> Self {
-        Front { router, publish: None }
+    pub fn router_only(router: Router, state: &ServerState) -> Self {
+        Front { router, publish: None, prefix: path_prefix(state) }
     }
+}
+
+fn path_prefix(state: &ServerState) -> Option<Arc<str>> {
+    let path = &state.config.server.path;
+    (!path.is_empty()).then(|| Arc::from(path.as_str()))
+}
+
+/// `uri` with `prefix` taken off the front of its path (`/reverb/apps/1/events?x` under
+/// `/reverb`: `/apps/1/events?x`); None if the path is not `prefix` or below it.
+fn below_prefix(uri: &Uri, prefix: &str) -> Option<Uri> {
+    let rest = uri.path().strip_prefix(prefix)?;
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return None;
+    }
+    let path = if rest.is_empty() { "/" } else { rest };
+    let below = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    below.parse().ok()
 }
 
 /// The two publish routes.
@@ -86,7 +117,14 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: axum::http::Request<B>) -> Answer {
+    fn call(&mut self, mut request: axum::http::Request<B>) -> Answer {
+        if let Some(prefix) = &self.prefix {
+            let Some(below) = below_prefix(request.uri(), prefix) else {
+                return Box::pin(async { Ok(StatusCode::NOT_FOUND.into_response()) });
+            };
+            *request.uri_mut() = below;
+            request.extensions_mut().insert(ServedPrefix(Arc::clone(prefix)));
+        }
         let route = self.publish.as_ref().and_then(|state| {
             publish_route(request.method(), request.uri().path()).map(|route| (route, Arc::clone(state)))
         });
@@ -109,9 +147,21 @@ where
 
 #[cfg(test)]
 mod tests {
-    use axum::http::Method;
+    use axum::http::{Method, Uri};
 
-    use super::{Publish, publish_route};
+    use super::{Publish, below_prefix, publish_route};
+
+    #[test]
+    fn below_prefix_takes_the_prefix_off_whole_segments_only() {
+        let below = |uri: &str| below_prefix(&uri.parse::<Uri>().unwrap(), "/reverb").map(|uri| uri.to_string());
+        assert_eq!(below("/reverb/apps/1/events?auth_key=k").as_deref(), Some("/apps/1/events?auth_key=k"));
+        assert_eq!(below("/reverb/app/key").as_deref(), Some("/app/key"));
+        assert_eq!(below("/reverb").as_deref(), Some("/"));
+        assert_eq!(below("/reverb/").as_deref(), Some("/"));
+        for outside in ["/apps/1/events", "/reverbx/app/key", "/", "/rev"] {
+            assert_eq!(below(outside), None, "{outside}");
+        }
+    }
 
     /// Only what the router would hand to the two publish handlers is taken.
     #[test]

@@ -32,7 +32,7 @@ pub fn router(state: Arc<ServerState>) -> Front {
 /// instructions per publish: callgrind, docs/benchmarks.md, round two, fifth pass).
 pub fn over_capacity_router(state: Arc<ServerState>) -> Front {
     let api = api_routes().route_layer(axum::middleware::from_fn(capacity::refuse_over_capacity));
-    Front::router_only(capacity::over_capacity_routes(with_other_routes(api, state)))
+    Front::router_only(capacity::over_capacity_routes(with_other_routes(api, Arc::clone(&state))), &state)
 }
 
 /// The signed HTTP API.

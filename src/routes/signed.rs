@@ -11,6 +11,7 @@ use reprise_api::signature::SignedRequest;
 use crate::ServerState;
 use crate::apps::App;
 use crate::error::ApiError;
+use crate::routes::front::ServedPrefix;
 
 /// Hard ceiling on any request body, whatever an app allows (`max_request_size_bytes`): a body
 /// is read up to the smaller of the two, and a larger one is refused (413) without being read
@@ -62,11 +63,21 @@ impl FromRequest<Arc<ServerState>> for Signed {
                 }
             })?;
             let pairs: Vec<(&str, &str)> = params.pairs().collect();
-            let signed =
-                SignedRequest { method: parts.method.as_str(), path: parts.uri.path(), params: &pairs, body: &body };
-            signed
-                .verify(&app.config.key, &app.signing_key, unix_now_secs())
-                .map_err(|e| ApiError::Unauthorized(format!("authentication failed: {e}")))?;
+            let now = unix_now_secs();
+            let verify = |path: &str| {
+                let signed = SignedRequest { method: parts.method.as_str(), path, params: &pairs, body: &body };
+                signed.verify(&app.config.key, &app.signing_key, now)
+            };
+            let mut verified = verify(parts.uri.path());
+            // Under a path prefix, the Pusher PHP SDK (its `path` option) signs the path without
+            // it, a client signing what it sends signs it with: either is the same call.
+            if verified.is_err()
+                && let Some(ServedPrefix(prefix)) = parts.extensions.get::<ServedPrefix>()
+                && verify(&format!("{prefix}{}", parts.uri.path())).is_ok()
+            {
+                verified = Ok(());
+            }
+            verified.map_err(|e| ApiError::Unauthorized(format!("authentication failed: {e}")))?;
             Ok(Signed { app, params, body })
         }
     }

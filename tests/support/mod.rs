@@ -110,7 +110,7 @@ impl TestServer {
     async fn wait_until_up(&self) {
         let client = reqwest::Client::new();
         for _ in 0..200 {
-            if let Ok(response) = client.get(self.url("/up")).send().await
+            if let Ok(response) = client.get(self.url(&format!("{}/up", self.config.server.path))).send().await
                 && response.status() == 200
             {
                 return;

@@ -122,7 +122,8 @@ async function launch({ bin, app, env, port, dataDir, logPath, attempt }) {
     app,
     dataDir,
     logPath,
-    baseUrl: `http://127.0.0.1:${port}`,
+    // Below Reverb's path prefix when the test sets one.
+    baseUrl: `http://127.0.0.1:${port}${env.REVERB_SERVER_PATH ?? ''}`,
     /** Everything the server printed so far. */
     output: () => Buffer.concat(output).toString('utf8'),
     /**
